@@ -1,0 +1,58 @@
+# Visual Product Search — the executable book. `make help` lists the targets.
+PY      ?= python3
+VENV    := .venv
+PYTHON  := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+export PYTHONHASHSEED := 0
+export TQDM_MININTERVAL := 5
+
+.PHONY: help venv test unit notebooks book book-html execute demo catalog bench clean
+
+help:
+	@echo "make book      build the book (HTML in _build/html) from the committed notebook outputs"
+	@echo "make test      unit tests, then every notebook under nbval"
+	@echo "make demo      run the end-to-end demo from the command line"
+	@echo "make execute   re-execute every notebook in place (for authors)"
+	@echo "make catalog   rebuild data/catalog from the Debian package (needs root for apt-get)"
+	@echo "make bench     run the benchmarks in benchmarks/"
+
+$(STAMP): requirements.txt
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+test: unit notebooks
+
+unit: venv
+	$(PYTHON) -m pytest -q tests
+
+notebooks: venv
+	$(PYTHON) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+book: venv
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	@echo "open _build/html/index.html"
+
+execute: venv
+	cd notebooks && for nb in *.ipynb; do \
+		../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 $$nb || exit 1; \
+	done
+
+demo: venv
+	$(PYTHON) -m image_search demo --out _build/demo_results.png
+
+catalog: venv
+	apt-get update -q && apt-get install -y -q sweethome3d-furniture libosmesa6
+	$(PYTHON) -m pip install --quiet pyrender==0.1.45 trimesh==4.12.2
+	$(PYTHON) -m pip install --quiet PyOpenGL==3.1.7
+	PYOPENGL_PLATFORM=osmesa $(PYTHON) data/build_catalog.py
+
+bench: venv
+	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,20 @@
+"""image_search: the visual product search system built in *Visual Product Search — the executable book*.
+
+Three stages: embed the query image (:mod:`.encoders`), retrieve approximate nearest neighbours
+from a FAISS index of the catalog (:mod:`.indexer`, :mod:`.searcher`), re-rank with business rules,
+attribute boosts, diversity and personalisation (:mod:`.reranker`).
+"""
+from .catalog import Catalog, Product, load_catalog
+from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, l2_normalize, load_encoder
+from .errors import (ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
+                     ModelUnavailableError)
+from .images import load_image
+from .indexer import ProductIndex
+from .reranker import Reranker, RerankConfig
+from .searcher import Filters, SearchRequest, SearchResults, Searcher, Timings, build_index
+
+__version__ = "0.1.0"
+__all__ = ["Catalog", "Product", "load_catalog", "DEFAULT_ENCODER", "Encoder", "encode_paths", "l2_normalize",
+           "load_encoder", "ImageSearchError", "IndexMismatchError", "InvalidImageError", "InvalidRequestError",
+           "ModelUnavailableError", "load_image", "ProductIndex", "Reranker", "RerankConfig", "Filters",
+           "SearchRequest", "SearchResults", "Searcher", "Timings", "build_index"]

@@ -1,0 +1,22 @@
+"""The exceptions the package raises on bad input (chapter 02 lists them)."""
+from __future__ import annotations
+
+
+class ImageSearchError(Exception):
+    """Base class of every error the package raises on purpose."""
+
+
+class InvalidImageError(ImageSearchError, ValueError):
+    """The bytes are not an image we accept (empty, truncated, not an image, a bomb, …)."""
+
+
+class InvalidRequestError(ImageSearchError, ValueError):
+    """A search request is malformed (bad k, unknown category, inverted price range, …)."""
+
+
+class IndexMismatchError(ImageSearchError):
+    """An index file does not match what it is used with (encoder, dimension, metric, checksum)."""
+
+
+class ModelUnavailableError(ImageSearchError, RuntimeError):
+    """A model's weights are not on this machine and cannot be downloaded."""

@@ -1,0 +1,245 @@
+"""A FAISS index of product embeddings, addressed by product id, saved with a manifest.
+
+Chapter 08 compares index types; chapter 09 builds the catalog index.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import faiss
+import numpy as np
+
+from .errors import IndexMismatchError, InvalidRequestError
+
+FORMAT_VERSION = 1
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """What an index file holds and was built with; checked on load."""
+
+    format_version: int
+    encoder: str
+    dim: int
+    metric: str
+    factory: str
+    count: int
+    faiss_version: str
+    checksum: str  # SHA-256 of the serialised FAISS index followed by the ids
+
+
+class ProductIndex:
+    """FAISS index from a factory string (``Flat``, ``IVF256,Flat``, ``HNSW32``, ``IVF256,PQ32x8``…)
+    whose rows are product ids. Add, remove and update by id; search with an optional allow-list
+    of ids applied inside the ANN search. Chapter 09."""
+
+    def __init__(self, dim: int, encoder: str, factory: str = "Flat", metric: str = "ip") -> None:
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {list(METRICS)}, not {metric!r}")
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, not {dim}")
+        self.dim, self.encoder, self.factory, self.metric = int(dim), encoder, factory, metric
+        try:
+            inner = faiss.index_factory(self.dim, factory, METRICS[metric])
+        except RuntimeError as e:
+            raise ValueError(f"bad FAISS factory string {factory!r}: {str(e).splitlines()[-1]}") from None
+        self.index = faiss.IndexIDMap2(inner)
+        self._label: dict[str, int] = {}   # product id -> FAISS label
+        self._id: dict[int, str] = {}      # FAISS label -> product id
+        self._next = 0
+        self._lock = threading.RLock()
+
+    # ----------------------------------------------------------------- contents
+    def __len__(self) -> int:
+        return len(self._label)
+
+    def __contains__(self, product_id: object) -> bool:
+        return product_id in self._label
+
+    @property
+    def ids(self) -> list[str]:
+        """Product ids in the order they were added."""
+        return sorted(self._label, key=self._label.__getitem__)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def train(self, embeddings: np.ndarray) -> None:
+        """Train the index (IVF centroids, PQ codebooks) on a sample of embeddings."""
+        self.index.train(self._check(embeddings))
+
+    def add(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
+        """Add products; an id already present is an error (use :meth:`update`)."""
+        ids = list(ids)
+        x = self._check(embeddings)
+        if len(ids) != len(x):
+            raise ValueError(f"{len(ids)} ids for {len(x)} embeddings")
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate ids in one add")
+        with self._lock:
+            present = [i for i in ids if i in self._label]
+            if present:
+                raise ValueError(f"ids already in the index (use update): {present[:5]}")
+            if not self.index.is_trained:
+                self.index.train(x)
+            labels = np.arange(self._next, self._next + len(ids), dtype=np.int64)
+            self.index.add_with_ids(x, labels)
+            for pid, lab in zip(ids, labels.tolist()):
+                self._label[pid], self._id[lab] = lab, pid
+            self._next += len(ids)
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Remove products by id (unknown ids are ignored); returns how many were removed."""
+        with self._lock:
+            labels = [self._label.pop(i) for i in set(ids) if i in self._label]
+            for lab in labels:
+                del self._id[lab]
+            if labels:
+                self.index.remove_ids(np.array(labels, dtype=np.int64))
+            return len(labels)
+
+    def update(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
+        """Replace the vectors of products (adding those not yet present)."""
+        x = self._check(embeddings)
+        with self._lock:
+            self.remove(ids)
+            self.add(ids, x)
+
+    def vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """Stored vectors of products (exact for Flat/HNSW, approximate for PQ)."""
+        with self._lock:
+            out = np.zeros((len(ids), self.dim), dtype=np.float32)
+            for row, pid in enumerate(ids):
+                out[row] = self.index.reconstruct(self._label[pid])
+            return out
+
+    # ----------------------------------------------------------------- search
+    def search(self, query_embeddings: np.ndarray, k: int, allowed: Iterable[str] | None = None,
+               params: dict[str, int] | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` products per query: ``(scores (n, k'), ids)``, best first.
+
+        ``allowed`` restricts the search to those product ids inside FAISS (an ``IDSelector``),
+        so a filter never needs over-fetching. ``params`` sets ``nprobe`` or ``efSearch``.
+        A row holds fewer than ``k`` ids when fewer products qualify (its scores are padded with
+        ``-inf``).
+        """
+        q = self._check(query_embeddings)
+        if k < 1:
+            raise InvalidRequestError(f"k must be at least 1, not {k}")
+        with self._lock:
+            selector = None
+            if allowed is not None:
+                labels = np.array(sorted(self._label[i] for i in set(allowed) if i in self._label), dtype=np.int64)
+                if len(labels) == 0:
+                    return np.zeros((len(q), 0), np.float32), [[] for _ in range(len(q))]
+                selector = faiss.IDSelectorBatch(labels)
+            k_eff = min(k, len(self._label)) if self._label else 0
+            if k_eff == 0:
+                return np.zeros((len(q), 0), np.float32), [[] for _ in range(len(q))]
+            D, I = self.index.search(q, k_eff, params=self._search_params(selector, params or {}))
+            ids = [[self._id[lab] for lab in row if lab >= 0] for row in I.tolist()]
+        scores = np.where(I >= 0, -D if self.metric == "l2" else D, -np.inf)  # higher is better
+        return scores.astype(np.float32), ids
+
+    def _search_params(self, selector, params: dict[str, int]):
+        inner = faiss.downcast_index(self.index.index)
+        base = inner.base_index if isinstance(inner, faiss.IndexRefine) else inner
+        if isinstance(base, faiss.IndexPreTransform):
+            base = faiss.downcast_index(base.index)
+        if isinstance(base, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=int(params.get("efSearch", 64)))
+        if isinstance(base, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(sel=selector, nprobe=int(params.get("nprobe", 16)))
+        return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+    def _check(self, embeddings: np.ndarray) -> np.ndarray:
+        x = np.asarray(embeddings, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise InvalidRequestError(f"embeddings must have shape (n, {self.dim}), not {np.shape(embeddings)}")
+        if not np.isfinite(x).all():
+            raise InvalidRequestError("embeddings hold NaN or inf")
+        return np.ascontiguousarray(x)
+
+    # ----------------------------------------------------------------- persistence
+    def manifest(self) -> IndexManifest:
+        return IndexManifest(FORMAT_VERSION, self.encoder, self.dim, self.metric, self.factory,
+                             len(self), faiss.__version__, self._checksum(*self._payload()))
+
+    def _payload(self) -> tuple[bytes, bytes]:
+        with self._lock:
+            blob = faiss.serialize_index(self.index).tobytes()
+            ids = json.dumps({"labels": self._label, "next": self._next}, sort_keys=True).encode()
+        return blob, ids
+
+    @staticmethod
+    def _checksum(blob: bytes, ids: bytes) -> str:
+        return hashlib.sha256(blob + b"\0" + ids).hexdigest()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index, its ids and manifest to one zip file, atomically (temp file, fsync, rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob, ids = self._payload()
+        manifest = IndexManifest(FORMAT_VERSION, self.encoder, self.dim, self.metric, self.factory,
+                                 len(self), faiss.__version__, self._checksum(blob, ids))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+                    z.writestr("manifest.json", json.dumps(asdict(manifest), indent=1))
+                    z.writestr("ids.json", ids)
+                    z.writestr("index.faiss", blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: str | None = None, dim: int | None = None,
+             metric: str | None = None) -> "ProductIndex":
+        """Read an index saved by :meth:`save`, refusing one that is damaged or was built with
+        another encoder, dimension or metric than those given."""
+        path = Path(path)
+        try:
+            with zipfile.ZipFile(path) as z:
+                manifest = IndexManifest(**json.loads(z.read("manifest.json")))
+                ids, blob = z.read("ids.json"), z.read("index.faiss")
+        except FileNotFoundError:
+            raise
+        except (zipfile.BadZipFile, KeyError, TypeError, ValueError, OSError) as e:
+            raise IndexMismatchError(f"{path} is not a readable index file ({e})") from None
+        if manifest.format_version != FORMAT_VERSION:
+            raise IndexMismatchError(f"{path}: format version {manifest.format_version}, expected {FORMAT_VERSION}")
+        for what, want, got in (("encoder", encoder, manifest.encoder), ("dim", dim, manifest.dim),
+                                ("metric", metric, manifest.metric)):
+            if want is not None and want != got:
+                raise IndexMismatchError(f"{path} was built with {what} {got!r}, not {want!r}: rebuild the index")
+        if cls._checksum(blob, ids) != manifest.checksum:
+            raise IndexMismatchError(f"{path} is corrupted: checksum mismatch")
+        index = cls.__new__(cls)
+        index.dim, index.encoder, index.factory, index.metric = manifest.dim, manifest.encoder, manifest.factory, manifest.metric
+        index.index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+        meta = json.loads(ids)
+        index._label = {k: int(v) for k, v in meta["labels"].items()}
+        index._id = {v: k for k, v in index._label.items()}
+        index._next = int(meta["next"])
+        index._lock = threading.RLock()
+        if index.index.ntotal != len(index._label) or index.index.d != index.dim:
+            raise IndexMismatchError(f"{path}: index holds {index.index.ntotal} vectors for {len(index._label)} ids")
+        return index
+

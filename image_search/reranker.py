@@ -1,0 +1,115 @@
+"""Second stage: business rules, attribute boosts, near-duplicate removal, MMR diversity and a
+hook for personalisation. Chapter 09 introduces it; chapter 13 personalises it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .catalog import Catalog
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """How to re-rank the ANN candidates.
+
+    ``boosts`` are ``(attribute, value, weight)`` triples added to the score of matching products,
+    e.g. ``("colour", "green", 0.05)``. ``dedupe_threshold`` drops a candidate whose cosine
+    similarity to a better one is at least that. ``mmr_lambda`` < 1 trades relevance for
+    diversity (1 = relevance only). ``user_weight`` scales the affinity to a user vector.
+    """
+
+    in_stock_only: bool = False
+    max_price: float | None = None
+    boosts: tuple[tuple[str, str, float], ...] = ()
+    dedupe_threshold: float | None = None
+    mmr_lambda: float | None = None
+    user_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mmr_lambda is not None and not 0.0 <= self.mmr_lambda <= 1.0:
+            raise ValueError(f"mmr_lambda must be in [0, 1], not {self.mmr_lambda}")
+        if self.dedupe_threshold is not None and not -1.0 <= self.dedupe_threshold <= 1.0:
+            raise ValueError(f"dedupe_threshold must be a cosine in [-1, 1], not {self.dedupe_threshold}")
+        if self.max_price is not None and self.max_price < 0:
+            raise ValueError(f"max_price must not be negative, not {self.max_price}")
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A ranked list: product ids and their final scores, best first."""
+
+    ids: tuple[str, ...]
+    scores: np.ndarray
+
+
+class Reranker:
+    """Applies a :class:`RerankConfig` to ANN candidates. Chapter 09."""
+
+    def __init__(self, catalog: Catalog, config: RerankConfig = RerankConfig()) -> None:
+        self.catalog, self.config = catalog, config
+
+    def rerank(self, ids: Sequence[str], scores: np.ndarray, vectors: np.ndarray, k: int,
+               user_vector: np.ndarray | None = None) -> Ranked:
+        """Re-rank candidates (``ids`` with ANN ``scores`` and stored ``vectors``) down to ``k``."""
+        cfg = self.config
+        ids = list(ids)
+        scores = np.asarray(scores, dtype=np.float32)[: len(ids)]
+        vectors = np.asarray(vectors, dtype=np.float32)
+        keep = business_rules(self.catalog, ids, cfg.in_stock_only, cfg.max_price)
+        adjusted = scores + attribute_boost(self.catalog, ids, cfg.boosts)
+        if user_vector is not None and cfg.user_weight:
+            adjusted = adjusted + cfg.user_weight * (vectors @ np.asarray(user_vector, dtype=np.float32))
+        order = [i for i in np.argsort(-adjusted, kind="stable") if keep[i]]
+        if cfg.dedupe_threshold is not None:
+            order = [order[j] for j in remove_near_duplicates(vectors[order], cfg.dedupe_threshold)]
+        if cfg.mmr_lambda is not None and cfg.mmr_lambda < 1.0:
+            order = [order[j] for j in mmr(adjusted[order], vectors[order], k, cfg.mmr_lambda)]
+        order = order[:k]
+        return Ranked(tuple(ids[i] for i in order), adjusted[order])
+
+
+def business_rules(catalog: Catalog, ids: Sequence[str], in_stock_only: bool, max_price: float | None) -> np.ndarray:
+    """Boolean mask of the candidates that pass the shop's rules (stock, price)."""
+    products = [catalog[i] for i in ids]
+    ok = np.ones(len(ids), dtype=bool)
+    if in_stock_only:
+        ok &= np.array([p.in_stock for p in products], dtype=bool)
+    if max_price is not None:
+        ok &= np.array([p.price <= max_price for p in products], dtype=bool)
+    return ok
+
+
+def attribute_boost(catalog: Catalog, ids: Sequence[str], boosts: Sequence[tuple[str, str, float]]) -> np.ndarray:
+    """Score added to each candidate by the ``(attribute, value, weight)`` boosts it matches."""
+    out = np.zeros(len(ids), dtype=np.float32)
+    for attribute, value, weight in boosts:
+        out += weight * np.array([_matches(getattr(catalog[i], attribute), value) for i in ids], dtype=np.float32)
+    return out
+
+
+def _matches(field, value: str) -> bool:
+    return value in field if isinstance(field, tuple) else str(field) == value
+
+
+def remove_near_duplicates(vectors: np.ndarray, threshold: float) -> list[int]:
+    """Indices to keep, in order: each row is dropped if its cosine to a kept earlier row ≥ threshold."""
+    kept: list[int] = []
+    for i in range(len(vectors)):
+        if not kept or float(np.max(vectors[kept] @ vectors[i])) < threshold:
+            kept.append(i)
+    return kept
+
+
+def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> list[int]:
+    """Maximal Marginal Relevance (Carbonell & Goldstein, 1998): greedily pick the candidate that
+    maximises ``lam * score - (1 - lam) * max cosine to those already picked``."""
+    chosen: list[int] = []
+    left = list(range(len(scores)))
+    sims = vectors @ vectors.T
+    while left and len(chosen) < k:
+        penalty = sims[np.ix_(left, chosen)].max(axis=1) if chosen else np.zeros(len(left))
+        best = int(np.argmax(lam * scores[left] - (1 - lam) * penalty))
+        chosen.append(left.pop(best))
+    return chosen

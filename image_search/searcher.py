@@ -1,0 +1,220 @@
+"""The online query path: decode → embed → ANN (with filters) → re-rank, timed per stage.
+
+Chapter 02 defines the request/response contract; chapter 09 builds the searcher.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .catalog import Catalog, Product, load_catalog
+from .encoders import DEFAULT_ENCODER, Encoder, cache_dir, encode_paths, load_encoder
+from .errors import InvalidImageError, InvalidRequestError
+from .images import ImageLike, load_image
+from .indexer import ProductIndex
+from .reranker import Reranker, RerankConfig
+
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Attribute pre-filters, applied inside the ANN search (chapter 02)."""
+
+    categories: tuple[str, ...] | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+    in_stock: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.categories, str):
+            object.__setattr__(self, "categories", (self.categories,))
+        for name in ("min_price", "max_price"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0):
+                raise InvalidRequestError(f"{name} must be a finite number ≥ 0, not {v!r}")
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise InvalidRequestError(f"price range is inverted: min_price {self.min_price} > max_price {self.max_price}")
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.categories, self.min_price, self.max_price, self.in_stock))
+
+    def allowed_ids(self, catalog: Catalog) -> list[str] | None:
+        """Ids of products that pass, or ``None`` when nothing is filtered."""
+        if not self.active:
+            return None
+        if self.categories is not None:
+            unknown = sorted(set(self.categories) - set(catalog.categories))
+            if unknown:
+                raise InvalidRequestError(f"unknown categories {unknown}; known: {list(catalog.categories)}")
+        return [p.id for p in catalog.products if self.accepts(p)]
+
+    def accepts(self, p: Product) -> bool:
+        return ((self.categories is None or p.category in self.categories)
+                and (self.min_price is None or p.price >= self.min_price)
+                and (self.max_price is None or p.price <= self.max_price)
+                and (self.in_stock is None or p.in_stock == self.in_stock))
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One query: an image (path, bytes, PIL image or array) or a precomputed embedding. Chapter 02."""
+
+    image: ImageLike | None = None
+    embedding: np.ndarray | None = None
+    k: int = 10
+    filters: Filters = field(default_factory=Filters)
+    user_vector: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if (self.image is None) == (self.embedding is None):
+            raise InvalidRequestError("give exactly one of image or embedding")
+        if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or not 1 <= self.k <= MAX_K:
+            raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, not {self.k!r}")
+        if not isinstance(self.filters, Filters):
+            raise InvalidRequestError(f"filters must be a Filters, not {type(self.filters).__name__}")
+        for name in ("embedding", "user_vector"):
+            v = getattr(self, name)
+            if v is not None:
+                arr = np.asarray(v, dtype=np.float32) if _numeric(v) else None
+                if arr is None or arr.ndim != 1 or arr.size == 0 or not np.isfinite(arr).all():
+                    raise InvalidRequestError(f"{name} must be a finite 1-D vector, not {np.shape(v)}")
+                object.__setattr__(self, name, arr)
+
+
+def _numeric(v) -> bool:
+    try:
+        np.asarray(v, dtype=np.float32)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds spent in each stage of one query."""
+
+    decode_ms: float = 0.0
+    embed_ms: float = 0.0
+    ann_ms: float = 0.0
+    rerank_ms: float = 0.0
+
+    @property
+    def total_ms(self) -> float:
+        return self.decode_ms + self.embed_ms + self.ann_ms + self.rerank_ms
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    """Ranked products for one query, with their scores and the time each stage took."""
+
+    ids: tuple[str, ...]
+    scores: np.ndarray
+    products: tuple[Product, ...]
+    timings: Timings
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def table(self) -> pd.DataFrame:
+        """The results as a table: rank, id, name, category, price, in stock, score."""
+        return pd.DataFrame([{"rank": r + 1, "id": p.id, "name": p.name, "category": p.category,
+                              "price": p.price, "in_stock": p.in_stock, "score": round(float(s), 4)}
+                             for r, (p, s) in enumerate(zip(self.products, self.scores))])
+
+
+class Searcher:
+    """Image in, ranked products out. Build one with :meth:`from_catalog`. Chapter 09."""
+
+    def __init__(self, index: ProductIndex, catalog: Catalog, encoder: Encoder,
+                 reranker: Reranker | None = None, candidates: int = 50) -> None:
+        if index.encoder != encoder.name or index.dim != encoder.dim:
+            raise ValueError(f"index was built with {index.encoder} ({index.dim}-d), not {encoder.name} ({encoder.dim}-d)")
+        self.index, self.catalog, self.encoder = index, catalog, encoder
+        self.reranker = reranker or Reranker(catalog)
+        self.candidates = candidates
+
+    @classmethod
+    def from_catalog(cls, encoder: str | Encoder = DEFAULT_ENCODER, factory: str = "Flat",
+                     catalog: Catalog | None = None, rerank: RerankConfig = RerankConfig(),
+                     progress: bool = True) -> "Searcher":
+        """Index every product's shop photo (embeddings cached on disk) and return a searcher."""
+        catalog = catalog or load_catalog()
+        enc = load_encoder(encoder) if isinstance(encoder, str) else encoder
+        index = build_index(catalog, enc, factory, progress=progress)
+        return cls(index, catalog, enc, Reranker(catalog, rerank))
+
+    def search(self, image: ImageLike | None = None, k: int = 10, filters: Filters | None = None,
+               embedding: np.ndarray | None = None, user_vector: np.ndarray | None = None) -> SearchResults:
+        """Search with one image (or a precomputed embedding)."""
+        return self.run(SearchRequest(image=image, embedding=embedding, k=k,
+                                      filters=filters or Filters(), user_vector=user_vector))
+
+    def run(self, request: SearchRequest) -> SearchResults:
+        """Answer a validated :class:`SearchRequest`."""
+        t0 = time.perf_counter()
+        if request.image is not None:
+            image = load_image(request.image)
+            t1 = time.perf_counter()
+            query = self.encoder.encode_images([image])[0]
+        else:
+            t1 = time.perf_counter()
+            query = request.embedding
+            if query.shape[0] != self.index.dim:
+                raise InvalidRequestError(f"embedding must have {self.index.dim} values, not {query.shape[0]}")
+            query = query / max(float(np.linalg.norm(query)), 1e-12)
+        t2 = time.perf_counter()
+        allowed = request.filters.allowed_ids(self.catalog)
+        scores, ids = self.index.search(query[None, :], max(request.k, self.candidates), allowed=allowed)
+        t3 = time.perf_counter()
+        ranked = self.reranker.rerank(ids[0], scores[0], self.index.vectors(ids[0]), request.k, request.user_vector)
+        t4 = time.perf_counter()
+        ms = 1000.0
+        return SearchResults(ranked.ids, ranked.scores, tuple(self.catalog[i] for i in ranked.ids),
+                             Timings((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t4 - t3) * ms))
+
+    def search_batch(self, images: Sequence[ImageLike], k: int = 10, filters: Filters | None = None,
+                     batch_size: int = 32) -> list[SearchResults]:
+        """Search many images: embedded in batches, then one ANN call (timings are per-query shares)."""
+        filters = filters or Filters()
+        SearchRequest(embedding=np.zeros(self.index.dim), k=k, filters=filters)  # validate k and filters
+        t0 = time.perf_counter()
+        decoded = [load_image(im) for im in images]
+        t1 = time.perf_counter()
+        queries = self.encoder.encode_images(decoded, batch_size=batch_size)
+        t2 = time.perf_counter()
+        scores, ids = self.index.search(queries, max(k, self.candidates), allowed=filters.allowed_ids(self.catalog))
+        t3 = time.perf_counter()
+        out = []
+        for row_ids, row_scores in zip(ids, scores):
+            ranked = self.reranker.rerank(row_ids, row_scores, self.index.vectors(row_ids), k)
+            out.append((ranked, time.perf_counter()))
+        n, ms = max(len(images), 1), 1000.0
+        t = Timings((t1 - t0) * ms / n, (t2 - t1) * ms / n, (t3 - t2) * ms / n, (out[-1][1] - t3) * ms / n if out else 0.0)
+        return [SearchResults(r.ids, r.scores, tuple(self.catalog[i] for i in r.ids), t) for r, _ in out]
+
+
+def build_index(catalog: Catalog, encoder: Encoder, factory: str = "Flat", progress: bool = True) -> ProductIndex:
+    """Embed every product's shop photo (cached by checksum) into a new :class:`ProductIndex`. Chapter 09."""
+    paths = [catalog.icon_path(i) for i in catalog.ids]
+    embeddings = encode_paths(encoder, paths, progress=progress)
+    index = ProductIndex(encoder.dim, encoder.name, factory=factory)
+    index.add(catalog.ids, embeddings)
+    return index
+
+
+def default_index_path(encoder_name: str = DEFAULT_ENCODER) -> Path:
+    """Where the CLI keeps the catalog index of an encoder."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder_name)
+    return cache_dir() / "indexes" / f"catalog-{safe}.index"
+
+
+__all__ = ["Filters", "SearchRequest", "SearchResults", "Searcher", "Timings", "build_index",
+           "default_index_path", "InvalidImageError"]

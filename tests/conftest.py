@@ -1,0 +1,30 @@
+"""Shared fixtures: the real catalog, a temporary cache folder per session."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from image_search import load_catalog
+
+
+@pytest.fixture(scope="session")
+def catalog():
+    return load_catalog()
+
+
+@pytest.fixture(scope="session")
+def rng():
+    return np.random.default_rng(0)
+
+
+def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_tqdm():
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    yield
