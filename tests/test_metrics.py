@@ -61,7 +61,7 @@ def test_means_and_report():
     r = m.retrieval_report(rankings, truth, {x: "A" if x in "abc" else "B" for x in "abcdefz"}, ks=(1, 2))
     assert r.recall == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3)}
     assert r.mrr == pytest.approx((0.5 + 1 + 0) / 3)
-    assert r.category_precision[2] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert r.category_precision[2] == pytest.approx((1 + 0.5 + 1) / 3)  # z and e, f are all "B"
     with pytest.raises(ValueError):
         m.mean_recall_at_k(rankings, [{"a"}], 1)
 

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from image_search import RerankConfig, Reranker
+from image_search.reranker import mmr, remove_near_duplicates
+
+
+def candidates(catalog, n=8):
+    ids = catalog.ids[:n]
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(n, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    scores = np.linspace(0.9, 0.5, n).astype(np.float32)
+    return ids, scores, v
+
+
+def test_default_config_keeps_ann_order(catalog):
+    ids, scores, v = candidates(catalog)
+    r = Reranker(catalog).rerank(ids, scores, v, k=5)
+    assert r.ids == tuple(ids[:5])
+
+
+def test_business_rules_filter(catalog):
+    ids, scores, v = candidates(catalog, 30)
+    r = Reranker(catalog, RerankConfig(in_stock_only=True, max_price=200)).rerank(ids, scores, v, k=30)
+    assert r.ids and all(catalog[i].in_stock and catalog[i].price <= 200 for i in r.ids)
+    assert len(r.ids) == sum(catalog[i].in_stock and catalog[i].price <= 200 for i in ids)
+
+
+def test_attribute_boost_moves_matches_up(catalog):
+    ids, scores, v = candidates(catalog, 20)
+    colour = catalog[ids[-1]].colour
+    r = Reranker(catalog, RerankConfig(boosts=(("colour", colour, 1.0),))).rerank(ids, scores, v, k=3)
+    assert all(catalog[i].colour == colour for i in r.ids[:1])
+
+
+def test_near_duplicates_removed():
+    v = np.eye(4, dtype=np.float32)
+    v = np.vstack([v[0], v[0] * 0.999 + v[1] * 0.01, v[2]])
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert remove_near_duplicates(v, 0.95) == [0, 2]
+
+
+def test_mmr_trades_relevance_for_diversity():
+    v = np.array([[1, 0], [0.99, 0.14], [0, 1]], dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    scores = np.array([0.9, 0.89, 0.5], dtype=np.float32)
+    assert mmr(scores, v, 2, 1.0) == [0, 1]
+    assert mmr(scores, v, 2, 0.5) == [0, 2]
+
+
+def test_user_vector_personalises(catalog):
+    ids, scores, v = candidates(catalog)
+    user = v[-1]
+    r = Reranker(catalog, RerankConfig(user_weight=2.0)).rerank(ids, scores, v, k=1, user_vector=user)
+    assert r.ids == (ids[-1],)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError):
+        RerankConfig(mmr_lambda=1.5)
