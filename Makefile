@@ -6,11 +6,13 @@ STAMP   := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -
 export PYTHONHASHSEED := 0
 export TQDM_MININTERVAL := 5
 
-.PHONY: help venv test unit notebooks book book-html execute demo catalog bench clean
+.PHONY: help venv test unit notebooks book book-check browser-deps book-html execute demo catalog bench clean
 
 help:
-	@echo "make book      build the book (HTML in _build/html) from the committed notebook outputs"
-	@echo "make test      unit tests, then every notebook under nbval"
+	@echo "make book      build the book strictly (-W -n) into _build/html from the committed notebook outputs"
+	@echo "make test      unit tests, every notebook under nbval, then the book checks (make book-check)"
+	@echo "make book-check build the book into a temporary folder, check its HTML and open every page in"
+	@echo "               headless Chromium (screenshots in _build/screenshots)"
 	@echo "make demo      run the end-to-end demo from the command line"
 	@echo "make execute   re-execute every notebook in place (for authors)"
 	@echo "make catalog   rebuild data/catalog from the Debian package (needs root for apt-get)"
@@ -26,17 +28,31 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-test: unit notebooks
+test: unit notebooks book-check
 
 unit: venv
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q tests --ignore=tests/test_book.py --ignore=tests/test_browser.py
 
 notebooks: venv
 	$(PYTHON) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 book: venv
-	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
-	@echo "open _build/html/index.html"
+	@start=$$(date +%s); \
+	$(VENV)/bin/jupyter-book build . --all --warningiserror --nitpick --keep-going || exit 1; \
+	echo "book built in $$(( $$(date +%s) - start )) s: open _build/html/index.html"
+
+# One strict build into a temporary folder, then static HTML checks and the headless-Chromium checks.
+book-check: venv browser-deps
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_book.py tests/test_browser.py
+
+# Debian's Chromium and chromedriver for the browser checks (never a downloaded browser).
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver fonts-dejavu-core; \
+	else \
+		echo "chromium/chromedriver missing and not root: browser checks will be skipped (apt-get install chromium chromium-driver)"; \
+	fi
 
 execute: venv
 	cd notebooks && for nb in *.ipynb; do \
