@@ -65,12 +65,22 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (ImageSearchError, FileNotFoundError, ValueError, KeyError) as e:
-        sys.stderr.write(f"error: {e}\n")
+    except (ImageSearchError, OSError, ValueError, KeyError) as e:
+        sys.stderr.write(f"error: {_one_line(e)}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except Exception as e:  # never a traceback; IMAGE_SEARCH_DEBUG=1 shows it
+        if os.environ.get("IMAGE_SEARCH_DEBUG"):
+            raise
+        sys.stderr.write(f"error: unexpected {type(e).__name__}: {_one_line(e)} (IMAGE_SEARCH_DEBUG=1 for details)\n")
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(text.split()) or type(e).__name__
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -81,12 +91,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"indexed {len(searcher.index)} products with {args.encoder} ({searcher.index.dim}-d, {args.factory}) -> {path}")
         return 0
     if args.command == "search":
+        from .images import load_image
+        from .searcher import SearchRequest
+
         if not args.image.is_file():
             raise FileNotFoundError(f"no such image file: {args.image}")
         filters = Filters(categories=tuple(args.category) if args.category else None, min_price=args.min_price,
                           max_price=args.max_price, in_stock=True if args.in_stock else None)
+        image = load_image(args.image)  # a bad upload or argument fails before any model is loaded
+        SearchRequest(image=image, k=args.k, filters=filters)
         searcher, _ = _searcher(args.encoder, args.index)
-        res = searcher.search(args.image, k=args.k, filters=filters)
+        res = searcher.search(image, k=args.k, filters=filters)
         t = res.timings
         if args.json:
             print(json.dumps({"results": res.table().to_dict(orient="records"),

@@ -52,11 +52,28 @@ class ProductIndex:
             inner = faiss.index_factory(self.dim, factory, METRICS[metric])
         except RuntimeError as e:
             raise ValueError(f"bad FAISS factory string {factory!r}: {str(e).splitlines()[-1]}") from None
-        self.index = faiss.IndexIDMap2(inner)
+        if _native_ids(inner):
+            # IVF stores ids itself and removes by id; an IndexIDMap over it would renumber
+            # positions the IVF lists never see, and mix up products after a removal.
+            faiss.extract_index_ivf(inner).set_direct_map_type(faiss.DirectMap.Hashtable)
+            self.index = inner
+        else:
+            self.index = faiss.IndexIDMap2(inner)
         self._label: dict[str, int] = {}   # product id -> FAISS label
         self._id: dict[int, str] = {}      # FAISS label -> product id
+        self._deleted: set[int] = set()    # labels removed from a graph index (HNSW) but still stored
         self._next = 0
         self._lock = threading.RLock()
+
+    @property
+    def removal(self) -> str:
+        """How :meth:`remove` works for this index type: ``"physical"`` (Flat, PQ, SQ: rows are
+        dropped), ``"native"`` (IVF: removed by id from the inverted lists) or ``"tombstone"``
+        (HNSW and other graphs, which cannot delete: the vector stays stored but is excluded from
+        every search; rebuild the index when many are tombstoned). Chapter 08."""
+        if not isinstance(self.index, faiss.IndexIDMap2):
+            return "native"
+        return "physical" if isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlatCodes) else "tombstone"
 
     # ----------------------------------------------------------------- contents
     def __len__(self) -> int:
@@ -80,12 +97,7 @@ class ProductIndex:
 
     def add(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
         """Add products; an id already present is an error (use :meth:`update`)."""
-        ids = list(ids)
-        x = self._check(embeddings)
-        if len(ids) != len(x):
-            raise ValueError(f"{len(ids)} ids for {len(x)} embeddings")
-        if len(set(ids)) != len(ids):
-            raise ValueError("duplicate ids in one add")
+        ids, x = self._check_ids(ids, embeddings)
         with self._lock:
             present = [i for i in ids if i in self._label]
             if present:
@@ -100,20 +112,39 @@ class ProductIndex:
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove products by id (unknown ids are ignored); returns how many were removed."""
+        if isinstance(ids, str):
+            ids = [ids]
         with self._lock:
-            labels = [self._label.pop(i) for i in set(ids) if i in self._label]
+            labels = sorted(self._label[i] for i in set(ids) if i in self._label)
+            if not labels:
+                return 0
+            if self.removal == "tombstone":
+                self._deleted.update(labels)
+            else:  # FAISS first: if it fails, the id mapping is still that of the stored vectors
+                removed = self.index.remove_ids(np.array(labels, dtype=np.int64))
+                if removed != len(labels):
+                    raise RuntimeError(f"FAISS removed {removed} of {len(labels)} vectors: the index is inconsistent")
             for lab in labels:
-                del self._id[lab]
-            if labels:
-                self.index.remove_ids(np.array(labels, dtype=np.int64))
+                del self._label[self._id.pop(lab)]
             return len(labels)
 
     def update(self, ids: Sequence[str], embeddings: np.ndarray) -> None:
         """Replace the vectors of products (adding those not yet present)."""
-        x = self._check(embeddings)
+        ids, x = self._check_ids(ids, embeddings)  # validate everything before removing anything
         with self._lock:
             self.remove(ids)
             self.add(ids, x)
+
+    def _check_ids(self, ids: Sequence[str], embeddings: np.ndarray) -> tuple[list[str], np.ndarray]:
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        x = self._check(embeddings)
+        if len(ids) != len(x):
+            raise ValueError(f"{len(ids)} ids for {len(x)} embeddings")
+        if not all(isinstance(i, str) and i for i in ids):
+            raise ValueError("product ids must be non-empty strings")
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate ids in one add")
+        return ids, x
 
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
         """Stored vectors of products (exact for Flat/HNSW, approximate for PQ)."""
@@ -134,8 +165,10 @@ class ProductIndex:
         ``-inf``).
         """
         q = self._check(query_embeddings)
-        if k < 1:
-            raise InvalidRequestError(f"k must be at least 1, not {k}")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise InvalidRequestError(f"k must be an integer of at least 1, not {k!r}")
+        if isinstance(allowed, str):
+            allowed = [allowed]
         with self._lock:
             selector = None
             if allowed is not None:
@@ -143,6 +176,10 @@ class ProductIndex:
                 if len(labels) == 0:
                     return np.zeros((len(q), 0), np.float32), [[] for _ in range(len(q))]
                 selector = faiss.IDSelectorBatch(labels)
+            elif self._deleted:  # tombstoned vectors are never returned
+                keep = faiss.IDSelectorBatch(np.array(sorted(self._deleted), dtype=np.int64))
+                selector = faiss.IDSelectorNot(keep)
+                selector.keep_alive = keep  # the C++ selector points at it
             k_eff = min(k, len(self._label)) if self._label else 0
             if k_eff == 0:
                 return np.zeros((len(q), 0), np.float32), [[] for _ in range(len(q))]
@@ -152,7 +189,7 @@ class ProductIndex:
         return scores.astype(np.float32), ids
 
     def _search_params(self, selector, params: dict[str, int]):
-        inner = faiss.downcast_index(self.index.index)
+        inner = faiss.downcast_index(self.index.index if isinstance(self.index, faiss.IndexIDMap2) else self.index)
         base = inner.base_index if isinstance(inner, faiss.IndexRefine) else inner
         if isinstance(base, faiss.IndexPreTransform):
             base = faiss.downcast_index(base.index)
@@ -180,7 +217,8 @@ class ProductIndex:
     def _payload(self) -> tuple[bytes, bytes]:
         with self._lock:
             blob = faiss.serialize_index(self.index).tobytes()
-            ids = json.dumps({"labels": self._label, "next": self._next}, sort_keys=True).encode()
+            ids = json.dumps({"labels": self._label, "next": self._next, "deleted": sorted(self._deleted)},
+                             sort_keys=True).encode()
         return blob, ids
 
     @staticmethod
@@ -207,6 +245,7 @@ class ProductIndex:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_dir(path.parent)  # make the rename itself durable
         return path
 
     @classmethod
@@ -217,11 +256,13 @@ class ProductIndex:
         path = Path(path)
         try:
             with zipfile.ZipFile(path) as z:
+                if any(info.compress_type != zipfile.ZIP_STORED for info in z.infolist()):
+                    raise ValueError("compressed members (save() never writes them; a zip bomb?)")
                 manifest = IndexManifest(**json.loads(z.read("manifest.json")))
                 ids, blob = z.read("ids.json"), z.read("index.faiss")
         except FileNotFoundError:
             raise
-        except (zipfile.BadZipFile, KeyError, TypeError, ValueError, OSError) as e:
+        except (zipfile.BadZipFile, KeyError, TypeError, ValueError, OSError, EOFError) as e:
             raise IndexMismatchError(f"{path} is not a readable index file ({e})") from None
         if manifest.format_version != FORMAT_VERSION:
             raise IndexMismatchError(f"{path}: format version {manifest.format_version}, expected {FORMAT_VERSION}")
@@ -233,15 +274,65 @@ class ProductIndex:
             raise IndexMismatchError(f"{path} is corrupted: checksum mismatch")
         index = cls.__new__(cls)
         index.dim, index.encoder, index.factory, index.metric = manifest.dim, manifest.encoder, manifest.factory, manifest.metric
-        index.index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-        meta = json.loads(ids)
-        index._label = {k: int(v) for k, v in meta["labels"].items()}
+        try:
+            index.index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+            meta = json.loads(ids)
+            index._label = {str(k): int(v) for k, v in meta["labels"].items()}
+            index._deleted = {int(v) for v in meta.get("deleted", [])}
+            index._next = int(meta["next"])
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise IndexMismatchError(f"{path} is not a readable index file ({_first_line(e)})") from None
         index._id = {v: k for k, v in index._label.items()}
-        index._next = int(meta["next"])
         index._lock = threading.RLock()
-        if index.index.ntotal != len(index._label) or index.index.d != index.dim:
-            raise IndexMismatchError(f"{path}: index holds {index.index.ntotal} vectors for {len(index._label)} ids")
+        index._verify(path, manifest)
         return index
+
+    def _verify(self, path: Path, manifest: IndexManifest) -> None:
+        """After a load: the FAISS index and the id mapping describe exactly the same vectors."""
+        live = set(self._id)
+        problem = None
+        if len(live) != len(self._label) or live & self._deleted:
+            problem = "the id mapping is not one-to-one"
+        elif manifest.metric not in METRICS or self.index.metric_type != METRICS[manifest.metric]:
+            problem = f"the FAISS index uses metric {self.index.metric_type}, the manifest says {manifest.metric!r}"
+        elif self.index.d != self.dim:
+            problem = f"the FAISS index has dimension {self.index.d}, the manifest says {self.dim}"
+        elif manifest.count != len(self._label):
+            problem = f"the manifest counts {manifest.count} products, the ids file {len(self._label)}"
+        elif self.index.ntotal != len(live) + len(self._deleted):
+            problem = f"the index holds {self.index.ntotal} vectors for {len(live)} ids"
+        elif isinstance(self.index, faiss.IndexIDMap2):
+            stored = faiss.vector_to_array(self.index.id_map)
+            if set(stored.tolist()) != live | self._deleted or (len(stored) and stored.max() >= self._next):
+                problem = "the FAISS ids do not match the product ids"
+        elif faiss.try_extract_index_ivf(self.index) is None:
+            problem = "unexpected FAISS index type"
+        if problem:
+            raise IndexMismatchError(f"{path} is inconsistent: {problem}; rebuild the index")
+
+
+def _native_ids(inner) -> bool:
+    """IVF indexes (optionally behind a pre-transform such as OPQ) keep and remove their own ids."""
+    top = faiss.downcast_index(inner)
+    return isinstance(top, (faiss.IndexIVF, faiss.IndexPreTransform)) and faiss.try_extract_index_ivf(inner) is not None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1][:200] if text else type(e).__name__
 
 
 

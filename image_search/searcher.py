@@ -5,6 +5,7 @@ Chapter 02 defines the request/response contract; chapter 09 builds the searcher
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +34,22 @@ class Filters:
     in_stock: bool | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.categories, str):
-            object.__setattr__(self, "categories", (self.categories,))
+        cats = self.categories
+        if cats is not None:
+            if isinstance(cats, str):
+                cats = (cats,)
+            if not isinstance(cats, (list, tuple, set, frozenset)) or not all(isinstance(c, str) and c for c in cats):
+                raise InvalidRequestError(f"categories must be category names (strings), not {cats!r}")
+            if not cats:
+                raise InvalidRequestError("categories is empty: give at least one category, or None for all")
+            object.__setattr__(self, "categories", tuple(sorted(set(cats))))
         for name in ("min_price", "max_price"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0):
+            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_))
+                                  or not math.isfinite(v) or v < 0):
                 raise InvalidRequestError(f"{name} must be a finite number ≥ 0, not {v!r}")
+        if self.in_stock is not None and not isinstance(self.in_stock, (bool, np.bool_)):
+            raise InvalidRequestError(f"in_stock must be True, False or None, not {self.in_stock!r}")
         if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
             raise InvalidRequestError(f"price range is inverted: min_price {self.min_price} > max_price {self.max_price}")
 
@@ -72,10 +83,13 @@ class SearchRequest:
     k: int = 10
     filters: Filters = field(default_factory=Filters)
     user_vector: np.ndarray | None = None
+    crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) px of the decoded image
 
     def __post_init__(self) -> None:
         if (self.image is None) == (self.embedding is None):
             raise InvalidRequestError("give exactly one of image or embedding")
+        if self.crop is not None:
+            object.__setattr__(self, "crop", _check_crop(self.crop, self.image is not None))
         if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or not 1 <= self.k <= MAX_K:
             raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, not {self.k!r}")
         if not isinstance(self.filters, Filters):
@@ -83,15 +97,33 @@ class SearchRequest:
         for name in ("embedding", "user_vector"):
             v = getattr(self, name)
             if v is not None:
-                arr = np.asarray(v, dtype=np.float32) if _numeric(v) else None
+                with np.errstate(over="ignore", invalid="ignore"):  # 1e300 becomes inf, refused below
+                    arr = np.asarray(v, dtype=np.float32) if _numeric(v) else None
                 if arr is None or arr.ndim != 1 or arr.size == 0 or not np.isfinite(arr).all():
-                    raise InvalidRequestError(f"{name} must be a finite 1-D vector, not {np.shape(v)}")
+                    what = f"shape {arr.shape}" if arr is not None else type(v).__name__
+                    raise InvalidRequestError(f"{name} must be a finite 1-D vector of numbers, not {what}")
+                if name == "embedding" and not np.any(arr):
+                    raise InvalidRequestError("embedding is all zeros: it has no direction to search in")
                 object.__setattr__(self, name, arr)
+
+
+def _check_crop(crop, has_image: bool) -> tuple[int, int, int, int]:
+    """A region of interest as four integer pixels ``(left, top, right, bottom)``, right/bottom exclusive."""
+    if not has_image:
+        raise InvalidRequestError("crop needs an image; an embedding cannot be cropped")
+    if (not isinstance(crop, (tuple, list)) or len(crop) != 4
+            or not all(isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) for c in crop)):
+        raise InvalidRequestError(f"crop must be four integers (left, top, right, bottom), not {crop!r}")
+    left, top, right, bottom = (int(c) for c in crop)
+    if left < 0 or top < 0 or right <= left or bottom <= top:
+        raise InvalidRequestError(f"crop {crop!r} is not a box: need 0 <= left < right and 0 <= top < bottom")
+    return left, top, right, bottom
 
 
 def _numeric(v) -> bool:
     try:
-        np.asarray(v, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.asarray(v, dtype=np.float32)
         return True
     except (TypeError, ValueError):
         return False
@@ -152,16 +184,22 @@ class Searcher:
         return cls(index, catalog, enc, Reranker(catalog, rerank))
 
     def search(self, image: ImageLike | None = None, k: int = 10, filters: Filters | None = None,
-               embedding: np.ndarray | None = None, user_vector: np.ndarray | None = None) -> SearchResults:
-        """Search with one image (or a precomputed embedding)."""
+               embedding: np.ndarray | None = None, user_vector: np.ndarray | None = None,
+               crop: tuple[int, int, int, int] | None = None) -> SearchResults:
+        """Search with one image (optionally a ``crop`` box of it) or a precomputed embedding."""
         return self.run(SearchRequest(image=image, embedding=embedding, k=k,
-                                      filters=filters or Filters(), user_vector=user_vector))
+                                      filters=filters or Filters(), user_vector=user_vector, crop=crop))
 
     def run(self, request: SearchRequest) -> SearchResults:
         """Answer a validated :class:`SearchRequest`."""
         t0 = time.perf_counter()
         if request.image is not None:
             image = load_image(request.image)
+            if request.crop is not None:
+                if request.crop[2] > image.width or request.crop[3] > image.height:
+                    raise InvalidRequestError(f"crop {request.crop} reaches outside the decoded "
+                                              f"{image.width}x{image.height} image")
+                image = image.crop(request.crop)
             t1 = time.perf_counter()
             query = self.encoder.encode_images([image])[0]
         else:
@@ -169,7 +207,10 @@ class Searcher:
             query = request.embedding
             if query.shape[0] != self.index.dim:
                 raise InvalidRequestError(f"embedding must have {self.index.dim} values, not {query.shape[0]}")
-            query = query / max(float(np.linalg.norm(query)), 1e-12)
+            query = query / float(np.abs(query).max())  # first to [-1, 1]: huge values cannot overflow the norm
+            query = query / float(np.linalg.norm(query))
+        if request.user_vector is not None and request.user_vector.shape[0] != self.index.dim:
+            raise InvalidRequestError(f"user_vector must have {self.index.dim} values, not {request.user_vector.shape[0]}")
         t2 = time.perf_counter()
         allowed = request.filters.allowed_ids(self.catalog)
         scores, ids = self.index.search(query[None, :], max(request.k, self.candidates), allowed=allowed)
@@ -184,7 +225,7 @@ class Searcher:
                      batch_size: int = 32) -> list[SearchResults]:
         """Search many images: embedded in batches, then one ANN call (timings are per-query shares)."""
         filters = filters or Filters()
-        SearchRequest(embedding=np.zeros(self.index.dim), k=k, filters=filters)  # validate k and filters
+        SearchRequest(embedding=np.ones(self.index.dim), k=k, filters=filters)  # validate k and filters
         t0 = time.perf_counter()
         decoded = [load_image(im) for im in images]
         t1 = time.perf_counter()

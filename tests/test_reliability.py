@@ -1,0 +1,450 @@
+"""Reliability (chapter 02): bad input gives a documented error, indexes never lose or mix up
+products, concurrent searches agree with serial ones, and nothing unpickles untrusted files."""
+from __future__ import annotations
+
+import ast
+import io
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import image_search
+from image_search import (Filters, ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
+                          ProductIndex, SearchRequest, Searcher)
+from image_search.__main__ import main as cli_main
+from image_search.encoders import ColourHistogramEncoder
+from image_search.images import decode_bytes
+from image_search.searcher import MAX_K, build_index
+
+from conftest import unit_vectors
+
+PACKAGE = Path(image_search.__file__).parent
+FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def noise(w=48, h=32, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+SEEDS = [encode(noise(), "JPEG"), encode(noise(), "PNG"), encode(noise().convert("P"), "GIF"),
+         encode(noise(), "WEBP"), encode(noise(), "BMP"), encode(noise(), "TIFF")]
+
+
+@pytest.fixture(scope="module")
+def searcher(catalog):
+    return Searcher.from_catalog("colour-histogram", catalog=catalog, progress=False)
+
+
+def bad_uploads(tmp: Path) -> dict[str, Path]:
+    """One file per kind of bad upload, every one named like a photo."""
+    from test_images import bomb_png
+
+    files = {
+        "zero-byte": b"",
+        "truncated JPEG": encode(noise(), "JPEG")[:300],
+        "truncated PNG": encode(noise(), "PNG")[:300],
+        "text named .jpg": b"shopping list: sofa, lamp\n",
+        "HTML named .jpg": b"<!doctype html><html><body>Login</body></html>",
+        "SVG": b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"><rect width="9" height="9"/></svg>',
+        "decompression bomb 30000x30000": bomb_png(30000, 30000),
+        "ICO (unsupported format)": encode(noise(), "ICO"),
+    }
+    out = {}
+    for name, data in files.items():
+        out[name] = tmp / (name.replace(" ", "_") + ".jpg")
+        out[name].write_bytes(data)
+    return out
+
+
+def awkward_uploads(tmp: Path) -> dict[str, Path]:
+    """Legal but awkward uploads: each must give results, not an error."""
+    rgba = Image.new("RGBA", (40, 40), (200, 30, 30, 0))
+    rgba.paste((30, 30, 200, 255), (10, 10, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    frames = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 255, 0)]]
+    files = {
+        "huge photo 5000x2500": encode(Image.new("RGB", (5000, 2500), (120, 80, 40)), "JPEG"),
+        "1x1": encode(Image.new("RGB", (1, 1), (5, 5, 5)), "PNG"),
+        "1x5000": encode(Image.new("RGB", (1, 5000), (0, 0, 0)), "PNG"),
+        "5000x1": encode(Image.new("RGB", (5000, 1), (0, 0, 0)), "PNG"),
+        "16-bit PNG": encode(Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)), "PNG"),
+        "CMYK JPEG": encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG"),
+        "palette PNG": encode(noise().convert("P"), "PNG"),
+        "RGBA with transparency": encode(rgba, "PNG"),
+        "animated GIF": encode(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "EXIF-rotated JPEG": encode(noise(), "JPEG", exif=exif),
+    }
+    out = {}
+    for name, data in files.items():
+        out[name] = tmp / (name.replace(" ", "_") + ".img")
+        out[name].write_bytes(data)
+    return out
+
+
+# ------------------------------------------------------------------ inputs through the Searcher
+def test_bad_uploads_raise_invalid_image_error_from_the_searcher(searcher, tmp_path):
+    for name, path in bad_uploads(tmp_path).items():
+        for query in (path, path.read_bytes()):
+            with pytest.raises(InvalidImageError):
+                searcher.search(query, k=5)
+
+
+def test_awkward_uploads_give_results(searcher, tmp_path):
+    for name, path in awkward_uploads(tmp_path).items():
+        res = searcher.search(path, k=5)
+        assert len(res) == 5, name
+        assert all(np.isfinite(res.scores)), name
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(k=0), dict(k=-1), dict(k=MAX_K + 1), dict(k=10 ** 12), dict(k=2.5), dict(k=True), dict(k="10"), dict(k=None),
+    dict(embedding=np.full(128, np.nan)), dict(embedding=np.full(128, np.inf)), dict(embedding=np.zeros(128)),
+    dict(embedding=np.ones(127)), dict(embedding=np.ones((2, 128))), dict(embedding=np.ones(0)),
+    dict(embedding="a vector"), dict(embedding=[[1, 2], [3]]),
+    dict(embedding=np.ones(128), user_vector=np.ones(5)), dict(embedding=np.ones(128), user_vector=[np.nan] * 128),
+    dict(filters=Filters(categories=("Garage",))), dict(filters=Filters(categories="Living room ")),
+    dict(filters={"categories": "Kitchen"}),
+])
+def test_bad_requests_raise_invalid_request_error(searcher, kwargs):
+    kwargs = dict(kwargs)
+    if "embedding" not in kwargs:
+        kwargs["embedding"] = np.ones(128)
+    with pytest.raises(InvalidRequestError):
+        searcher.run(SearchRequest(**kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(min_price=-1), dict(max_price=-0.01), dict(min_price=50, max_price=10), dict(max_price=math.nan),
+    dict(min_price=math.inf), dict(max_price="cheap"), dict(max_price=True), dict(categories=5),
+    dict(categories=()), dict(categories=["Kitchen", None]), dict(categories=[""]), dict(in_stock="yes"),
+])
+def test_bad_filters_raise_invalid_request_error(kwargs):
+    with pytest.raises(InvalidRequestError):
+        Filters(**kwargs)
+
+
+def test_good_edge_requests_work(searcher, catalog):
+    q = np.ones(128)
+    big = searcher.run(SearchRequest(embedding=np.full(128, 3e38, np.float32), k=5))  # norm overflows float32
+    tiny = searcher.run(SearchRequest(embedding=np.full(128, 1e-30), k=5))
+    assert big.ids == tiny.ids == searcher.run(SearchRequest(embedding=q, k=5)).ids
+    assert len(searcher.run(SearchRequest(embedding=q, k=MAX_K))) == len(catalog)  # capped by the catalog
+    assert len(searcher.run(SearchRequest(embedding=q, k=1))) == 1
+    assert len(searcher.run(SearchRequest(embedding=q, k=np.int64(3)))) == 3
+    res = searcher.run(SearchRequest(embedding=q, k=5, filters=Filters(min_price=0, max_price=0)))
+    assert all(p.price == 0 for p in res.products)  # an empty but valid range: zero or few results
+    res = searcher.run(SearchRequest(embedding=q, k=5, filters=Filters(categories=["Kitchen"], min_price=np.float32(1),
+                                                                       max_price=1e12, in_stock=np.bool_(True))))
+    assert len(res) == 5 and all(p.category == "Kitchen" and p.in_stock for p in res.products)
+    with pytest.raises(InvalidRequestError):
+        SearchRequest()
+    with pytest.raises(InvalidRequestError):
+        SearchRequest(image=b"x", embedding=q)
+
+
+# ------------------------------------------------------------------ property-based
+@FUZZ
+@given(st.binary(max_size=4096))
+def test_random_bytes_give_an_image_or_invalid_image_error(data):
+    try:
+        img = decode_bytes(data)
+    except InvalidImageError:
+        return
+    assert img.mode == "RGB" and min(img.size) >= 1
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on damaged TIFF tags
+@FUZZ
+@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), max_size=12),
+       st.integers(0, 10 ** 6), st.booleans())
+def test_mutated_images_give_an_image_or_invalid_image_error(seed, flips, cut, truncate):
+    data = bytearray(seed)
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    if truncate:
+        data = data[: cut % len(data)]
+    try:
+        img = decode_bytes(bytes(data))
+    except InvalidImageError:
+        return
+    assert img.mode == "RGB" and max(img.size) <= 1024
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
+any_float = st.floats(allow_nan=True, allow_infinity=True)
+price = st.one_of(st.none(), any_float, st.integers(-10, 10 ** 6), st.text(max_size=3), st.booleans())
+
+
+@settings(FUZZ, max_examples=60)
+@given(k=st.one_of(st.integers(-5, 2 * MAX_K), st.floats(), st.none(), st.text(max_size=2)),
+       categories=st.one_of(st.none(), st.text(max_size=12), st.lists(st.sampled_from(
+           ["Kitchen", "Bedroom", "Lights", "Office", "Garage", "", "kitchen"]), max_size=3)),
+       min_price=price, max_price=price, in_stock=st.one_of(st.none(), st.booleans(), st.integers(0, 2)),
+       vec=st.one_of(st.lists(any_float, min_size=0, max_size=3), st.lists(finite, min_size=128, max_size=128),
+                     st.lists(any_float, min_size=128, max_size=128)))
+def test_random_requests_give_results_or_documented_errors(searcher, k, categories, min_price, max_price, in_stock, vec):
+    try:
+        filters = Filters(categories=categories, min_price=min_price, max_price=max_price, in_stock=in_stock)
+        res = searcher.run(SearchRequest(embedding=np.array(vec), k=k, filters=filters))
+    except (InvalidRequestError, InvalidImageError):
+        return
+    assert 1 <= k <= MAX_K and len(res) <= k
+    assert all(filters.accepts(p) for p in res.products)
+
+
+# ------------------------------------------------------------------ the CLI
+@pytest.fixture(scope="module")
+def hist_index(catalog, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "hist.index"
+    build_index(catalog, ColourHistogramEncoder(), progress=False).save(path)
+    return path
+
+
+def run_cli(capsys, *args):
+    rc = cli_main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_bad_uploads_and_arguments_are_one_line_errors(capsys, tmp_path, hist_index, catalog):
+    good = catalog.icon_path(catalog.ids[0])
+    common = ["--encoder", "colour-histogram", "--index", hist_index]
+    cases = {name: ["search", path, *common] for name, path in bad_uploads(tmp_path).items()}
+    cases.update({
+        "missing file": ["search", tmp_path / "nope.jpg", *common],
+        "a folder": ["search", tmp_path, *common],
+        "-k 0": ["search", good, "-k", "0", *common],
+        "-k -3": ["search", good, "-k", "-3", *common],
+        "-k 100000": ["search", good, "-k", "100000", *common],
+        "-k many": ["search", good, "-k", "many", *common],
+        "--max-price -1": ["search", good, "--max-price", "-1", *common],
+        "--max-price nan": ["search", good, "--max-price", "nan", *common],
+        "--min-price > --max-price": ["search", good, "--min-price", "90", "--max-price", "10", *common],
+        "unknown category": ["search", good, "--category", "Garage", *common],
+        "index of another encoder": ["search", good, "--encoder", "raw-pixels", "--index", hist_index],
+        "damaged index": ["search", good, "--encoder", "colour-histogram", "--index", bad_uploads(tmp_path)["zero-byte"]],
+        "unknown encoder": ["search", good, "--encoder", "nope", "--index", hist_index],
+        "unknown command": ["frobnicate"],
+        "no command": [],
+    })
+    for name, args in cases.items():
+        try:
+            rc, out, err = run_cli(capsys, *args)
+        except SystemExit as e:  # argparse errors exit 2 after one line
+            rc, err = e.code, capsys.readouterr().err
+        assert rc not in (0, None), name
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (name, err)
+
+
+def test_cli_awkward_uploads_succeed(capsys, tmp_path, hist_index):
+    for name, path in awkward_uploads(tmp_path).items():
+        rc, out, err = run_cli(capsys, "search", path, "-k", "3", "--encoder", "colour-histogram", "--index", hist_index)
+        assert rc == 0, (name, err)
+        assert "rank" in out
+
+
+def test_cli_in_a_real_process_prints_no_traceback(tmp_path, hist_index):
+    path = bad_uploads(tmp_path)["decompression bomb 30000x30000"]
+    out = subprocess.run([sys.executable, "-m", "image_search", "search", str(path), "--encoder", "colour-histogram",
+                          "--index", str(hist_index)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ atomic save
+def _temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("fail_at", ["writestr", "fsync", "replace"])
+def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
+    import zipfile
+
+    old = ProductIndex(16, "enc")
+    old.add([f"old{i}" for i in range(30)], unit_vectors(30, 16))
+    path = old.save(tmp_path / "catalog.index")
+    new = ProductIndex(16, "enc")
+    new.add([f"new{i}" for i in range(40)], unit_vectors(40, 16, seed=1))
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    if fail_at == "writestr":  # fail after the manifest and ids are written, before the vectors
+        real = zipfile.ZipFile.writestr
+
+        def partial(self, name, data, *a, **kw):
+            if name == "index.faiss":
+                boom()
+            return real(self, name, data, *a, **kw)
+        monkeypatch.setattr(zipfile.ZipFile, "writestr", partial)
+    elif fail_at == "fsync":
+        monkeypatch.setattr(os, "fsync", boom)
+    else:
+        monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="simulated"):
+        new.save(path)
+    monkeypatch.undo()
+    assert ProductIndex.load(path).ids == old.ids
+    assert _temp_files(tmp_path) == []
+
+
+def test_killing_a_process_mid_save_keeps_the_previous_index(tmp_path):
+    path = tmp_path / "big.index"
+    code = f"""
+import numpy as np, sys
+from image_search import ProductIndex
+x = np.random.default_rng(0).normal(size=(100_000, 64)).astype(np.float32)
+index = ProductIndex(64, "enc")
+index.add([f"p{{i}}" for i in range(len(x))], x)
+index.save(r"{path}")
+print("saved", flush=True)
+for i in range(1000):
+    index.remove([f"p{{i}}"])
+    index.save(r"{path}")
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "saved"
+        deadline = time.time() + 60
+        while not _temp_files(tmp_path) and time.time() < deadline:  # wait until a save is under way
+            time.sleep(0.002)
+        assert _temp_files(tmp_path), "never caught a save in progress"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    index = ProductIndex.load(path, encoder="enc", dim=64)  # the last complete save, checksum verified
+    assert 99_000 < len(index) <= 100_000
+    # a hard kill cannot clean up: its temp file is left under a name load() never reads
+    assert all(p.name.startswith(".big.index.") for p in _temp_files(tmp_path))
+
+
+# ------------------------------------------------------------------ concurrency
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
+def test_concurrent_index_searches_match_serial(factory):
+    x = unit_vectors(500, 32)
+    index = ProductIndex(32, "enc", factory=factory)
+    index.add([f"p{i}" for i in range(500)], x)
+    index.remove([f"p{i}" for i in range(0, 500, 7)])
+    queries = unit_vectors(64, 32, seed=3)
+    allowed = [None, {f"p{i}" for i in range(0, 500, 3)}]
+    jobs = [(q, a) for q in queries for a in allowed]
+
+    def one(job):
+        s, ids = index.search(job[0], 10, allowed=job[1], params={"nprobe": 4})
+        return ids[0], s[0].tolist()
+
+    serial = [one(j) for j in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, jobs)) == serial
+
+
+def test_concurrent_searcher_queries_match_serial(searcher, catalog):
+    paths = [catalog.view_paths(i)[0] for i in catalog.ids[:24]]
+    kinds = [Filters(), Filters(categories=("Kitchen", "Bedroom")), Filters(max_price=200)]
+    jobs = [(p, f) for p in paths for f in kinds]
+
+    def one(job):
+        res = searcher.search(job[0], k=8, filters=job[1])
+        return res.ids, np.round(res.scores, 6).tolist()
+
+    serial = [one(j) for j in jobs]
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(one, jobs)) == serial
+
+
+def test_concurrent_decoding_of_bombs_and_photos(tmp_path):
+    from test_images import bomb_png
+
+    bomb, photo = bomb_png(10000, 10000), encode(noise(), "PNG")
+
+    def one(i):
+        try:
+            return decode_bytes(bomb if i % 2 else photo).size
+        except InvalidImageError:
+            return "refused"
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(one, range(64)))
+    assert got == ["refused" if i % 2 else (48, 32) for i in range(64)]
+    import warnings
+    assert not any(f[2] is Image.DecompressionBombWarning and f[0] == "error" for f in warnings.filters)
+
+
+# ------------------------------------------------------------------ no unsafe deserialisation
+UNPICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve", "jsonpickle"}
+
+
+def unsafe_calls(source: str) -> list[str]:
+    """Calls that can run code from a file's bytes: unpickling, ``torch.load`` without
+    ``weights_only=True``, ``np.load(allow_pickle=True)``, ``pd.read_pickle``, unsafe YAML, eval/exec."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name.split(".")[0] for a in node.names] + ([node.module.split(".")[0]] if getattr(node, "module", None) else [])
+            found += [f"line {node.lineno}: imports {n}" for n in names if n in UNPICKLERS]
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+        owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
+        kw = {k.arg: k.value for k in node.keywords}
+        const = lambda key: kw[key].value if key in kw and isinstance(kw[key], ast.Constant) else None  # noqa: E731
+        if owner in UNPICKLERS and name in ("load", "loads", "Unpickler", "open"):
+            found.append(f"line {node.lineno}: {owner}.{name}")
+        elif owner == "torch" and name == "load" and const("weights_only") is not True:
+            found.append(f"line {node.lineno}: torch.load without weights_only=True")
+        elif owner in ("np", "numpy") and name == "load" and "allow_pickle" in kw and const("allow_pickle") is not False:
+            found.append(f"line {node.lineno}: np.load with allow_pickle")
+        elif name in ("read_pickle", "unsafe_load", "full_load") or (owner == "yaml" and name == "load" and "Loader" not in kw):
+            found.append(f"line {node.lineno}: {owner}.{name}")
+        elif isinstance(f, ast.Name) and name in ("eval", "exec"):
+            found.append(f"line {node.lineno}: {name}()")
+    return found
+
+
+def test_the_unsafe_call_checker_catches_what_it_should():
+    bad = """
+import pickle
+import numpy as np, torch, pandas as pd
+a = pickle.load(open('x', 'rb'))
+b = torch.load('w.pt')
+c = torch.load('w.pt', weights_only=False)
+d = np.load('x.npy', allow_pickle=True)
+e = pd.read_pickle('x.pkl')
+f = eval('1')
+"""
+    assert len(unsafe_calls(bad)) == 7
+    good = "import numpy as np, torch\ntorch.load('w', map_location='cpu', weights_only=True)\nnp.load('x', allow_pickle=False)\n"
+    assert unsafe_calls(good) == []
+
+
+def test_the_package_never_unpickles():
+    problems = {p.name: unsafe_calls(p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))}
+    assert not {k: v for k, v in problems.items() if v}, problems
+    text = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
+    assert "allow_pickle=True" not in text and "weights_only=False" not in text
+
+
+def test_every_documented_error_is_an_image_search_error():
+    for exc in (InvalidImageError, InvalidRequestError, IndexMismatchError, image_search.ModelUnavailableError):
+        assert issubclass(exc, ImageSearchError)
