@@ -9,7 +9,9 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data" / "catalog"
@@ -126,3 +128,76 @@ def _product(row: dict[str, str]) -> Product:
         colour=row["colour"], colour_hex=row["colour_hex"], split=row["split"],
         price=float(row["price"]), in_stock=row["in_stock"] == "True", brand=row["brand"],
         creator=row["creator"], licence=row["licence"])
+
+
+# --------------------------------------------------------------------------- near-duplicates (chapter 04)
+@dataclass(frozen=True)
+class DuplicatePair:
+    """Two products whose images look (nearly) the same; ``id_a < id_b``. Chapter 04."""
+
+    id_a: str
+    id_b: str
+    similarity: float  # cosine similarity of embeddings, or 1 - Hamming distance / bits for hashes
+
+
+def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float = 0.95) -> list[DuplicatePair]:
+    """Every pair of items whose L2-normalised embeddings have cosine similarity ``>= threshold``,
+    most similar first. Exact (all pairs, ``n²/2`` dot products): fine for thousands of items; use an
+    ANN index's range search beyond that. Chapter 04."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.ndim != 2 or len(x) != len(ids):
+        raise ValueError(f"need one embedding row per id: {len(ids)} ids, embeddings of shape {x.shape}")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    sims = x @ x.T
+    rows, cols = np.nonzero(np.triu(sims >= threshold, k=1))
+    return _sorted_pairs((ids[i], ids[j], float(sims[i, j])) for i, j in zip(rows, cols))
+
+
+def perceptual_hashes(paths: Sequence[str | Path], hash_size: int = 8) -> np.ndarray:
+    """DCT perceptual hash (``imagehash.phash``) of each image as a ``(n, hash_size²)`` bool array. Chapter 04."""
+    import imagehash
+    from PIL import Image
+
+    out = np.empty((len(paths), hash_size * hash_size), dtype=bool)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            out[i] = imagehash.phash(im.convert("RGB"), hash_size=hash_size).hash.ravel()
+    return out
+
+
+def hash_duplicates(ids: Sequence[str], hashes: np.ndarray, max_distance: int = 4) -> list[DuplicatePair]:
+    """Pairs whose perceptual hashes differ in at most ``max_distance`` bits; ``similarity`` is
+    ``1 - distance / bits``. Chapter 04."""
+    h = np.asarray(hashes, dtype=bool)
+    if h.ndim != 2 or len(h) != len(ids):
+        raise ValueError(f"need one hash row per id: {len(ids)} ids, hashes of shape {h.shape}")
+    hi = h.astype(np.int32)
+    distance = hi @ (1 - hi).T + (1 - hi) @ hi.T  # Hamming distance of every pair
+    rows, cols = np.nonzero(np.triu(distance <= max_distance, k=1))
+    bits = h.shape[1]
+    return _sorted_pairs((ids[i], ids[j], 1.0 - float(distance[i, j]) / bits) for i, j in zip(rows, cols))
+
+
+def duplicate_groups(pairs: Sequence[DuplicatePair]) -> list[tuple[str, ...]]:
+    """Connected groups of items linked by duplicate pairs (sorted ids; largest group first). Chapter 04."""
+    parent: dict[str, str] = {}
+
+    def root(a: str) -> str:
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for p in pairs:
+        ra, rb = root(p.id_a), root(p.id_b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[str, list[str]] = {}
+    for a in parent:
+        groups.setdefault(root(a), []).append(a)
+    return sorted((tuple(sorted(g)) for g in groups.values()), key=lambda g: (-len(g), g))
+
+
+def _sorted_pairs(triples) -> list[DuplicatePair]:
+    pairs = [DuplicatePair(*sorted((a, b)), s) for a, b, s in triples]
+    return sorted(pairs, key=lambda p: (-round(p.similarity, 6), p.id_a, p.id_b))

@@ -1,0 +1,48 @@
+"""The region-of-interest crop of a search request (chapter 02)."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_search import InvalidRequestError, SearchRequest, Searcher
+
+
+@pytest.fixture(scope="module")
+def searcher(catalog):
+    return Searcher.from_catalog("colour-histogram", catalog=catalog, progress=False)
+
+
+@pytest.mark.parametrize("crop", [(0, 0, 10), (0, 0, 10, 10, 3), (0.0, 0, 10, 10), (True, 0, 10, 10),
+                                  "0,0,10,10", (-1, 0, 10, 10), (0, -5, 10, 10), (10, 0, 10, 10),
+                                  (0, 20, 10, 10)])
+def test_bad_crops_are_refused(crop):
+    with pytest.raises(InvalidRequestError, match="crop"):
+        SearchRequest(image=np.zeros((32, 32, 3), np.uint8), crop=crop)
+
+
+def test_crop_needs_an_image():
+    with pytest.raises(InvalidRequestError, match="crop needs an image"):
+        SearchRequest(embedding=np.ones(8), crop=(0, 0, 4, 4))
+
+
+def test_crop_is_normalised_to_a_tuple_of_ints():
+    req = SearchRequest(image=np.zeros((32, 32, 3), np.uint8), crop=[np.int64(1), 2, 30, 31])
+    assert req.crop == (1, 2, 30, 31) and all(type(c) is int for c in req.crop)
+
+
+def test_crop_finds_the_product_inside_a_bigger_photo(searcher, catalog):
+    pid = catalog.ids[5]
+    icon = Image.open(catalog.icon_path(pid)).convert("RGB")
+    canvas = Image.new("RGB", (icon.width + 150, icon.height + 90), (200, 30, 160))
+    canvas.paste(icon, (100, 40))
+    box = (100, 40, 100 + icon.width, 40 + icon.height)
+    plain = searcher.search(icon, k=5)
+    cropped = searcher.search(canvas, k=5, crop=box)
+    uncropped = searcher.search(canvas, k=5)
+    assert cropped.ids == plain.ids and np.allclose(cropped.scores, plain.scores)
+    assert cropped.ids[0] == pid
+    assert uncropped.scores[0] < cropped.scores[0]  # the magenta background pulls the query away
+
+
+def test_crop_outside_the_decoded_image_is_refused(searcher):
+    with pytest.raises(InvalidRequestError, match="outside the decoded 64x48 image"):
+        searcher.search(np.zeros((48, 64, 3), np.uint8), crop=(0, 0, 65, 48))
