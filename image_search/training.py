@@ -1,0 +1,444 @@
+"""Model development on the catalog: metric-learning projection heads (triplet, InfoNCE) on frozen
+image features, and a CLIP-style text tower trained against the locked image tower (LiT). Chapter 06.
+
+Everything trains on cached EfficientNet-Lite0 features of the **train** products, single-threaded
+and seeded, so results reproduce exactly on a CPU. ``load_encoder("lit")`` calls
+:func:`load_lit_encoder`, which trains the text tower on first use (about a minute) and caches it as
+an open_clip ``local-dir:`` model.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .catalog import Catalog, Product, load_catalog
+from .encoders import Encoder, TorchEncoder, cache_dir, encode_paths, l2_normalize, load_encoder
+from .images import ImageLike
+
+LIT_BASE_ENCODER = "efficientnet-lite0"
+LIT_DIR_NAME = "lit-efficientnet-lite0"
+LIT_FORMAT = 1
+
+
+# --------------------------------------------------------------------------- shared helpers
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch. Chapter 06."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_torch(threads: int = 1) -> Iterator[None]:
+    """Run PyTorch with a fixed thread count and deterministic algorithms, restoring both after.
+    One thread makes CPU float sums reproducible whatever the machine's core count."""
+    import torch
+
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+
+
+def catalog_features(catalog: Catalog, encoder: Encoder, ids: Sequence[str] | None = None,
+                     progress: bool = False) -> np.ndarray:
+    """Embeddings of each product's shop photo and customer photos: ``(n, 1 + views, dim)``, the
+    icon first. Uses the on-disk embedding cache. Chapter 06."""
+    ids = list(catalog.ids if ids is None else ids)
+    views = [catalog.view_paths(i) for i in ids]
+    n_views = {len(v) for v in views}
+    if len(n_views) != 1:
+        raise ValueError(f"products have different numbers of views: {sorted(n_views)}")
+    paths = [p for i, v in zip(ids, views) for p in (catalog.icon_path(i), *v)]
+    x = encode_paths(encoder, paths, progress=progress)
+    return x.reshape(len(ids), 1 + n_views.pop(), encoder.dim)
+
+
+# --------------------------------------------------------------------------- metric learning
+@dataclass(frozen=True)
+class HeadConfig:
+    """A projection head trained on frozen features. ``loss`` is ``"infonce"`` (symmetric, in-batch
+    negatives, ``temperature``) or ``"triplet"`` (batch-hard mining, ``margin`` on cosine
+    distance; ``mining="random"`` takes a random in-batch negative instead of the hardest). Each
+    step samples ``batch_products`` products and two of their photos (icon or views). ``hidden`` > 0
+    makes a two-layer MLP instead of a linear map. Chapter 06."""
+
+    loss: str = "infonce"
+    mining: str = "hard"
+    dim: int = 256
+    hidden: int = 0
+    epochs: int = 80
+    batch_products: int = 144
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.05
+    margin: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("infonce", "triplet"):
+            raise ValueError(f"loss must be 'infonce' or 'triplet', not {self.loss!r}")
+        if self.mining not in ("hard", "random"):
+            raise ValueError(f"mining must be 'hard' or 'random', not {self.mining!r}")
+        if self.dim < 1 or self.epochs < 1 or self.batch_products < 2:
+            raise ValueError("dim and epochs must be positive and batch_products at least 2")
+
+
+@dataclass(frozen=True)
+class TrainedHead:
+    """A trained projection head: ``project`` maps base embeddings to unit vectors of ``config.dim``.
+    ``losses`` holds the mean training loss per epoch; ``history`` the ``(epoch, value)`` pairs the
+    ``on_epoch`` callback returned."""
+
+    config: HeadConfig
+    module: object = field(repr=False)
+    losses: tuple[float, ...]
+    history: tuple[tuple[int, float], ...] = ()
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return l2_normalize(self.module(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy())
+
+    def encoder(self, base: Encoder) -> "ProjectedEncoder":
+        """An :class:`~image_search.encoders.Encoder`: ``base`` followed by this head."""
+        return ProjectedEncoder(base, self)
+
+
+@dataclass
+class ProjectedEncoder:
+    """A base encoder followed by a trained projection head. Chapter 06."""
+
+    base: Encoder
+    head: TrainedHead
+
+    @property
+    def name(self) -> str:
+        c = self.head.config
+        return f"{self.base.name}+{c.loss}{c.dim}-seed{c.seed}"
+
+    @property
+    def dim(self) -> int:
+        return self.head.config.dim
+
+    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        return self.head.project(self.base.encode_images(images, batch_size=batch_size, progress=progress))
+
+
+def info_nce_loss(anchors, positives, temperature: float):
+    """Symmetric InfoNCE over a batch of unit vectors: row i of ``anchors`` should match row i of
+    ``positives`` against every other row (in-batch negatives). Chapter 06."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = anchors @ positives.T / temperature
+    target = torch.arange(len(anchors))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def batch_hard_triplet_loss(embeddings, labels, margin: float):
+    """Triplet loss with batch-hard mining: for each anchor, its farthest positive and nearest
+    negative in the batch (cosine distance on unit vectors). Chapter 06."""
+    import torch
+
+    dist = 1 - embeddings @ embeddings.T
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool)
+    hardest_pos = torch.where(same & ~eye, dist, torch.zeros_like(dist)).max(dim=1).values
+    hardest_neg = torch.where(same, torch.full_like(dist, 4.0), dist).min(dim=1).values
+    return torch.relu(hardest_pos - hardest_neg + margin).mean()
+
+
+def train_projection_head(groups: np.ndarray, config: HeadConfig = HeadConfig(),
+                          on_epoch: Callable[[int, Callable[[np.ndarray], np.ndarray]], float | None] | None = None
+                          ) -> TrainedHead:
+    """Train a projection head on frozen features ``groups`` of shape ``(products, photos, dim)``:
+    photos of one product are positives, other products negatives. ``on_epoch(epoch, project)``
+    may return a validation number to record (``None`` to skip). Deterministic (one thread). Chapter 06."""
+    import torch
+    import torch.nn.functional as F
+
+    groups = np.asarray(groups, dtype=np.float32)
+    if groups.ndim != 3 or groups.shape[1] < 2:
+        raise ValueError(f"groups must be (products, photos >= 2, dim), not {groups.shape}")
+    n, m, d = groups.shape
+    c = config
+    with deterministic_torch():
+        set_seed(c.seed)
+        rng = np.random.default_rng(c.seed)
+        if c.hidden:
+            head = torch.nn.Sequential(torch.nn.Linear(d, c.hidden), torch.nn.GELU(), torch.nn.Linear(c.hidden, c.dim))
+        else:
+            head = torch.nn.Linear(d, c.dim, bias=False)
+        opt = torch.optim.AdamW(head.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        x = torch.from_numpy(groups)
+        losses, history = [], []
+
+        def project(v: np.ndarray) -> np.ndarray:
+            head.eval()
+            with torch.no_grad():
+                out = F.normalize(head(torch.as_tensor(np.asarray(v, dtype=np.float32))), dim=-1).numpy()
+            head.train()
+            return out
+
+        for epoch in range(1, c.epochs + 1):
+            order, total = rng.permutation(n), 0.0
+            for start in range(0, n, c.batch_products):
+                b = order[start:start + c.batch_products]
+                if len(b) < 2:
+                    continue
+                first = rng.integers(0, m, len(b))
+                second = (first + rng.integers(1, m, len(b))) % m   # a different photo of the same product
+                za = F.normalize(head(x[b, first]), dim=-1)
+                zp = F.normalize(head(x[b, second]), dim=-1)
+                if c.loss == "infonce":
+                    loss = info_nce_loss(za, zp, c.temperature)
+                elif c.mining == "random":
+                    negatives = torch.roll(zp, int(rng.integers(1, len(b))), dims=0)
+                    loss = torch.relu((za * negatives).sum(1) - (za * zp).sum(1) + c.margin).mean()
+                else:
+                    labels = torch.arange(len(b)).repeat(2)
+                    loss = batch_hard_triplet_loss(torch.cat([za, zp]), labels, c.margin)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(b)
+            losses.append(total / n)
+            if on_epoch is not None:
+                value = on_epoch(epoch, project)
+                if value is not None:
+                    history.append((epoch, float(value)))
+        head.eval()
+    return TrainedHead(c, head, tuple(losses), tuple(history))
+
+
+# --------------------------------------------------------------------------- LiT: a text tower for a locked image tower
+@dataclass(frozen=True)
+class LitConfig:
+    """The text tower (a small open_clip text transformer, random init, open_clip's BPE tokenizer)
+    and its training. The image tower is EfficientNet-Lite0, locked, with no projection: text
+    vectors live in the same 1280-d space as the book's image embeddings. Chapter 06."""
+
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    context_length: int = 24
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    seed: int = 0
+
+    def model_cfg(self, embed_dim: int = 1280) -> dict:
+        """The open_clip ``model_cfg`` (as saved in ``open_clip_config.json``)."""
+        return {"embed_dim": embed_dim,
+                "vision_cfg": {"timm_model_name": "tf_efficientnet_lite0", "timm_model_pretrained": False,
+                               "timm_pool": "avg", "timm_proj": "none", "image_size": 224},
+                "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.width,
+                             "heads": self.heads, "layers": self.layers}}
+
+
+LIT_PREPROCESS_CFG = {"size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                      "interpolation": "bicubic", "resize_mode": "shortest"}
+
+
+def product_text_fields(p: Product) -> list[str]:
+    """The words a shopper might type about a product: colour, name, category, tags (lower case)."""
+    return [p.colour, p.name.lower(), p.category.lower(), *(t.lower() for t in p.tags)]
+
+
+def random_product_text(p: Product, rng: np.random.Generator) -> str:
+    """A training caption: half the time the full :attr:`Product.text`, else a random non-empty
+    subset of its fields in random order, so single words ("green", "office") get aligned too."""
+    if rng.random() < 0.5:
+        return p.text
+    fields = product_text_fields(p)
+    pick = rng.permutation(len(fields))[: rng.integers(1, len(fields) + 1)]
+    return ", ".join(fields[i] for i in pick)
+
+
+@dataclass(frozen=True)
+class LitResult:
+    """A trained LiT model (an ``open_clip.CLIP``) and its mean loss per epoch."""
+
+    model: object = field(repr=False)
+    tokenizer: object = field(repr=False)
+    losses: tuple[float, ...]
+    config: LitConfig
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return l2_normalize(self.model.encode_text(self.tokenizer(list(texts))).numpy())
+
+
+def new_lit_model(config: LitConfig = LitConfig()):
+    """An open_clip CLIP with EfficientNet-Lite0 ImageNet weights as its (locked) image tower and a
+    randomly initialised text tower; returns ``(model, tokenizer)``."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(config.seed)
+    model = open_clip.CLIP(**config.model_cfg())
+    trunk = load_encoder(LIT_BASE_ENCODER).model
+    model.visual.trunk.load_state_dict(trunk.state_dict())
+    model.visual.requires_grad_(False)
+    return model.eval(), open_clip.SimpleTokenizer(context_length=config.context_length)
+
+
+def train_lit(products: Sequence[Product], image_features: np.ndarray, config: LitConfig = LitConfig(),
+              on_epoch: Callable[[int, LitResult], None] | None = None) -> LitResult:
+    """Train the text tower with open_clip's contrastive ``ClipLoss`` against fixed image features
+    ``(len(products), photos, 1280)`` (the locked tower's embeddings of each product's photos).
+    Each step pairs a random caption of each product with one random photo of it. Chapter 06."""
+    import open_clip
+    import torch
+
+    feats = np.asarray(image_features, dtype=np.float32)
+    if feats.ndim != 3 or len(feats) != len(products):
+        raise ValueError(f"image_features must be (products={len(products)}, photos, dim), not {feats.shape}")
+    with deterministic_torch():
+        model, tokenizer = new_lit_model(config)
+        set_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        model.token_embedding.sparse = True  # only the rows of tokens in a batch get updated: 8x faster steps
+        dense = [p for n, p in model.named_parameters() if p.requires_grad and n != "token_embedding.weight"]
+        opt = torch.optim.AdamW(dense, lr=config.lr, weight_decay=config.weight_decay)
+        opt_emb = torch.optim.SparseAdam([model.token_embedding.weight], lr=config.lr)
+        loss_fn = open_clip.ClipLoss()
+        x = torch.from_numpy(feats)
+        losses = []
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            order, total = rng.permutation(len(products)), 0.0
+            for start in range(0, len(order), config.batch_size):
+                b = order[start:start + config.batch_size]
+                if len(b) < 2:
+                    continue
+                tokens = tokenizer([random_product_text(products[i], rng) for i in b])
+                images = x[b, rng.integers(0, feats.shape[1], len(b))]
+                texts = model.encode_text(tokens, normalize=True)
+                loss = loss_fn(images, texts, model.logit_scale.exp())
+                opt.zero_grad()
+                opt_emb.zero_grad()
+                loss.backward()
+                opt.step()
+                opt_emb.step()
+                total += loss.item() * len(b)
+            losses.append(total / len(products))
+            model.eval()
+            if on_epoch is not None:
+                on_epoch(epoch, LitResult(model, tokenizer, tuple(losses), config))
+        model.token_embedding.sparse = False
+    return LitResult(model.eval(), tokenizer, tuple(losses), config)
+
+
+def lit_dir() -> Path:
+    """Where the LiT model is cached: ``cache_dir()/models/lit-efficientnet-lite0``."""
+    return cache_dir() / "models" / LIT_DIR_NAME
+
+
+def _catalog_checksum(catalog: Catalog) -> str:
+    return hashlib.sha256((catalog.root / "products.csv").read_bytes()).hexdigest()
+
+
+def save_lit(result: LitResult, folder: str | Path, catalog_checksum: str = "") -> Path:
+    """Save as an open_clip ``local-dir:`` model (``open_clip_config.json`` + safetensors weights)
+    plus ``training.json`` (config, catalog checksum), atomically (temp folder, then rename)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp.chmod(0o755)
+    try:
+        config = {"model_cfg": result.config.model_cfg(), "preprocess_cfg": LIT_PREPROCESS_CFG}
+        (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=1))
+        state = {k: v.contiguous() for k, v in result.model.state_dict().items()}
+        save_file(state, str(tmp / "open_clip_model.safetensors"))
+        meta = {"format": LIT_FORMAT, "base_encoder": LIT_BASE_ENCODER, "config": asdict(result.config),
+                "catalog_sha256": catalog_checksum, "losses": [round(v, 6) for v in result.losses],
+                "note": "image tower locked: its embeddings equal efficientnet-lite0's (resize 256, crop 224)"}
+        (tmp / "training.json").write_text(json.dumps(meta, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def lit_training_log(folder: str | Path | None = None) -> dict:
+    """What :func:`save_lit` recorded next to the model: config, catalog checksum, loss per epoch."""
+    folder = Path(folder) if folder is not None else lit_dir()
+    return json.loads((folder / "training.json").read_text())
+
+
+def _lit_is_current(folder: Path, config: LitConfig, checksum: str) -> bool:
+    try:
+        meta = json.loads((folder / "training.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (meta.get("format") == LIT_FORMAT and meta.get("config") == asdict(config)
+            and meta.get("catalog_sha256") == checksum and (folder / "open_clip_model.safetensors").is_file())
+
+
+def build_lit(folder: str | Path | None = None, config: LitConfig = LitConfig(), catalog: Catalog | None = None,
+              force: bool = False) -> Path:
+    """Train the LiT text tower on the catalog's **train** products and save it (skipped when an
+    up-to-date model is already there, unless ``force``). Chapter 06."""
+    catalog = catalog or load_catalog()
+    folder = Path(folder) if folder is not None else lit_dir()
+    checksum = _catalog_checksum(catalog)
+    if not force and _lit_is_current(folder, config, checksum):
+        return folder
+    train = catalog.split("train")
+    feats = catalog_features(catalog, load_encoder(LIT_BASE_ENCODER), [p.id for p in train])
+    return save_lit(train_lit(train, feats, config), folder, checksum)
+
+
+def load_lit_encoder(threads: int | None = None, folder: str | Path | None = None,
+                     train_if_missing: bool = True) -> TorchEncoder:
+    """The LiT model as an :class:`~image_search.encoders.Encoder` named ``"lit"``, with
+    ``encode_images`` (exactly EfficientNet-Lite0's embeddings: the tower is locked and uses the
+    same preprocessing) and ``encode_texts``. Loaded through open_clip's ``local-dir:`` schema;
+    trained first (about a minute on 2 cores) when missing or stale. Chapter 06."""
+    import open_clip
+
+    folder = Path(folder) if folder is not None else lit_dir()
+    if train_if_missing:
+        build_lit(folder)
+    elif not (folder / "open_clip_config.json").is_file():
+        raise FileNotFoundError(f"no LiT model in {folder}: run image_search.training.build_lit()")
+    model = open_clip.create_model(f"local-dir:{folder}", require_pretrained=True).eval()
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    lite0 = load_encoder(LIT_BASE_ENCODER, threads=threads)
+    visual = model.visual.to(memory_format=__import__("torch").channels_last)
+    return TorchEncoder(name="lit", dim=int(model.text_projection.shape[1]), model=visual,
+                        preprocess=lite0.preprocess, encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)),
+                        threads=threads)
+
+
+__all__ = ["set_seed", "deterministic_torch", "catalog_features", "HeadConfig", "TrainedHead", "ProjectedEncoder",
+           "info_nce_loss", "batch_hard_triplet_loss", "train_projection_head", "LitConfig", "LitResult",
+           "product_text_fields", "random_product_text", "new_lit_model", "train_lit", "lit_dir", "save_lit",
+           "build_lit", "lit_training_log", "load_lit_encoder"]

@@ -1,0 +1,83 @@
+"""Tests of image_search.training: losses, projection heads, LiT save/load."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from image_search.training import (HeadConfig, LitConfig, batch_hard_triplet_loss, info_nce_loss,
+                                   random_product_text, train_lit, train_projection_head, save_lit,
+                                   load_lit_encoder, product_text_fields)
+
+
+def _groups(n=40, m=3, d=16, noise=0.3, seed=0):
+    """Products as cluster centres, photos as noisy copies: a head should pull photos together."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n, 1, d))
+    x = centres + noise * rng.normal(size=(n, m, d))
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_info_nce_is_low_for_matching_pairs_and_high_for_shuffled():
+    a = torch.nn.functional.normalize(torch.randn(8, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert info_nce_loss(a, a, 0.05) < 0.01
+    assert info_nce_loss(a, a.roll(1, 0), 0.05) > 1.0
+
+
+def test_batch_hard_triplet_loss_zero_when_classes_are_separated():
+    e = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert batch_hard_triplet_loss(e, labels, margin=0.2) == 0
+    mixed = torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0], [0, 1.0]])
+    assert batch_hard_triplet_loss(mixed, labels, margin=0.2) > 1.0
+
+
+@pytest.mark.parametrize("loss", ["infonce", "triplet"])
+def test_head_training_reduces_loss_and_is_deterministic(loss):
+    g = _groups()
+    cfg = HeadConfig(loss=loss, dim=8, epochs=15, batch_products=16, lr=1e-2)
+    a, b = train_projection_head(g, cfg), train_projection_head(g, cfg)
+    assert a.losses[-1] < a.losses[0]
+    assert a.losses == b.losses
+    out = a.project(g[:, 0])
+    assert out.shape == (40, 8) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(out, b.project(g[:, 0]))
+
+
+def test_on_epoch_history_and_bad_config():
+    seen = []
+    head = train_projection_head(_groups(), HeadConfig(dim=4, epochs=4, batch_products=8),
+                                 on_epoch=lambda e, project: seen.append(project(_groups()[:2, 0]).shape) or (e if e % 2 == 0 else None))
+    assert head.history == ((2, 2.0), (4, 4.0)) and seen == [(2, 4)] * 4
+    with pytest.raises(ValueError):
+        HeadConfig(loss="contrastive")
+    with pytest.raises(ValueError):
+        train_projection_head(np.zeros((4, 1, 8), np.float32))
+
+
+def test_random_product_text_uses_only_product_words(catalog):
+    p = catalog.products[0]
+    rng = np.random.default_rng(0)
+    words = set(product_text_fields(p))
+    for _ in range(20):
+        t = random_product_text(p, rng)
+        assert t == p.text or set(t.split(", ")) <= words
+
+
+def test_lit_trains_saves_and_loads_as_open_clip_local_dir(catalog, tmp_path):
+    products = catalog.split("train")[:12]
+    feats = _groups(n=12, m=2, d=1280)
+    cfg = LitConfig(width=32, layers=1, heads=2, context_length=16, epochs=3, batch_size=6)
+    result = train_lit(products, feats, cfg)
+    assert len(result.losses) == 3
+    folder = save_lit(result, tmp_path / "lit", catalog_checksum="x")
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    assert config["model_cfg"]["vision_cfg"]["timm_model_name"] == "tf_efficientnet_lite0"
+    enc = load_lit_encoder(folder=folder, train_if_missing=False)
+    t = enc.encode_texts(["green chair", "lamp"])
+    assert t.shape == (2, 1280)
+    np.testing.assert_allclose(t, result.encode_texts(["green chair", "lamp"]), atol=1e-5)
+    with pytest.raises(FileNotFoundError):
+        load_lit_encoder(folder=tmp_path / "missing", train_if_missing=False)
