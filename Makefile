@@ -54,10 +54,12 @@ browser-deps:
 		echo "chromium/chromedriver missing and not root: browser checks will be skipped (apt-get install chromium chromium-driver)"; \
 	fi
 
+# 11_summary quotes the other notebooks' checked outputs, so it runs last.
 execute: venv
-	cd notebooks && for nb in *.ipynb; do \
-		../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 $$nb || exit 1; \
+	cd notebooks && for nb in $$(ls [0-9]*.ipynb | grep -v 11_summary) 11_summary.ipynb; do \
+		echo "executing $$nb"; ../$(VENV)/bin/jupyter-execute --inplace --timeout=1200 $$nb || exit 1; \
 	done
+	$(PYTHON) notebooks/strip_widgets.py notebooks/*.ipynb
 
 demo: venv
 	$(PYTHON) -m image_search demo --out _build/demo_results.png
