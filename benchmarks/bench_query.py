@@ -1,0 +1,118 @@
+"""The query path, one customer photo at a time: decode → embed → ANN → re-rank, p50 and p95 of
+each stage and end to end, against the catalog index (618 products, Flat) and against a 1M-product
+index.
+
+The 1M index is the 618 real shop photos plus 999,382 synthetic "variants" drawn around the real
+embeddings (``image_search.indexer.synthetic_embeddings``, at the encoder's 1280-d) behind the
+index chosen by ``bench_ann.py``: PCA to 128-d inside FAISS (the searcher still sends 1280-d
+queries), L2 normalisation, IVF-Flat. The re-ranker looks every candidate up in the catalog: each
+synthetic variant borrows the attributes of a real product (round robin), so the re-rank stage does
+exactly the per-candidate work it does in production; the products it returns for the 1M index are
+therefore not meaningful, only its timings are.
+
+    python benchmarks/bench_query.py                 # 300 queries, 1M index
+    python benchmarks/bench_query.py --n 100000      # quicker
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from _common import header, latency, peak_rss_gb, table
+from image_search import ProductIndex, Searcher, load_catalog
+from image_search.catalog import Catalog
+from image_search.encoders import encode_paths
+from image_search.indexer import synthetic_embeddings
+
+
+@dataclass(frozen=True)
+class VariantCatalog(Catalog):
+    """The catalog, where an id ``"<product id>~v<n>"`` (a synthetic variant) resolves to its product."""
+
+    def __getitem__(self, product_id: str) -> object:
+        return super().__getitem__(product_id.split("~", 1)[0])
+
+    def __contains__(self, product_id: object) -> bool:
+        return isinstance(product_id, str) and super().__contains__(product_id.split("~", 1)[0])
+
+
+def run_queries(searcher: Searcher, queries: list[bytes], warmup: int = 5) -> pd.DataFrame:
+    for q in queries[:warmup]:
+        searcher.search(q, k=10)
+    rows = []
+    for q in queries:
+        t = time.perf_counter()
+        r = searcher.search(q, k=10)
+        wall = (time.perf_counter() - t) * 1000
+        rows.append({"decode": r.timings.decode_ms, "embed": r.timings.embed_ms, "ANN": r.timings.ann_ms,
+                     "re-rank": r.timings.rerank_ms, "end to end": wall})
+    return pd.DataFrame(rows)
+
+
+def big_index(catalog: Catalog, encoder, n: int, factory: str) -> tuple[ProductIndex, float]:
+    icons = encode_paths(encoder, [catalog.icon_path(i) for i in catalog.ids], progress=False)
+    train_ids = [p.id for p in catalog.split("train")]
+    views = encode_paths(encoder, [v for i in train_ids for v in catalog.view_paths(i)], progress=False)
+    real = np.vstack([icons, views])
+    t = time.perf_counter()
+    index = ProductIndex(encoder.dim, encoder.name, factory=factory)
+    index.train(synthetic_embeddings(real, 50_000, noise=0.5, seed=1))  # PCA + IVF centroids
+    index.add(catalog.ids, icons)
+    chunk, done, ids = 200_000, 0, catalog.ids
+    while done < n - len(ids):
+        b = min(chunk, n - len(ids) - done)
+        x = synthetic_embeddings(real, b, noise=0.5, seed=100 + done // chunk)
+        index.add([f"{ids[(done + j) % len(ids)]}~v{done + j}" for j in range(b)], x)
+        done += b
+    return index, time.perf_counter() - t
+
+
+def summary(df: pd.DataFrame, label: str) -> list[dict]:
+    return [{"index": label, "stage": col, "p50 ms": latency(df[col] / 1000).p50, "p95 ms": latency(df[col] / 1000).p95}
+            for col in df.columns]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000, help="products in the big index (default 1M)")
+    ap.add_argument("--queries", type=int, default=300, help="test customer photos to time (at least 200)")
+    ap.add_argument("--factory", default="PCA128,L2norm,IVF2048,Flat", help="FAISS factory of the big index")
+    ap.add_argument("--nprobe", type=int, default=16)
+    args = ap.parse_args()
+    header(f"bench_query: single-query latency, {args.queries} customer photos, catalog index and {args.n:,}-product index")
+
+    catalog = load_catalog()
+    paths, _ = catalog.queries("test")
+    rng = np.random.default_rng(0)
+    picked = rng.choice(len(paths), size=min(args.queries, len(paths)), replace=False)
+    queries = [paths[i].read_bytes() for i in picked]  # a service receives bytes: decode is PIL only
+
+    small = Searcher.from_catalog(progress=False)
+    backend = "ONNX Runtime" if getattr(small.encoder, "onnx", None) is not None else "PyTorch"
+    print(f"encoder {small.encoder.name} ({backend}), catalog index {small.index.factory} over {len(small.index)} products", flush=True)
+    df_small = run_queries(small, queries)
+
+    variants = VariantCatalog(catalog.root, catalog.products)
+    index, build_s = big_index(catalog, small.encoder, args.n, args.factory)
+    print(f"built {args.factory} over {len(index):,} products in {build_s:.0f} s; peak RSS {peak_rss_gb():.1f} GB", flush=True)
+    big = Searcher(index, variants, small.encoder)
+    if "IVF" in args.factory:
+        search = index.search
+        index.search = lambda q, k, allowed=None, params=None: search(q, k, allowed, params or {"nprobe": args.nprobe})
+    df_big = run_queries(big, queries)
+
+    rows = summary(df_small, f"catalog ({len(small.index)}, Flat)") + summary(df_big, f"{len(index):,}, {args.factory}")
+    table(pd.DataFrame(rows), "1. Per-stage latency, one query at a time (ms)", floatfmt=".2f")
+    e2e = latency(df_big["end to end"] / 1000)
+    print(f"- end-to-end p95 at {len(index):,} products: {e2e.p95:.1f} ms (target <= 50 ms: "
+          f"{'met' if e2e.p95 <= 50 else 'not met'}); p50 {e2e.p50:.1f} ms. The embed stage is "
+          f"{df_big['embed'].median() / df_big['end to end'].median():.0%} of the median query.")
+    print(f"\npeak RSS {peak_rss_gb():.1f} GB")
+
+
+if __name__ == "__main__":
+    main()
