@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.5, help="spread of the synthetic variants (synthetic_embeddings)")
     ap.add_argument("--single", type=int, default=200, help="queries timed one at a time")
     ap.add_argument("--no-peers", action="store_true", help="skip hnswlib and usearch")
+    ap.add_argument("--only", default=None, help="only Flat and the FAISS indexes whose name contains this (no peers)")
     args = ap.parse_args()
     header(f"bench_ann: {args.n:,} vectors, {args.dim}-d")
 
@@ -183,7 +184,12 @@ def main() -> None:
         ("HNSW M=16", "HNSW16", "efSearch", (16, 32, 64, 128)),
         (f"IVF{nlist},PQ{m_pq}x4fs + refine SQ8 (x16)", f"IVF{nlist},PQ{m_pq}x4fs,Refine(SQ8)", "nprobe", (8, 16, 32)),
         (f"IVF{nlist},PQ{m_pq}x4fs (no refine)", f"IVF{nlist},PQ{m_pq}x4fs", "nprobe", (16,)),
+        (f"IVF{nlist},SQ8", f"IVF{nlist},SQ8", "nprobe", (8, 16, 32)),
+        (f"IVF{nlist},SQ4", f"IVF{nlist},SQ4", "nprobe", (8, 16)),
     ]
+    if args.only:
+        specs = [s for s in specs if s[1] == "Flat" or args.only in s[0]]
+        args.no_peers = True
     results = []
     for name, factory, knob, values in specs:
         b = faiss_index(name, factory, x, knob, values, k_factor=16)
