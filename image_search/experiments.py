@@ -6,8 +6,9 @@ impressions take seconds and reproduce exactly.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -19,21 +20,42 @@ class ClickModel:
 
     P(examine r) = ``1 / r**eta`` (position bias); the attractiveness of an item depends on its
     relevance grade: ``attractiveness[g]`` for grade g (e.g. 0 = other, 1 = same category,
-    2 = the exact product). Chapter 07."""
+    2 = the exact product). Chapter 07.
+
+    Heterogeneous users (off by default): each user gets a click-propensity multiplier
+    ``m ~ LogNormal(-s**2 / 2, s)`` with ``s = propensity_sigma`` (mean 1) that scales all their click
+    probabilities (capped at 1), and a position-bias exponent ``eta * LogNormal(-t**2 / 2, t)`` with
+    ``t = eta_sigma``. With both at 0 every user behaves the same."""
 
     eta: float = 1.0
     attractiveness: tuple[float, ...] = (0.02, 0.1, 0.6)
+    propensity_sigma: float = 0.0
+    eta_sigma: float = 0.0
 
-    def examination(self, k: int) -> np.ndarray:
-        return 1.0 / np.arange(1, k + 1) ** self.eta
+    def examination(self, k: int, eta: float | np.ndarray | None = None) -> np.ndarray:
+        """``(k,)`` examination probabilities; with per-user ``eta`` of shape ``(n,)``: ``(n, k)``."""
+        eta = self.eta if eta is None else np.asarray(eta, dtype=np.float64)[..., None]
+        return 1.0 / np.arange(1, k + 1) ** eta
 
-    def click_probabilities(self, grades: np.ndarray) -> np.ndarray:
-        """``(n, k)`` integer relevance grades of ranked lists -> per-slot click probabilities."""
+    def sample_users(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Per-user ``(propensity multiplier, position-bias exponent)``, each of shape ``(n,)``."""
+        s, t = self.propensity_sigma, self.eta_sigma
+        mult = np.exp(rng.normal(-s * s / 2, s, n)) if s > 0 else np.ones(n)
+        eta = self.eta * np.exp(rng.normal(-t * t / 2, t, n)) if t > 0 else np.full(n, float(self.eta))
+        return mult, eta
+
+    def click_probabilities(self, grades: np.ndarray, propensity: np.ndarray | None = None,
+                            eta: np.ndarray | None = None) -> np.ndarray:
+        """``(n, k)`` integer relevance grades of ranked lists -> per-slot click probabilities;
+        optional per-list user traits ``propensity`` and ``eta`` of shape ``(n,)`` (see ``sample_users``)."""
         grades = np.asarray(grades)
-        return np.asarray(self.attractiveness)[grades] * self.examination(grades.shape[-1])
+        p = np.asarray(self.attractiveness)[grades] * self.examination(grades.shape[-1], eta)
+        if propensity is not None:
+            p = np.minimum(1.0, p * np.asarray(propensity, dtype=np.float64)[..., None])
+        return p
 
     def session_ctr(self, grades: np.ndarray) -> np.ndarray:
-        """Probability that a session (one ranked list) gets at least one click, per list."""
+        """Probability that a session (one ranked list) gets at least one click, per list (average user)."""
         return 1.0 - np.prod(1.0 - self.click_probabilities(grades), axis=-1)
 
 
@@ -103,6 +125,24 @@ def team_draft_interleave(a: Sequence[Hashable], b: Sequence[Hashable], k: int,
     """Team-draft interleaving (Radlinski et al., CIKM 2008): in each round a coin decides which
     ranker picks first; each adds its best item not yet shown. Returns the merged list and, per
     slot, the team that contributed it (0 = A, 1 = B). Chapter 07."""
+    return _team_draft(a, b, k, lambda: int(rng.integers(2)))
+
+
+def team_draft_all(a: Sequence[Hashable], b: Sequence[Hashable],
+                   k: int) -> list[tuple[list[Hashable], list[int]]]:
+    """All ``2 ** ceil(k / 2)`` coin sequences of team-draft interleaving (one coin per round), each
+    equally likely: averaging over them gives exact expectations instead of a random sample of
+    interleavings. Chapter 07."""
+    rounds = (k + 1) // 2
+    out = []
+    for coins in itertools.product((0, 1), repeat=rounds):
+        it = iter(coins)
+        out.append(_team_draft(a, b, k, lambda: next(it, 0)))
+    return out
+
+
+def _team_draft(a: Sequence[Hashable], b: Sequence[Hashable], k: int,
+                coin: Callable[[], int]) -> tuple[list[Hashable], list[int]]:
     merged: list[Hashable] = []
     teams: list[int] = []
     lists, pos, count = (list(a), list(b)), [0, 0], [0, 0]
@@ -114,7 +154,7 @@ def team_draft_interleave(a: Sequence[Hashable], b: Sequence[Hashable], k: int,
         return src[pos[team]] if pos[team] < len(src) else None
 
     while len(merged) < k:
-        team = int(rng.integers(2)) if count[0] == count[1] else int(count[1] < count[0])
+        team = coin() if count[0] == count[1] else int(count[1] < count[0])
         item = next_item(team)
         if item is None:
             team = 1 - team
@@ -144,6 +184,103 @@ def sign_test_p_value(wins_a, wins_b) -> np.ndarray:
     return 2 * stats.norm.sf(np.abs(z))
 
 
+# --------------------------------------------------------------------------- users with many sessions
+@dataclass(frozen=True, eq=False)
+class UserSessions:
+    """Per-user totals from ``simulate_user_sessions``: each of ``n_users`` users runs
+    ``sessions_per_user`` sessions. ``clicks_a`` / ``clicks_b``: the user's clicks when served ranker A /
+    B (the two arms of an A/B test); ``wins_a`` / ``wins_b``: the user's interleaved sessions credited
+    to A / B. ``expected_ab_diff`` / ``expected_il_diff``: the user's expected ``clicks_b - clicks_a`` and
+    ``wins_b - wins_a`` given their traits and queries (no click noise); the effects are estimated from
+    these, the variances from the simulated clicks. Chapter 07."""
+
+    sessions_per_user: int
+    clicks_a: np.ndarray
+    clicks_b: np.ndarray
+    wins_a: np.ndarray
+    wins_b: np.ndarray
+    expected_ab_diff: np.ndarray
+    expected_il_diff: np.ndarray
+
+    def ab_power(self, n_sessions, alpha: float = 0.05) -> np.ndarray:
+        """Power of an A/B test randomised by user (``n_sessions`` in both arms together) that compares
+        clicks per user with a two-sample z-test (normal approximation, moments from the simulation)."""
+        n = np.asarray(n_sessions, dtype=np.float64) / (2 * self.sessions_per_user)
+        effect = float(self.expected_ab_diff.mean())
+        sd = float(np.sqrt(self.clicks_a.var() + self.clicks_b.var()))
+        return _normal_power(n, effect, sd, sd, alpha)
+
+    def interleaving_power(self, n_sessions, alpha: float = 0.05) -> np.ndarray:
+        """Power of team-draft interleaving with a sign test over all non-tied sessions; the variance
+        of B's net wins is taken per user, so the correlation of sessions of one user is included."""
+        n = np.asarray(n_sessions, dtype=np.float64) / self.sessions_per_user
+        net = self.wins_b - self.wins_a
+        return _normal_power(n, float(self.expected_il_diff.mean()), float(net.std()),
+                             float(np.sqrt(np.mean(self.wins_a + self.wins_b))), alpha)
+
+    def sessions_for_power(self, power: float = 0.8, alpha: float = 0.05) -> tuple[int, int]:
+        """Sessions (all arms together) for the A/B test and for interleaving to reach ``power``."""
+        z_a, z_b = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
+        sd_ab = np.sqrt(self.clicks_a.var() + self.clicks_b.var())
+        n_ab = ((z_a + z_b) * sd_ab / self.expected_ab_diff.mean()) ** 2
+        sd_il = (self.wins_b - self.wins_a).std()
+        n_il = ((z_a * np.sqrt(np.mean(self.wins_a + self.wins_b)) + z_b * sd_il) / self.expected_il_diff.mean()) ** 2
+        s = self.sessions_per_user
+        return int(np.ceil(2 * n_ab * s)), int(np.ceil(n_il * s))
+
+
+def _normal_power(n, effect: float, sd_alt: float, sd_null: float, alpha: float) -> np.ndarray:
+    """P(reject) of a two-sided z-test whose per-unit statistic has mean ``effect`` and sd ``sd_alt``,
+    standardised with the null sd ``sd_null``, with ``n`` units (upper rejection region only)."""
+    z = stats.norm.ppf(1 - alpha / 2)
+    return stats.norm.cdf((np.sqrt(n) * abs(effect) - z * sd_null) / sd_alt)
+
+
+def simulate_user_sessions(click_model: ClickModel, grades_a: np.ndarray, grades_b: np.ndarray,
+                           grades_interleaved: np.ndarray, teams_interleaved: np.ndarray,
+                           n_users: int, sessions_per_user: int, seed: int = 0) -> UserSessions:
+    """Simulate ``n_users`` users (traits from ``click_model.sample_users``), each running
+    ``sessions_per_user`` sessions on queries in random order, under ranker A, under ranker B and under an
+    interleaved list. Rows of ``grades_a``/``grades_b`` are queries; rows of ``grades_interleaved`` /
+    ``teams_interleaved`` are pre-drawn interleavings, ``len(grades_interleaved) // len(grades_a)``
+    consecutive rows per query. A user's traits and queries are shared by the three conditions
+    (common random numbers: differences are estimated precisely); clicks are drawn independently.
+    Chapter 07."""
+    rng = np.random.default_rng(seed)
+    mult, eta = click_model.sample_users(n_users, rng)
+    user = np.repeat(np.arange(n_users), sessions_per_user)
+    variants = len(grades_interleaved) // len(grades_a)
+    # balanced: every (query, interleaving) row equally often, in random order -> no query-sampling noise
+    row_i = rng.permutation(np.resize(np.arange(len(grades_a) * variants), user.size))
+    query = row_i // variants
+
+    def probs(grades: np.ndarray) -> np.ndarray:
+        return click_model.click_probabilities(grades, mult[user], eta[user])
+
+    per_user = lambda x: np.bincount(user, weights=x, minlength=n_users)  # noqa: E731
+    p_a, p_b, p_i = probs(grades_a[query]), probs(grades_b[query]), probs(grades_interleaved[row_i])
+    teams = np.asarray(teams_interleaved)[row_i]
+    credit = interleaving_credit(teams, simulate_clicks(p_i, rng))
+    clicks_a, clicks_b = simulate_clicks(p_a, rng).sum(axis=1), simulate_clicks(p_b, rng).sum(axis=1)
+    return UserSessions(sessions_per_user, per_user(clicks_a), per_user(clicks_b),
+                        per_user(credit == 1), per_user(credit == -1),
+                        per_user(p_b.sum(axis=1) - p_a.sum(axis=1)), per_user(-expected_credit(teams, p_i)))
+
+
+def expected_credit(teams: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Exact expectation of ``interleaving_credit`` (P(A wins) - P(B wins)) per interleaved list, given
+    per-slot click probabilities: the distribution of (A's clicks - B's clicks), slot by slot."""
+    teams, p = np.asarray(teams), np.asarray(probabilities, dtype=np.float64)
+    n, k = p.shape
+    dist = np.zeros((n, 2 * k + 1))
+    dist[:, k] = 1.0
+    for j in range(k):
+        up, down = np.roll(dist, 1, axis=1), np.roll(dist, -1, axis=1)   # a click for A / for B
+        shifted = np.where((teams[:, j] == 0)[:, None], up, down)
+        dist = dist * (1 - p[:, j, None]) + shifted * p[:, j, None]
+    return dist[:, k + 1:].sum(axis=1) - dist[:, :k].sum(axis=1)
+
+
 __all__ = ["ClickModel", "simulate_clicks", "relevance_grades", "sample_size_per_arm", "two_proportion_p_value",
-           "PeekingResult", "peeking_simulation", "team_draft_interleave", "interleaving_credit",
-           "sign_test_p_value"]
+           "PeekingResult", "peeking_simulation", "team_draft_interleave", "team_draft_all", "interleaving_credit",
+           "sign_test_p_value", "expected_credit", "UserSessions", "simulate_user_sessions"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from image_search.experiments import (ClickModel, interleaving_credit, peeking_simulation, relevance_grades,
+from image_search.experiments import (ClickModel, expected_credit, interleaving_credit, peeking_simulation,
+                                      relevance_grades, simulate_user_sessions,
                                       sample_size_per_arm, sign_test_p_value, simulate_clicks,
-                                      team_draft_interleave, two_proportion_p_value)
+                                      team_draft_all, team_draft_interleave, two_proportion_p_value)
 
 
 def test_click_model_position_bias_and_relevance():
@@ -52,5 +53,84 @@ def test_team_draft_interleaving_is_fair_and_complete():
     # identical rankers: each team contributes half the slots over many draws
     share = np.mean([np.mean(team_draft_interleave(list("abcd"), list("abcd"), 4, rng)[1]) for _ in range(500)])
     assert abs(share - 0.5) < 0.01
+    # all coin sequences: 2**3 for k = 5, each random draw is one of them, and they are balanced
+    every = team_draft_all(list("abcdef"), list("bagfhi"), 5)
+    assert len(every) == 8 and team_draft_interleave(list("abcdef"), list("bagfhi"), 5, rng) in every
+    same = np.array([t for _, t in team_draft_all(list("abcd"), list("abcd"), 4)])
+    assert same.shape == (4, 4) and same.mean(axis=0).tolist() == [0.5] * 4
     assert interleaving_credit(np.array([[0, 1, 0]]), np.array([[1, 0, 1]])).tolist() == [1]
     assert interleaving_credit(np.array([[0, 1]]), np.array([[1, 1]])).tolist() == [0]
+
+
+def _grades_and_interleavings(rank_a, rank_b, grade):
+    """Grades of A's and B's lists per query, and all team-draft interleavings per query."""
+    ga = np.array([[grade[q][i] for i in r] for q, r in enumerate(rank_a)])
+    gb = np.array([[grade[q][i] for i in r] for q, r in enumerate(rank_b)])
+    inter = [(q, m, t) for q, (a, b) in enumerate(zip(rank_a, rank_b)) for m, t in team_draft_all(a, b, len(a))]
+    return ga, gb, np.array([[grade[q][i] for i in m] for q, m, _ in inter]), np.array([t for _, _, t in inter])
+
+
+def _two_rankers(n_queries=60, k=10):
+    """Item 0 of each query is the exact product (grade 2), others grade 0/1; B ranks it first, A third."""
+    rng = np.random.default_rng(0)
+    grade = [[2] + rng.integers(0, 2, k - 1).tolist() for _ in range(n_queries)]
+    rank_b = [list(range(k))] * n_queries
+    rank_a = [[1, 2, 0] + list(range(3, k))] * n_queries
+    return rank_a, rank_b, grade
+
+
+def test_heterogeneous_users_default_is_homogeneous_and_mean_one():
+    cm = ClickModel()
+    mult, eta = cm.sample_users(5, np.random.default_rng(0))
+    assert mult.tolist() == [1.0] * 5 and eta.tolist() == [1.0] * 5
+    g = np.array([[2, 1, 0], [0, 2, 1]])
+    np.testing.assert_allclose(cm.click_probabilities(g, mult[:2], eta[:2]), cm.click_probabilities(g))
+    het = ClickModel(propensity_sigma=1.0, eta_sigma=0.5)
+    mult, eta = het.sample_users(200_000, np.random.default_rng(0))
+    assert abs(mult.mean() - 1) < 0.02 and abs(eta.mean() - 1) < 0.01 and mult.std() > 1
+    p = het.click_probabilities(np.full((3, 4), 2), np.array([0.1, 1.0, 10.0]), np.array([1.0, 1.0, 2.0]))
+    np.testing.assert_allclose(p[0], 0.06 / np.arange(1, 5))
+    assert p[2].max() == 1.0 and p[2, 3] == pytest.approx(min(1.0, 6 / 16))
+
+
+def test_expected_credit_matches_simulation():
+    rng = np.random.default_rng(0)
+    teams = rng.integers(0, 2, (4, 5))
+    p = rng.uniform(0, 0.8, (4, 5))
+    exact = expected_credit(teams, p)
+    reps = 100_000
+    sim = interleaving_credit(np.repeat(teams, reps, axis=0), simulate_clicks(np.repeat(p, reps, axis=0), rng))
+    np.testing.assert_allclose(sim.reshape(4, reps).mean(axis=1), exact, atol=0.01)
+
+
+def test_heterogeneity_inflates_ab_variance_but_interleaving_stays_unbiased():
+    rank_a, rank_b, grade = _two_rankers()
+    data = _grades_and_interleavings(rank_a, rank_b, grade)
+    het_model = ClickModel(propensity_sigma=1.0, eta_sigma=0.5)
+    kw = dict(n_users=4000, sessions_per_user=10, seed=0)
+    homo = simulate_user_sessions(ClickModel(), *data, **kw)
+    het = simulate_user_sessions(het_model, *data, **kw)
+    # between-user variance: clicks per user vary far more with heterogeneous users
+    assert het.clicks_a.var() > 3 * homo.clicks_a.var()
+    # B is better and both methods see it; the A/B test needs many more sessions with heterogeneous users
+    for u in (homo, het):
+        assert u.expected_ab_diff.mean() > 0 and u.expected_il_diff.mean() > 0 and u.wins_b.sum() > u.wins_a.sum()
+    ab_homo, il_homo = homo.sessions_for_power()
+    ab_het, il_het = het.sessions_for_power()
+    assert ab_het > 3 * ab_homo and il_het < 2 * il_homo and il_het < ab_het / 3
+    # identical rankers: interleaving credits A and B equally, whatever the users' traits
+    same = simulate_user_sessions(het_model, *_grades_and_interleavings(rank_a, rank_a, grade), **kw)
+    assert sign_test_p_value(same.wins_a.sum(), same.wins_b.sum()) > 0.01
+    assert abs(same.expected_il_diff.mean()) < 0.02 * het.expected_il_diff.mean()
+    assert same.expected_ab_diff.mean() == 0.0
+
+
+def test_normal_power_agrees_with_resampling_users():
+    u = simulate_user_sessions(ClickModel(propensity_sigma=1.0), *_grades_and_interleavings(*_two_rankers()),
+                               n_users=4000, sessions_per_user=5, seed=0)
+    rng = np.random.default_rng(2)
+    for n_sessions in (u.sessions_for_power()[1], 2 * u.sessions_for_power()[1]):
+        users = rng.integers(0, 4000, (1000, n_sessions // 5))
+        wa, wb = u.wins_a[users].sum(axis=1), u.wins_b[users].sum(axis=1)
+        mc = np.mean((sign_test_p_value(wa, wb) < 0.05) & (wb > wa))
+        assert abs(mc - u.interleaving_power(n_sessions)) < 0.06
