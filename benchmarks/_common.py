@@ -88,19 +88,9 @@ def real_embeddings():
     return catalog, encoder, icons, train, test, test_ids
 
 
-def pca(fit_on: np.ndarray, dim: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A centred PCA to ``dim`` dimensions fitted on ``fit_on``, followed by L2 normalisation."""
-    from image_search.encoders import l2_normalize
-
-    mean = fit_on.mean(axis=0)
-    _, _, vt = np.linalg.svd(fit_on - mean, full_matrices=False)
-    proj = vt[:dim].T.astype(np.float32)
-    return lambda x: l2_normalize((np.asarray(x, np.float32) - mean) @ proj)
-
-
 def exact_recall_at_10(index_vectors: np.ndarray, index_ids: Sequence[str], queries: np.ndarray,
                        true_ids: Sequence[str]) -> float:
-    """Exact-product Recall@10: share of queries whose product is among the 10 nearest vectors."""
-    ids = np.asarray(index_ids)
-    top = np.argsort(-(queries @ index_vectors.T), axis=1, kind="stable")[:, :10]
-    return float(np.mean([t in ids[row] for t, row in zip(true_ids, top)]))
+    """Exact-product Recall@10 by brute force (:func:`image_search.features.exact_retrieval`)."""
+    from image_search.features import exact_retrieval
+
+    return exact_retrieval(queries, true_ids, index_vectors, index_ids, ks=(10,))[0].recall[10]

@@ -26,7 +26,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from _common import exact_recall_at_10, header, latency, pca, peak_rss_gb, real_embeddings, table
+from _common import exact_recall_at_10, header, latency, peak_rss_gb, real_embeddings, table
+from image_search.features import fit_pca
 from image_search.indexer import synthetic_embeddings
 
 K = 10
@@ -152,12 +153,12 @@ def main() -> None:
     # Table 1: does the reduced dimension keep exact-product recall on the real catalog?
     rows = [{"features": "1280-d (as encoded)", "exact-product R@10": exact_recall_at_10(icons, catalog.ids, test, test_ids)}]
     for d in sorted({64, 128, 256, args.dim}):
-        proj = pca(train, d)  # fitted on the train products only
+        proj = fit_pca(train, d).apply  # fitted on the train products only
         rows.append({"features": f"PCA {d}-d (centred, fit on train products)",
                      "exact-product R@10": exact_recall_at_10(proj(icons), catalog.ids, proj(test), test_ids)})
     table(pd.DataFrame(rows), f"1. Reduced dimension vs exact-product Recall@10 (744 test photos vs {len(icons)} icons)")
 
-    proj = pca(np.vstack([icons, train]), args.dim)
+    proj = fit_pca(np.vstack([icons, train]), args.dim).apply
     real = proj(np.vstack([icons, train]))
     t = time.perf_counter()
     x = synthetic_embeddings(real, args.n, noise=args.noise, seed=0)

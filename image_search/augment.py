@@ -93,22 +93,16 @@ _CORRUPTIONS = {"crop": _crop, "rotation": _rotation, "blur": _blur, "occlusion"
                 "lighting": _lighting, "clutter": _clutter}
 
 
-
-
 def encode_corrupted(encoder, paths, kind: str, strength: float, seed: int = 0, batch_size: int = 32) -> np.ndarray:
     """Embed corrupted copies of image files (image ``i`` corrupted with seed ``seed + i``),
     caching the vectors under ``<encoder>+corrupt`` keyed by file checksum, kind, strength and
     seed, so re-running an experiment costs nothing. Chapter 10."""
     from .encoders import EmbeddingCache, file_checksum
 
-    cache = EmbeddingCache(f"{encoder.name}+corrupt", encoder.dim)
     keys = [f"{file_checksum(p)}:{kind}:{strength:.4f}:{seed + i}" for i, p in enumerate(paths)]
-    found = cache.get(keys)
-    missing = [i for i, k in enumerate(keys) if k not in found]
-    if missing:
-        images = [corrupt(paths[i], kind, strength, seed + i) for i in missing]
-        new = encoder.encode_images(images, batch_size=batch_size)
-        cache.put([keys[i] for i in missing], new)
-        found.update({keys[i]: new[j] for j, i in enumerate(missing)})
-    return np.stack([found[k] for k in keys]).astype(np.float32)
+    return EmbeddingCache(f"{encoder.name}+corrupt", encoder.dim).fetch(
+        keys, lambda missing: encoder.encode_images([corrupt(paths[i], kind, strength, seed + i) for i in missing],
+                                                    batch_size=batch_size))
+
+
 __all__ = ["KINDS", "corrupt", "encode_corrupted"]

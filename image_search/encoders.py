@@ -330,15 +330,9 @@ def encode_paths(encoder: Encoder, paths: Sequence[str | Path], batch_size: int 
     paths = [Path(p) for p in paths]
     if not use_cache:
         return encoder.encode_images(paths, batch_size=batch_size, progress=progress)
-    keys = [file_checksum(p) for p in paths]
-    cache = EmbeddingCache(encoder.name, encoder.dim)
-    found = cache.get(keys)
-    missing = [i for i, k in enumerate(keys) if k not in found]
-    if missing:
-        new = encoder.encode_images([paths[i] for i in missing], batch_size=batch_size, progress=progress)
-        cache.put([keys[i] for i in missing], new)
-        found.update({keys[i]: new[j] for j, i in enumerate(missing)})
-    return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, encoder.dim), np.float32)
+    return EmbeddingCache(encoder.name, encoder.dim).fetch(
+        [file_checksum(p) for p in paths],
+        lambda missing: encoder.encode_images([paths[i] for i in missing], batch_size=batch_size, progress=progress))
 
 
 @dataclass
@@ -365,6 +359,17 @@ class EmbeddingCache:
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         stored = self._read()
         return {k: stored[k] for k in keys if k in stored}
+
+    def fetch(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray]) -> np.ndarray:
+        """The vectors of ``keys`` in order, ``(len(keys), dim)`` float32: cached ones are read, the
+        rest come from ``compute(indices of the missing keys)`` and are stored for next time."""
+        found = self.get(keys)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        if missing:
+            new = compute(missing)
+            self.put([keys[i] for i in missing], new)
+            found.update({keys[i]: new[j] for j, i in enumerate(missing)})
+        return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, self.dim), np.float32)
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         stored = self._read()

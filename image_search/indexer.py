@@ -335,7 +335,6 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[-1][:200] if text else type(e).__name__
 
 
-
 def synthetic_embeddings(real: np.ndarray, n: int, noise: float = 0.5, seed: int = 0,
                          batch: int = 65_536) -> np.ndarray:
     """``n`` unit vectors drawn to match the distribution of ``real`` embeddings, for scale tests.

@@ -52,9 +52,7 @@ def simulate_users(products: Sequence[Product], n: int, seed: int = 0, browsers:
 def preference(user: User, product: Product) -> float:
     """The user's hidden liking of a product in [0, 1]: category 0.4, colour 0.3, brand 0.2,
     price in band 0.1."""
-    lo, hi = user.price_band
-    return (0.4 * (product.category == user.category) + 0.3 * (product.colour == user.colour)
-            + 0.2 * (product.brand == user.brand) + 0.1 * (lo <= product.price <= hi))
+    return float(preference_matrix([user], [product])[0, 0])
 
 
 @dataclass(frozen=True)
@@ -119,14 +117,26 @@ class Bandit(Protocol):
     def update(self, arm: int, context: np.ndarray, reward: float) -> None: ...
 
 
-class LinUCB:
+class _RidgeArms:
+    """One ridge regression of reward on context per arm: ``A = ridge·I + Σ x xᵀ``, ``b = Σ r x``."""
+
+    def __init__(self, n_arms: int, dim: int, ridge: float = 1.0) -> None:
+        self.A = np.stack([np.eye(dim) * ridge for _ in range(n_arms)])
+        self.b = np.zeros((n_arms, dim))
+
+    def update(self, arm: int, context: np.ndarray, reward: float) -> None:
+        x = np.asarray(context, dtype=np.float64)
+        self.A[arm] += np.outer(x, x)
+        self.b[arm] += reward * x
+
+
+class LinUCB(_RidgeArms):
     """Disjoint LinUCB (Li et al., WWW 2010): one ridge regression per arm; pick the arm with the
     highest upper confidence bound ``θᵀx + α·sqrt(xᵀA⁻¹x)``."""
 
     def __init__(self, n_arms: int, dim: int, alpha: float = 1.5, ridge: float = 1.0) -> None:
+        super().__init__(n_arms, dim, ridge)
         self.alpha = alpha
-        self.A = np.stack([np.eye(dim) * ridge for _ in range(n_arms)])
-        self.b = np.zeros((n_arms, dim))
 
     def select(self, context: np.ndarray) -> int:
         x = np.asarray(context, dtype=np.float64)
@@ -135,20 +145,14 @@ class LinUCB:
         ucb = theta @ x + self.alpha * np.sqrt(np.einsum("i,aij,j->a", x, A_inv, x))
         return int(np.argmax(ucb))
 
-    def update(self, arm: int, context: np.ndarray, reward: float) -> None:
-        x = np.asarray(context, dtype=np.float64)
-        self.A[arm] += np.outer(x, x)
-        self.b[arm] += reward * x
 
-
-class LinearThompson:
+class LinearThompson(_RidgeArms):
     """Linear Thompson sampling (Agrawal & Goyal, ICML 2013): sample θ ~ N(A⁻¹b, v²A⁻¹) per arm
     and play the arm whose sample scores the context highest."""
 
     def __init__(self, n_arms: int, dim: int, v: float = 0.5, ridge: float = 1.0, seed: int = 0) -> None:
+        super().__init__(n_arms, dim, ridge)
         self.v = v
-        self.A = np.stack([np.eye(dim) * ridge for _ in range(n_arms)])
-        self.b = np.zeros((n_arms, dim))
         self.rng = np.random.default_rng(seed)
 
     def select(self, context: np.ndarray) -> int:
@@ -159,11 +163,6 @@ class LinearThompson:
             theta = self.rng.multivariate_normal(A_inv @ b, self.v ** 2 * A_inv, method="cholesky")
             scores.append(theta @ x)
         return int(np.argmax(scores))
-
-    def update(self, arm: int, context: np.ndarray, reward: float) -> None:
-        x = np.asarray(context, dtype=np.float64)
-        self.A[arm] += np.outer(x, x)
-        self.b[arm] += reward * x
 
 
 @dataclass

@@ -97,8 +97,7 @@ class SearchRequest:
         for name in ("embedding", "user_vector"):
             v = getattr(self, name)
             if v is not None:
-                with np.errstate(over="ignore", invalid="ignore"):  # 1e300 becomes inf, refused below
-                    arr = np.asarray(v, dtype=np.float32) if _numeric(v) else None
+                arr = _as_float32(v)
                 if arr is None or arr.ndim != 1 or arr.size == 0 or not np.isfinite(arr).all():
                     what = f"shape {arr.shape}" if arr is not None else type(v).__name__
                     raise InvalidRequestError(f"{name} must be a finite 1-D vector of numbers, not {what}")
@@ -120,13 +119,13 @@ def _check_crop(crop, has_image: bool) -> tuple[int, int, int, int]:
     return left, top, right, bottom
 
 
-def _numeric(v) -> bool:
+def _as_float32(v) -> np.ndarray | None:
+    """``v`` as a float32 array, or ``None`` when it is not numeric (1e300 becomes inf, refused by the caller)."""
     try:
         with np.errstate(over="ignore", invalid="ignore"):
-            np.asarray(v, dtype=np.float32)
-        return True
+            return np.asarray(v, dtype=np.float32)
     except (TypeError, ValueError):
-        return False
+        return None
 
 
 @dataclass(frozen=True)

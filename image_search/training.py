@@ -423,6 +423,7 @@ def load_lit_encoder(threads: int | None = None, folder: str | Path | None = Non
     same preprocessing) and ``encode_texts``. Loaded through open_clip's ``local-dir:`` schema;
     trained first (about a minute on 2 cores) when missing or stale. Chapter 06."""
     import open_clip
+    import torch
 
     folder = Path(folder) if folder is not None else lit_dir()
     if train_if_missing:
@@ -432,7 +433,7 @@ def load_lit_encoder(threads: int | None = None, folder: str | Path | None = Non
     model = open_clip.create_model(f"local-dir:{folder}", require_pretrained=True).eval()
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     lite0 = load_encoder(LIT_BASE_ENCODER, threads=threads)
-    visual = model.visual.to(memory_format=__import__("torch").channels_last)
+    visual = model.visual.to(memory_format=torch.channels_last)
     return TorchEncoder(name="lit", dim=int(model.text_projection.shape[1]), model=visual,
                         preprocess=lite0.preprocess, encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)),
                         threads=threads)

@@ -18,6 +18,17 @@ def test_users_are_seeded_and_preferences_match_matrix(catalog):
     assert m.min() >= 0 and m.max() <= 1
 
 
+def test_preference_weights_hand_worked(catalog):
+    from dataclasses import replace
+
+    from image_search.personalization import User
+
+    p = catalog.products[0]
+    user = User(0, p.category, p.colour, "no-such-brand", (p.price + 1, p.price + 2), taste=0.5)
+    assert preference(user, p) == pytest.approx(0.4 + 0.3)  # category and colour; not brand, not price
+    assert preference(replace(user, brand=p.brand, price_band=(0, p.price)), p) == pytest.approx(1.0)
+
+
 def test_click_model_position_bias_and_bounds():
     cm = ClickModel()
     ex = cm.examine(10)
