@@ -2,11 +2,26 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 from image_search import load_catalog
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache():
+    """The whole test session caches embeddings, indexes and models in a fresh temporary folder,
+    never in the user's ``~/.cache``: tests see what a new machine sees."""
+    old = os.environ.get("IMAGE_SEARCH_CACHE")
+    with tempfile.TemporaryDirectory(prefix="image_search_test_cache_") as folder:
+        os.environ["IMAGE_SEARCH_CACHE"] = folder
+        yield folder
+    if old is None:
+        os.environ.pop("IMAGE_SEARCH_CACHE", None)
+    else:
+        os.environ["IMAGE_SEARCH_CACHE"] = old
 
 
 @pytest.fixture(scope="session")
