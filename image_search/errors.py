@@ -20,3 +20,8 @@ class IndexMismatchError(ImageSearchError):
 
 class ModelUnavailableError(ImageSearchError, RuntimeError):
     """A model's weights are not on this machine and cannot be downloaded."""
+
+
+class UnsafePathError(ImageSearchError, OSError):
+    """A path the package was asked to read or write is not a regular file (a FIFO, a device, a
+    directory, a symlink loop) or is too large: refused rather than hang, exhaust memory, or replace it."""
