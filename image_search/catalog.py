@@ -41,6 +41,7 @@ class Product:
     brand: str
     creator: str
     licence: str
+    type: str = ""  # the kind of object (chair, lamp, ...): the "right kind" relevance grade, a filter
 
     @property
     def text(self) -> str:
@@ -79,6 +80,10 @@ class Catalog:
     @cached_property
     def categories(self) -> tuple[str, ...]:
         return tuple(sorted({p.category for p in self.products}))
+
+    @cached_property
+    def types(self) -> tuple[str, ...]:
+        return tuple(sorted({p.type for p in self.products if p.type}))
 
     @cached_property
     def frame(self) -> pd.DataFrame:
@@ -127,7 +132,7 @@ def _product(row: dict[str, str]) -> Product:
         width_cm=float(row["width_cm"]), depth_cm=float(row["depth_cm"]), height_cm=float(row["height_cm"]),
         colour=row["colour"], colour_hex=row["colour_hex"], split=row["split"],
         price=float(row["price"]), in_stock=row["in_stock"] == "True", brand=row["brand"],
-        creator=row["creator"], licence=row["licence"])
+        creator=row["creator"], licence=row["licence"], type=row.get("type", ""))
 
 
 # --------------------------------------------------------------------------- near-duplicates (chapter 04)
