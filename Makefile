@@ -6,16 +6,19 @@ STAMP   := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -
 export PYTHONHASHSEED := 0
 export TQDM_MININTERVAL := 5
 
-.PHONY: help venv test unit notebooks book book-check browser-deps book-html execute demo catalog bench clean
+.PHONY: help venv test test-portable unit notebooks book book-check browser-deps book-html execute embeddings demo catalog bench clean
 
 help:
 	@echo "make book      build the book strictly (-W -n) into _build/html from the committed notebook outputs"
 	@echo "make test      unit tests, every notebook under nbval, then the book checks (make book-check)"
 	@echo "make book-check build the book into a temporary folder, check its HTML and open every page in"
 	@echo "               headless Chromium (screenshots in _build/screenshots)"
+	@echo "make test-portable  the notebooks again as another machine would run them: eager PyTorch instead of"
+	@echo "               ONNX Runtime, then one thread, each from an empty cache; glued numbers must hold"
 	@echo "make demo      run the end-to-end demo from the command line"
 	@echo "make execute   re-execute every notebook in place (for authors)"
 	@echo "make catalog   rebuild data/catalog from the Debian package (needs root for apt-get)"
+	@echo "make embeddings  recompute the shipped canonical embeddings (data/embeddings) after a catalog or model change"
 	@echo "make bench     run the benchmarks in benchmarks/"
 
 $(STAMP): requirements.txt
@@ -33,8 +36,27 @@ test: unit notebooks book-check
 unit: venv
 	$(PYTHON) -m pytest -q tests --ignore=tests/test_book.py --ignore=tests/test_browser.py
 
+NBVAL := -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
 notebooks: venv
-	$(PYTHON) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(PYTHON) $(NBVAL)
+
+# Another CPU moves float results in their last bits. Perturb the numerics the same way twice: eager
+# PyTorch instead of ONNX Runtime (so no shipped embedding is used: everything is recomputed), then
+# one thread for every library; each run starts from an empty cache. The glued numbers of every
+# notebook must stay within their tolerances (each notebook's last cell checks them).
+test-portable: venv
+	@for mode in eager one-thread; do \
+		cache=$$(mktemp -d); \
+		if [ $$mode = eager ]; then vars="IMAGE_SEARCH_ONNX=0"; \
+		else vars="IMAGE_SEARCH_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1"; fi; \
+		echo "== notebooks with $$vars, empty cache $$cache"; \
+		start=$$(date +%s); \
+		env IMAGE_SEARCH_CACHE=$$cache $$vars $(PYTHON) $(NBVAL); rc=$$?; \
+		rm -rf $$cache; \
+		echo "== $$mode: exit $$rc after $$(( $$(date +%s) - start )) s"; \
+		[ $$rc = 0 ] || exit $$rc; \
+	done
 
 book: venv
 	@start=$$(date +%s); \
@@ -57,9 +79,14 @@ browser-deps:
 # 11_summary quotes the other notebooks' checked outputs, so it runs last.
 execute: venv
 	cd notebooks && for nb in $$(ls [0-9]*.ipynb | grep -v 11_summary) 11_summary.ipynb; do \
-		echo "executing $$nb"; ../$(VENV)/bin/jupyter-execute --inplace --timeout=1200 $$nb || exit 1; \
+		echo "executing $$nb"; IMAGE_SEARCH_GLUE_RECORD=1 ../$(VENV)/bin/jupyter-execute --inplace --timeout=1200 $$nb || exit 1; \
 	done
 	$(PYTHON) notebooks/strip_widgets.py notebooks/*.ipynb
+
+# The canonical embeddings every machine starts from (data/embeddings): recompute them after
+# `make catalog` or a change of the default model, its preprocessing or backend.
+embeddings: venv
+	$(PYTHON) -c 'import sys; from image_search.embeddings import main; sys.exit(main())'
 
 demo: venv
 	$(PYTHON) -m image_search demo --out _build/demo_results.png

