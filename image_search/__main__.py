@@ -56,7 +56,9 @@ def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat",
         index = ProductIndex.load(path, encoder=encoder.name, dim=encoder.dim)
     else:
         if index_path is not None and not rebuild:
-            raise FileNotFoundError(errno.ENOENT, f"no index file (build one with `python -m image_search index --out {index_path}`)", str(index_path))
+            command = f"python -m image_search index --out {index_path}"
+            raise FileNotFoundError(errno.ENOENT, f"no index file (build one with `{command}`)",
+                                    str(index_path))
         index = build_index(catalog, encoder, factory, progress=True)
         index.save(path)
     return Searcher(index, catalog, encoder), path
@@ -91,7 +93,8 @@ def _fail(message: str) -> int:
 def _unexpected(e: Exception) -> int:
     if os.environ.get("IMAGE_SEARCH_DEBUG"):
         raise e
-    return _fail(f"unexpected {type(e).__name__}: {_one_line(e)} (IMAGE_SEARCH_DEBUG=1 shows the traceback)")
+    return _fail(f"unexpected {type(e).__name__}: {_one_line(e)}"
+                 " (IMAGE_SEARCH_DEBUG=1 shows the traceback)")
 
 
 def _on_user_path(e: OSError, args: argparse.Namespace) -> bool:

@@ -31,7 +31,8 @@ class DemoReport:
         r = self.report
         line = f"Recall@1 {r.recall[1]:.3f}, Recall@10 {r.recall[10]:.3f}"
         if 10 in r.type_precision:
-            line += f", type P@10 {r.type_precision[10]:.3f} (ceiling {r.type_precision_ceiling[10]:.3f})"
+            line += (f", type P@10 {r.type_precision[10]:.3f}"
+                     f" (ceiling {r.type_precision_ceiling[10]:.3f})")
         return line + f" on {r.n_queries} held-out customer photos"
 
     def __str__(self) -> str:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def product_types(catalog: Catalog) -> Mapping[str, str] | None:
-    """Every product's type (``Product.type``), or ``None`` when the catalog has no types. Chapter 07."""
+    """Each product's type (``Product.type``), or ``None`` when the catalog has none. Chapter 07."""
     types = {p.id: getattr(p, "type", None) for p in catalog.products}
     return types if all(types.values()) else None
 
@@ -34,11 +34,13 @@ def evaluate(searcher: "Searcher", paths: Sequence[Path], true_ids: Sequence[str
     results = [searcher.search(embedding=e, k=k) for e in embeddings]
     category_of = {p.id: p.category for p in searcher.catalog.products}
     ks = tuple(x for x in (1, 5, 10) if x <= k)
-    report = retrieval_report([r.ids for r in results], true_ids, category_of, ks=ks, type_of=product_types(searcher.catalog))
+    report = retrieval_report([r.ids for r in results], true_ids, category_of, ks=ks,
+                              type_of=product_types(searcher.catalog))
     return report, results
 
 
-def median_timings(searcher: "Searcher", paths: Sequence[Path], k: int = 10, warmup: int = 3) -> "Timings":
+def median_timings(searcher: "Searcher", paths: Sequence[Path], k: int = 10,
+                   warmup: int = 3) -> "Timings":
     """Median per-stage latency (decode, embed, ANN, re-rank) of single-image queries, after
     ``warmup`` untimed ones. Chapter 09."""
     if not paths:

@@ -1,5 +1,5 @@
-"""Online evaluation by simulation: a position-biased, relevance-graded click model, A/B test statistics (sample
-size, z-test, the peeking problem) and team-draft interleaving. Chapter 07.
+"""Online evaluation by simulation: a position-biased click model driven by relevance grades, A/B
+test statistics (sample size, z-test, the peeking problem) and team-draft interleaving. Chapter 07.
 
 Everything is vectorised NumPy with seeded generators, so simulations of hundreds of thousands of
 impressions take seconds and reproduce exactly.
@@ -16,9 +16,9 @@ from scipy import stats
 
 def examination(k: int, eta: float | np.ndarray = 1.0) -> np.ndarray:
     """The position-bias model both click models share: P(examine rank r) = ``1 / r**eta`` for
-    r = 1..k; ``(k,)``, or ``(n, k)`` for per-user exponents ``eta`` of shape ``(n,)``. Chapter 07."""
-    eta = np.asarray(eta, dtype=np.float64)
-    return 1.0 / np.arange(1, k + 1) ** eta[..., None] if eta.ndim else 1.0 / np.arange(1, k + 1) ** float(eta)
+    r = 1..k: ``(k,)``, or ``(n, k)`` for per-user exponents ``eta`` of shape ``(n,)``.
+    Chapter 07."""
+    return 1.0 / np.arange(1, k + 1) ** np.asarray(eta, dtype=np.float64)[..., None]
 
 
 @dataclass(frozen=True)
@@ -288,6 +288,7 @@ def expected_credit(teams: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     return dist[:, k + 1:].sum(axis=1) - dist[:, :k].sum(axis=1)
 
 
-__all__ = ["examination", "GradedClickModel", "simulate_clicks", "relevance_grades", "sample_size_per_arm", "two_proportion_p_value",
-           "PeekingResult", "peeking_simulation", "team_draft_interleave", "team_draft_all", "interleaving_credit",
-           "sign_test_p_value", "expected_credit", "UserSessions", "simulate_user_sessions"]
+__all__ = ["examination", "GradedClickModel", "simulate_clicks", "relevance_grades",
+           "sample_size_per_arm", "two_proportion_p_value", "PeekingResult", "peeking_simulation",
+           "team_draft_interleave", "team_draft_all", "interleaving_credit", "sign_test_p_value",
+           "expected_credit", "UserSessions", "simulate_user_sessions"]

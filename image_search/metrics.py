@@ -92,7 +92,9 @@ def product_recall(rankings, true_ids: Sequence[Hashable], k: int) -> float:
     rankings = [getattr(r, "ids", r) for r in rankings]
     if len(rankings) != len(true_ids):
         raise ValueError(f"{len(rankings)} rankings for {len(true_ids)} true ids")
-    return float(np.mean([t in list(r)[:k] for r, t in zip(rankings, true_ids)])) if rankings else 0.0
+    if not rankings:
+        return 0.0
+    return float(np.mean([t in list(r)[:k] for r, t in zip(rankings, true_ids)]))
 
 
 def overlap_recall(found, exact, k: int) -> float:
@@ -103,11 +105,15 @@ def overlap_recall(found, exact, k: int) -> float:
     _check_k(k)
     if len(found) != len(exact):
         raise ValueError(f"{len(found)} approximate rows for {len(exact)} exact rows")
-    return float(np.mean([len(set(list(f)[:k]) & set(list(e)[:k])) / k for f, e in zip(found, exact)])) if len(found) else 0.0
+    if not len(found):
+        return 0.0
+    return float(np.mean([len(set(list(f)[:k]) & set(list(e)[:k])) / k
+                          for f, e in zip(found, exact)]))
 
 
 def intra_list_diversity(vectors: np.ndarray) -> float:
-    """1 − the mean pairwise cosine of a result list's (unit) vectors; 0 for fewer than two. Chapter 09."""
+    """1 − the mean pairwise cosine of a result list's (unit) vectors; 0 for fewer than two.
+    Chapter 09."""
     v = np.asarray(vectors, dtype=np.float32)
     if len(v) < 2:
         return 0.0
@@ -207,24 +213,29 @@ def retrieval_report(rankings: Sequence[Sequence[str]], true_ids: Sequence[str],
     Chapter 09."""
     relevants = [{t} for t in true_ids]
     recall = {k: mean_recall_at_k(rankings, relevants, k) for k in ks}
-    cat = {k: _attribute_precision(rankings, true_ids, category_of, k) for k in ks} if category_of is not None else {}
+    cat = {}
+    if category_of is not None:
+        cat = {k: _attribute_precision(rankings, true_ids, category_of, k) for k in ks}
     typ, ceiling, ndcg = {}, {}, None
     if type_of is not None:
         typ = {k: _attribute_precision(rankings, true_ids, type_of, k) for k in ks}
         size = Counter(type_of.values())
         ceiling = {k: float(np.mean([min(k, size[type_of[t]]) / k for t in true_ids])) for k in ks}
         ndcg = type_ndcg(rankings, true_ids, type_of)
-    return RetrievalReport(len(true_ids), recall, mean_reciprocal_rank(rankings, relevants), cat, typ, ceiling, ndcg)
+    mrr = mean_reciprocal_rank(rankings, relevants)
+    return RetrievalReport(len(true_ids), recall, mrr, cat, typ, ceiling, ndcg)
 
 
 def _attribute_precision(rankings, true_ids, attribute_of: Mapping[str, str], k: int) -> float:
-    """Mean share of the top ``k`` (empty slots count as misses) sharing the true product's attribute."""
+    """Mean share of the top ``k`` (empty slots are misses) with the true product's attribute."""
+    if not len(true_ids):
+        return 0.0
     return float(np.mean([precision_at_k([attribute_of.get(r) for r in ranked], {attribute_of[t]}, k)
-                          for ranked, t in zip(rankings, true_ids)])) if len(true_ids) else 0.0
+                          for ranked, t in zip(rankings, true_ids)]))
 
 
-def type_ndcg(rankings: Sequence[Sequence[str]], true_ids: Sequence[str], type_of: Mapping[str, str],
-              k: int = 10) -> float:
+def type_ndcg(rankings: Sequence[Sequence[str]], true_ids: Sequence[str],
+              type_of: Mapping[str, str], k: int = 10) -> float:
     """Mean graded NDCG@k: gain 2 for the exact product, 1 for another product of its type (from
     ``type_of``, which must list every indexed product), 0 otherwise; the ideal ranking puts the
     exact product first, then as many of its type as exist. Chapter 07."""

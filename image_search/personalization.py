@@ -66,7 +66,8 @@ class TasteClickModel:
     (:func:`~image_search.experiments.examination`). Attractiveness blends the product's visual
     relevance to what was searched for (1 for the exact product, up to ``similar_weight`` for
     look-alikes) with the user's hidden preference, weighted by the user's ``taste``; chapter
-    07's :class:`~image_search.experiments.GradedClickModel` uses relevance grades instead. Chapter 13.
+    07's :class:`~image_search.experiments.GradedClickModel` uses relevance grades instead.
+    Chapter 13.
     """
 
     position_bias: float = 0.8

@@ -32,7 +32,8 @@ class RerankConfig:
         if self.mmr_lambda is not None and not 0.0 <= self.mmr_lambda <= 1.0:
             raise InvalidRequestError(f"mmr_lambda must be in [0, 1], not {self.mmr_lambda}")
         if self.dedupe_threshold is not None and not -1.0 <= self.dedupe_threshold <= 1.0:
-            raise InvalidRequestError(f"dedupe_threshold must be a cosine in [-1, 1], not {self.dedupe_threshold}")
+            raise InvalidRequestError(
+                f"dedupe_threshold must be a cosine in [-1, 1], not {self.dedupe_threshold}")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ def caption(text: str, width: int, max_lines: int = 2) -> str:
     """``text`` wrapped at word boundaries into at most ``max_lines`` lines of at most ``width``
     characters (a single longer word keeps its line); when it does not fit, the last line ends
     with "…" after a whole word. Existing line breaks are kept. Chapter 09."""
-    lines = [ln for part in str(text).split("\n")
-             for ln in (textwrap.wrap(part, width, break_long_words=False, break_on_hyphens=False) or [""])]
+    wrap = textwrap.TextWrapper(width, break_long_words=False, break_on_hyphens=False)
+    lines = [ln for part in str(text).split("\n") for ln in (wrap.wrap(part) or [""])]
     if len(lines) <= max_lines:
         return "\n".join(lines)
     words = lines[max_lines - 1].split()
@@ -42,12 +42,14 @@ def _chars(size_in: float, fontsize: float) -> int:
 
 def image_grid(images: Sequence[ImageLike], titles: Sequence[str] | None = None, ncols: int = 6,
                size: float = 1.6, title: str | None = None):
-    """A grid of images with optional captions (wrapped to three lines); returns the figure. Chapter 02."""
+    """A grid of images with optional captions (wrapped to three lines); returns the figure.
+    Chapter 02."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
     fontsize = 7
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.4) + (0.3 if title else 0)),
-                             squeeze=False, layout="constrained")
+    height = nrows * (size + 0.4) + (0.3 if title else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, height), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for i, im in enumerate(images):
@@ -87,12 +89,13 @@ def result_grid(queries: Sequence[ImageLike], results: Sequence[SearchResults], 
             for spine in ax.spines.values():
                 spine.set_edgecolor("#2ca02c" if hit else "#bbbbbb")
                 spine.set_linewidth(3 if hit else 1)
-            ax.set_title(f"{caption(p.name, width, 2)}\n€{p.price:.0f} · {res.scores[col]:.2f}", fontsize=fontsize)
+            meta = f"€{p.price:.0f} · {res.scores[col]:.2f}"
+            ax.set_title(f"{caption(p.name, width, 2)}\n{meta}", fontsize=fontsize)
     return fig
 
 
-def exact_search(query_embeddings: np.ndarray, index_embeddings: np.ndarray, index_ids: Sequence[str],
-                 catalog: Catalog, k: int = 10) -> list[SearchResults]:
+def exact_search(query_embeddings: np.ndarray, index_embeddings: np.ndarray,
+                 index_ids: Sequence[str], catalog: Catalog, k: int = 10) -> list[SearchResults]:
     """Brute-force search returning :class:`~image_search.searcher.SearchResults`, to show in
     :func:`result_grid` without building an index (the rankings of
     :func:`~image_search.features.exact_retrieval`). Chapter 05."""
@@ -101,7 +104,8 @@ def exact_search(query_embeddings: np.ndarray, index_embeddings: np.ndarray, ind
     out = []
     for row, top in zip(q @ x.T, top_k(q, x, k)):
         ids = tuple(index_ids[j] for j in top)
-        out.append(SearchResults(ids, row[top].astype(np.float32), tuple(catalog[i] for i in ids), Timings()))
+        products = tuple(catalog[i] for i in ids)
+        out.append(SearchResults(ids, row[top].astype(np.float32), products, Timings()))
     return out
 
 

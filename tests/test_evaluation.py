@@ -75,3 +75,16 @@ def test_evaluate_scores_the_searchers_own_rankings(catalog):
     expected = sum(sum(p.category == catalog[t].category for p in r.products) / 5 for r, t in zip(results, truth))
     assert report.category_precision[5] == pytest.approx(expected / len(truth))
     assert (report.type_precision != {}) == (product_types(catalog) is not None)
+
+
+def test_the_demo_headline_shows_type_precision_only_when_types_exist():
+    from image_search.demo import DemoReport
+    from image_search.metrics import RetrievalReport
+
+    plain = RetrievalReport(744, {1: 0.565, 10: 0.821}, 0.647, {10: 0.44})
+    typed = RetrievalReport(744, {1: 0.565, 10: 0.821}, 0.647, {10: 0.44}, {10: 0.61}, {10: 0.97}, 0.7)
+    line = DemoReport("lite0", plain, Timings(), 50, None).headline()
+    assert line == "Recall@1 0.565, Recall@10 0.821 on 744 held-out customer photos"
+    line = DemoReport("lite0", typed, Timings(), 50, None).headline()
+    assert line == "Recall@1 0.565, Recall@10 0.821, type P@10 0.610 (ceiling 0.970) on 744 held-out customer photos"
+    assert str(DemoReport("lite0", typed, Timings(1, 2, 3, 4), 50, None)).startswith(line + "\n")
