@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -55,32 +56,57 @@ def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat",
         index = ProductIndex.load(path, encoder=encoder.name, dim=encoder.dim)
     else:
         if index_path is not None and not rebuild:
-            raise FileNotFoundError(f"no index file at {index_path}: build one with `python -m image_search index --out {index_path}`")
+            command = f"python -m image_search index --out {index_path}"
+            raise FileNotFoundError(errno.ENOENT, f"no index file (build one with `{command}`)",
+                                    str(index_path))
         index = build_index(catalog, encoder, factory, progress=True)
         index.save(path)
     return Searcher(index, catalog, encoder), path
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user's mistake is one line on stderr and exit status 1, never a traceback.
+
+    The package's own errors and OS errors on a path given on the command line are the user's;
+    anything else is reported as unexpected (``IMAGE_SEARCH_DEBUG=1`` shows its traceback)."""
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (ImageSearchError, OSError, ValueError, KeyError) as e:
-        sys.stderr.write(f"error: {_one_line(e)}\n")
-        return 1
+    except ImageSearchError as e:
+        return _fail(_one_line(e))
+    except OSError as e:
+        if _on_user_path(e, args):
+            return _fail(f"{e.strerror or _one_line(e)}: {e.filename}")
+        return _unexpected(e)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
-    except Exception as e:  # never a traceback; IMAGE_SEARCH_DEBUG=1 shows it
-        if os.environ.get("IMAGE_SEARCH_DEBUG"):
-            raise
-        sys.stderr.write(f"error: unexpected {type(e).__name__}: {_one_line(e)} (IMAGE_SEARCH_DEBUG=1 for details)\n")
-        return 1
+    except Exception as e:
+        return _unexpected(e)
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return 1
+
+
+def _unexpected(e: Exception) -> int:
+    if os.environ.get("IMAGE_SEARCH_DEBUG"):
+        raise e
+    return _fail(f"unexpected {type(e).__name__}: {_one_line(e)}"
+                 " (IMAGE_SEARCH_DEBUG=1 shows the traceback)")
+
+
+def _on_user_path(e: OSError, args: argparse.Namespace) -> bool:
+    """Whether ``e`` concerns a path the user gave (an argument of type Path), a folder above it,
+    or a file beside it (the temporary file of an atomic write)."""
+    given = [Path(v).absolute() for v in vars(args).values() if isinstance(v, Path)]
+    hit = [Path(f).absolute() for f in (e.filename, e.filename2) if isinstance(f, (str, Path))]
+    return any(h == g or h in g.parents or h.parent == g.parent for h in hit for g in given)
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    return " ".join(text.split()) or type(e).__name__
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         from .searcher import SearchRequest
 
         if not args.image.is_file():
-            raise FileNotFoundError(f"no such image file: {args.image}")
+            raise FileNotFoundError(errno.ENOENT, "no such image file", str(args.image))
         filters = Filters(categories=tuple(args.category) if args.category else None, min_price=args.min_price,
                           max_price=args.max_price, in_stock=True if args.in_stock else None)
         image = load_image(args.image)  # a bad upload or argument fails before any model is loaded

@@ -1,18 +1,19 @@
 """End to end: index the catalog, query with held-out customer photos, report quality and speed.
 
-Chapter 09 walks through it; ``python -m image_search demo`` runs it from a terminal.
+Chapter 09 walks through it; ``python -m image_search demo`` runs it from a terminal. The
+evaluation helpers it uses live in :mod:`image_search.evaluation`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .encoders import DEFAULT_ENCODER, encode_paths
-from .metrics import RetrievalReport, retrieval_report
-from .searcher import Searcher, SearchResults, Timings
+from .encoders import DEFAULT_ENCODER
+from .evaluation import evaluate, median_timings
+from .metrics import RetrievalReport
+from .searcher import Searcher, Timings
 
 
 @dataclass(frozen=True)
@@ -25,36 +26,27 @@ class DemoReport:
     n_timed: int
     grid_path: Path | None
 
+    def headline(self) -> str:
+        """Recall@1, Recall@10 and (when the catalog has product types) type precision@10."""
+        r = self.report
+        line = f"Recall@1 {r.recall[1]:.3f}, Recall@10 {r.recall[10]:.3f}"
+        if 10 in r.type_precision:
+            line += (f", type P@10 {r.type_precision[10]:.3f}"
+                     f" (ceiling {r.type_precision_ceiling[10]:.3f})")
+        return line + f" on {r.n_queries} held-out customer photos"
+
     def __str__(self) -> str:
         m = self.median
-        return (f"encoder {self.encoder}: {self.report}\n"
+        return (f"{self.headline()}\nencoder {self.encoder}: {self.report}\n"
                 f"median latency over {self.n_timed} single queries: decode {m.decode_ms:.1f} ms, "
                 f"embed {m.embed_ms:.1f} ms, ANN {m.ann_ms:.2f} ms, re-rank {m.rerank_ms:.2f} ms, "
                 f"total {m.total_ms:.1f} ms" + (f"\nresult grid: {self.grid_path}" if self.grid_path else ""))
 
 
-def evaluate(searcher: Searcher, paths: Sequence[Path], true_ids: Sequence[str], k: int = 10,
-             progress: bool = True) -> tuple[RetrievalReport, list[SearchResults]]:
-    """Run every query photo through the searcher (embeddings cached) and score the rankings. Chapter 09."""
-    embeddings = encode_paths(searcher.encoder, paths, progress=progress)
-    results = [searcher.search(embedding=e, k=k) for e in embeddings]
-    category_of = {p.id: p.category for p in searcher.catalog.products}
-    ks = tuple(x for x in (1, 5, 10) if x <= k)
-    return retrieval_report([r.ids for r in results], true_ids, category_of, ks=ks), results
-
-
-def median_timings(searcher: Searcher, paths: Sequence[Path], k: int = 10, warmup: int = 3) -> Timings:
-    """Median per-stage latency of single-image queries (decode, embed, ANN, re-rank)."""
-    for p in paths[:warmup]:
-        searcher.search(p, k=k)
-    t = [searcher.search(p, k=k).timings for p in paths]
-    return Timings(*(float(np.median([getattr(x, f) for x in t])) for f in ("decode_ms", "embed_ms", "ann_ms", "rerank_ms")))
-
-
 def run_demo(encoder: str = DEFAULT_ENCODER, out: Path | None = None, n_timed: int = 50,
              n_grid: int = 6, progress: bool = True) -> DemoReport:
     """Index the catalog, evaluate on the test split's customer photos, time single queries,
-    and (with ``out``) save a result grid PNG."""
+    and (with ``out``) save a result grid PNG. Chapter 09."""
     searcher = Searcher.from_catalog(encoder, progress=progress)
     paths, true_ids = searcher.catalog.queries("test")
     report, results = evaluate(searcher, paths, true_ids, progress=progress)
@@ -76,3 +68,6 @@ def run_demo(encoder: str = DEFAULT_ENCODER, out: Path | None = None, n_timed: i
         fig.savefig(out, dpi=110)
         grid_path = out
     return DemoReport(searcher.encoder.name, report, median, len(timed), grid_path)
+
+
+__all__ = ["DemoReport", "run_demo"]

@@ -1,5 +1,5 @@
-"""Online evaluation by simulation: a position-biased click model, A/B test statistics (sample
-size, z-test, the peeking problem) and team-draft interleaving. Chapter 07.
+"""Online evaluation by simulation: a position-biased click model driven by relevance grades, A/B
+test statistics (sample size, z-test, the peeking problem) and team-draft interleaving. Chapter 07.
 
 Everything is vectorised NumPy with seeded generators, so simulations of hundreds of thousands of
 impressions take seconds and reproduce exactly.
@@ -14,13 +14,22 @@ import numpy as np
 from scipy import stats
 
 
-@dataclass(frozen=True)
-class ClickModel:
-    """Examination hypothesis: P(click at rank r) = P(examine r) x P(click | examined, item).
+def examination(k: int, eta: float | np.ndarray = 1.0) -> np.ndarray:
+    """The position-bias model both click models share: P(examine rank r) = ``1 / r**eta`` for
+    r = 1..k: ``(k,)``, or ``(n, k)`` for per-user exponents ``eta`` of shape ``(n,)``.
+    Chapter 07."""
+    return 1.0 / np.arange(1, k + 1) ** np.asarray(eta, dtype=np.float64)[..., None]
 
-    P(examine r) = ``1 / r**eta`` (position bias); the attractiveness of an item depends on its
-    relevance grade: ``attractiveness[g]`` for grade g (e.g. 0 = other, 1 = same category,
-    2 = the exact product). Chapter 07.
+
+@dataclass(frozen=True)
+class GradedClickModel:
+    """Clicks driven by relevance grades, for offline A/B and interleaving simulations. Examination
+    hypothesis: P(click at rank r) = P(examine r) x P(click | examined, item).
+
+    P(examine r) = ``1 / r**eta`` (:func:`examination`); the attractiveness of an item depends on
+    its relevance grade: ``attractiveness[g]`` for grade g (e.g. 0 = other, 1 = same category,
+    2 = the exact product). Chapter 13's :class:`~image_search.personalization.TasteClickModel`
+    replaces grades by a simulated shopper's hidden taste. Chapter 07.
 
     Heterogeneous users (off by default): each user gets a click-propensity multiplier
     ``m ~ LogNormal(-s**2 / 2, s)`` with ``s = propensity_sigma`` (mean 1) that scales all their click
@@ -34,8 +43,7 @@ class ClickModel:
 
     def examination(self, k: int, eta: float | np.ndarray | None = None) -> np.ndarray:
         """``(k,)`` examination probabilities; with per-user ``eta`` of shape ``(n,)``: ``(n, k)``."""
-        eta = self.eta if eta is None else np.asarray(eta, dtype=np.float64)[..., None]
-        return 1.0 / np.arange(1, k + 1) ** eta
+        return examination(k, self.eta if eta is None else eta)
 
     def sample_users(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Per-user ``(propensity multiplier, position-bias exponent)``, each of shape ``(n,)``."""
@@ -176,12 +184,11 @@ def interleaving_credit(teams: np.ndarray, clicks: np.ndarray) -> np.ndarray:
 
 
 def sign_test_p_value(wins_a, wins_b) -> np.ndarray:
-    """Two-sided p-value that A and B win equally often (normal approximation to the binomial)."""
-    wa, wb = np.asarray(wins_a, dtype=np.float64), np.asarray(wins_b, dtype=np.float64)
-    n = wa + wb
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(n > 0, (wa - wb) / np.sqrt(n), 0.0)
-    return 2 * stats.norm.sf(np.abs(z))
+    """Two-sided p-value that A and B win equally often: the exact binomial sign test, equal to
+    ``scipy.stats.binomtest(wins_a, wins_a + wins_b).pvalue``, vectorised over arrays of counts
+    (1 when there are no wins at all). Chapter 07."""
+    wa, wb = np.asarray(wins_a), np.asarray(wins_b)
+    return np.minimum(1.0, 2 * stats.binom.cdf(np.minimum(wa, wb), wa + wb, 0.5))
 
 
 # --------------------------------------------------------------------------- users with many sessions
@@ -236,7 +243,7 @@ def _normal_power(n, effect: float, sd_alt: float, sd_null: float, alpha: float)
     return stats.norm.cdf((np.sqrt(n) * abs(effect) - z * sd_null) / sd_alt)
 
 
-def simulate_user_sessions(click_model: ClickModel, grades_a: np.ndarray, grades_b: np.ndarray,
+def simulate_user_sessions(click_model: GradedClickModel, grades_a: np.ndarray, grades_b: np.ndarray,
                            grades_interleaved: np.ndarray, teams_interleaved: np.ndarray,
                            n_users: int, sessions_per_user: int, seed: int = 0) -> UserSessions:
     """Simulate ``n_users`` users (traits from ``click_model.sample_users``), each running
@@ -281,6 +288,7 @@ def expected_credit(teams: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     return dist[:, k + 1:].sum(axis=1) - dist[:, :k].sum(axis=1)
 
 
-__all__ = ["ClickModel", "simulate_clicks", "relevance_grades", "sample_size_per_arm", "two_proportion_p_value",
-           "PeekingResult", "peeking_simulation", "team_draft_interleave", "team_draft_all", "interleaving_credit",
-           "sign_test_p_value", "expected_credit", "UserSessions", "simulate_user_sessions"]
+__all__ = ["examination", "GradedClickModel", "simulate_clicks", "relevance_grades",
+           "sample_size_per_arm", "two_proportion_p_value", "PeekingResult", "peeking_simulation",
+           "team_draft_interleave", "team_draft_all", "interleaving_credit", "sign_test_p_value",
+           "expected_credit", "UserSessions", "simulate_user_sessions"]

@@ -1,7 +1,8 @@
 """Feature engineering on top of an encoder: exact retrieval scoring, PCA and whitening,
 crops and multi-crop embeddings, and weighted concatenation with attributes. Chapter 05.
 
-Chapters 06 and 08 reuse :func:`exact_retrieval` and :class:`Pca`.
+Chapters 06 and 08 reuse :func:`exact_retrieval` and :class:`Pca`. Offline work: this module never
+imports the online path (``searcher``, ``reranker``).
 """
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from .catalog import Catalog
 from .encoders import Encoder, encode_paths, l2_normalize
 from .images import ImageLike, load_image
 from .metrics import RetrievalReport, retrieval_report
-from .searcher import SearchResults, Timings
 
 
 # --------------------------------------------------------------------------- exact retrieval
@@ -31,30 +30,20 @@ def top_k(query_embeddings: np.ndarray, index_embeddings: np.ndarray, k: int) ->
 
 def exact_retrieval(query_embeddings: np.ndarray, true_ids: Sequence[Hashable], index_embeddings: np.ndarray,
                     index_ids: Sequence[Hashable], category_of: Mapping[Hashable, str] | None = None,
-                    ks: Sequence[int] = (1, 5, 10)) -> tuple[RetrievalReport, list[list[Hashable]]]:
+                    ks: Sequence[int] = (1, 5, 10), type_of: Mapping[Hashable, str] | None = None
+                    ) -> tuple[RetrievalReport, list[list[Hashable]]]:
     """Exact (brute-force) inner-product search of every query against an index, scored with
-    :func:`~image_search.metrics.retrieval_report`; returns the report and the top-``max(ks)``
-    rankings. The quick way to compare features without building a FAISS index. Chapter 05."""
+    :func:`~image_search.metrics.retrieval_report` (``category_of`` and ``type_of`` as there);
+    returns the report and the top-``max(ks)`` rankings. The quick way to compare features without
+    building a FAISS index; :func:`~image_search.viz.exact_search` gives the same rankings as
+    ``SearchResults`` for a result grid. Chapter 05."""
     if len(query_embeddings) != len(true_ids):
         raise ValueError(f"{len(query_embeddings)} queries for {len(true_ids)} true ids")
     if len(index_embeddings) != len(index_ids):
         raise ValueError(f"{len(index_embeddings)} index rows for {len(index_ids)} ids")
     ids = list(index_ids)
     rankings = [[ids[j] for j in row] for row in top_k(query_embeddings, index_embeddings, max(ks)).tolist()]
-    return retrieval_report(rankings, list(true_ids), category_of, ks=ks), rankings
-
-
-def exact_search(query_embeddings: np.ndarray, index_embeddings: np.ndarray, index_ids: Sequence[str],
-                 catalog: Catalog, k: int = 10) -> list[SearchResults]:
-    """Brute-force search returning :class:`~image_search.searcher.SearchResults` (for
-    :func:`~image_search.viz.result_grid`), without building an index. Chapter 05."""
-    q = np.asarray(query_embeddings, dtype=np.float32)
-    x = np.asarray(index_embeddings, dtype=np.float32)
-    out = []
-    for row, top in zip(q @ x.T, top_k(q, x, k)):
-        ids = tuple(index_ids[j] for j in top)
-        out.append(SearchResults(ids, row[top].astype(np.float32), tuple(catalog[i] for i in ids), Timings()))
-    return out
+    return retrieval_report(rankings, list(true_ids), category_of, ks=ks, type_of=type_of), rankings
 
 
 # --------------------------------------------------------------------------- PCA and whitening
@@ -79,9 +68,6 @@ class Pca:
         if self.whiten:
             z = z / np.sqrt(self.variances + self.eps)
         return l2_normalize(z)
-
-    def explained_variance_ratio(self, total_variance: float) -> np.ndarray:
-        return self.variances / total_variance
 
 
 def fit_pca(x: np.ndarray, dim: int, whiten: bool = False, eps: float | None = None) -> Pca:
@@ -180,5 +166,5 @@ def weighted_concat(parts: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
     return l2_normalize(np.concatenate([l2_normalize(x) * np.float32(w) for x, w in parts], axis=1))
 
 
-__all__ = ["top_k", "exact_retrieval", "exact_search", "Pca", "fit_pca", "Crop", "CropEncoder", "multi_crop_embeddings",
+__all__ = ["top_k", "exact_retrieval", "Pca", "fit_pca", "Crop", "CropEncoder", "multi_crop_embeddings",
            "weighted_concat"]

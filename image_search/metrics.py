@@ -5,11 +5,11 @@ forms, one of each per query). Gains for NDCG may be graded via a ``{id: gain}``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
-
 
 
 def _check_k(k: int) -> None:
@@ -65,11 +65,15 @@ def ndcg_at_k(ranked: Sequence[Hashable], relevant, k: int) -> float:
     ``relevant`` is a set (gain 1 each) or a mapping id -> graded relevance.
     """
     _check_k(k)
-    gains = dict(relevant) if isinstance(relevant, Mapping) else {r: 1.0 for r in relevant}
+    grades = dict(relevant) if isinstance(relevant, Mapping) else {r: 1.0 for r in relevant}
+    return _ndcg(ranked, {r: 2.0 ** g - 1 for r, g in grades.items()}, k)
+
+
+def _ndcg(ranked: Sequence[Hashable], gain: Mapping[Hashable, float], k: int) -> float:
+    """DCG@k of ``ranked`` with the given gains over the DCG@k of the best possible ranking."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = sum((2 ** gains.get(r, 0.0) - 1) * d for r, d in zip(ranked[:k], discounts))
-    ideal = sorted(gains.values(), reverse=True)[:k]
-    idcg = sum((2 ** g - 1) * d for g, d in zip(ideal, discounts))
+    dcg = sum(gain.get(r, 0.0) * d for r, d in zip(ranked[:k], discounts))
+    idcg = sum(g * d for g, d in zip(sorted(gain.values(), reverse=True)[:k], discounts))
     return float(dcg / idcg) if idcg > 0 else 0.0
 
 
@@ -77,6 +81,44 @@ def _mean(fn: Callable, rankings, relevants, *args) -> float:
     if len(rankings) != len(relevants):
         raise ValueError(f"{len(rankings)} rankings for {len(relevants)} relevance sets")
     return float(np.mean([fn(r, rel, *args) for r, rel in zip(rankings, relevants)])) if rankings else 0.0
+
+
+def product_recall(rankings, true_ids: Sequence[Hashable], k: int) -> float:
+    """Exact-product Recall@k: the share of queries whose true product is among their first ``k``
+    results. Per query, ``rankings`` holds a ranked id list (a row of ``ProductIndex.search``'s ids,
+    of :func:`~image_search.features.exact_retrieval`'s rankings) or anything with ``.ids`` (a
+    ``SearchResults``). The one recall helper the notebooks need. Chapter 01."""
+    _check_k(k)
+    rankings = [getattr(r, "ids", r) for r in rankings]
+    if len(rankings) != len(true_ids):
+        raise ValueError(f"{len(rankings)} rankings for {len(true_ids)} true ids")
+    if not rankings:
+        return 0.0
+    return float(np.mean([t in list(r)[:k] for r, t in zip(rankings, true_ids)]))
+
+
+def overlap_recall(found, exact, k: int) -> float:
+    """Recall@k of an approximate search against exact search: per query, the share of the exact
+    top ``k`` that the approximate top ``k`` also holds, averaged. Rows may be id lists or arrays;
+    on two full ``(n, k)`` arrays it equals FAISS's
+    ``faiss.contrib.evaluation.knn_intersection_measure``. Chapter 08."""
+    _check_k(k)
+    if len(found) != len(exact):
+        raise ValueError(f"{len(found)} approximate rows for {len(exact)} exact rows")
+    if not len(found):
+        return 0.0
+    return float(np.mean([len(set(list(f)[:k]) & set(list(e)[:k])) / k
+                          for f, e in zip(found, exact)]))
+
+
+def intra_list_diversity(vectors: np.ndarray) -> float:
+    """1 − the mean pairwise cosine of a result list's (unit) vectors; 0 for fewer than two.
+    Chapter 09."""
+    v = np.asarray(vectors, dtype=np.float32)
+    if len(v) < 2:
+        return 0.0
+    s = v @ v.T
+    return float(1 - s[np.triu_indices(len(v), 1)].mean())
 
 
 def mean_recall_at_k(rankings, relevants, k: int) -> float:
@@ -140,27 +182,70 @@ def bootstrap_ci(values: Sequence[float], n_resamples: int = 2000, level: float 
 
 @dataclass(frozen=True)
 class RetrievalReport:
-    """Exact-product retrieval quality of a set of queries (each shows one known product)."""
+    """Retrieval quality of a set of queries, each showing one known product. With product types:
+    ``type_precision[k]``, the share of the top k of the query product's type; its
+    ``type_precision_ceiling[k]``, the best any ranking could reach (``min(k, products of that type)
+    / k``, so small types are judged fairly); and ``ndcg``, graded NDCG@10 (gain 2 for the exact
+    product, 1 for another of its type, 0 otherwise)."""
 
     n_queries: int
     recall: dict[int, float]              # exact-product recall@k (= hit rate, one relevant item)
     mrr: float
     category_precision: dict[int, float]  # share of the top k in the query product's category
+    type_precision: dict[int, float] = field(default_factory=dict)
+    type_precision_ceiling: dict[int, float] = field(default_factory=dict)
+    ndcg: float | None = None
 
     def __str__(self) -> str:
         parts = [f"R@{k}={v:.3f}" for k, v in self.recall.items()] + [f"MRR={self.mrr:.3f}"]
         parts += [f"catP@{k}={v:.3f}" for k, v in self.category_precision.items()]
+        parts += [f"typeP@{k}={v:.3f} (ceiling {self.type_precision_ceiling[k]:.3f})"
+                  for k, v in self.type_precision.items()]
+        parts += [f"NDCG@10={self.ndcg:.3f}"] if self.ndcg is not None else []
         return f"{self.n_queries} queries: " + " ".join(parts)
 
 
 def retrieval_report(rankings: Sequence[Sequence[str]], true_ids: Sequence[str],
-                     category_of: Mapping[str, str] | None = None, ks: Sequence[int] = (1, 5, 10)) -> RetrievalReport:
-    """Exact-product recall@k, MRR and (with ``category_of``) category precision@k. Chapter 09."""
+                     category_of: Mapping[str, str] | None = None, ks: Sequence[int] = (1, 5, 10),
+                     type_of: Mapping[str, str] | None = None) -> RetrievalReport:
+    """Exact-product recall@k and MRR; with ``category_of``, category precision@k; with
+    ``type_of`` (every indexed product's type), type precision@k, its ceiling and graded NDCG@10.
+    Chapter 09."""
     relevants = [{t} for t in true_ids]
     recall = {k: mean_recall_at_k(rankings, relevants, k) for k in ks}
     cat = {}
     if category_of is not None:
-        for k in ks:
-            cat[k] = float(np.mean([precision_at_k([category_of[r] for r in ranked], {category_of[t]}, k)
-                                    for ranked, t in zip(rankings, true_ids)]))
-    return RetrievalReport(len(true_ids), recall, mean_reciprocal_rank(rankings, relevants), cat)
+        cat = {k: _attribute_precision(rankings, true_ids, category_of, k) for k in ks}
+    typ, ceiling, ndcg = {}, {}, None
+    if type_of is not None:
+        typ = {k: _attribute_precision(rankings, true_ids, type_of, k) for k in ks}
+        size = Counter(type_of.values())
+        ceiling = {k: float(np.mean([min(k, size[type_of[t]]) / k for t in true_ids])) for k in ks}
+        ndcg = type_ndcg(rankings, true_ids, type_of)
+    mrr = mean_reciprocal_rank(rankings, relevants)
+    return RetrievalReport(len(true_ids), recall, mrr, cat, typ, ceiling, ndcg)
+
+
+def _attribute_precision(rankings, true_ids, attribute_of: Mapping[str, str], k: int) -> float:
+    """Mean share of the top ``k`` (empty slots are misses) with the true product's attribute."""
+    if not len(true_ids):
+        return 0.0
+    return float(np.mean([precision_at_k([attribute_of.get(r) for r in ranked], {attribute_of[t]}, k)
+                          for ranked, t in zip(rankings, true_ids)]))
+
+
+def type_ndcg(rankings: Sequence[Sequence[str]], true_ids: Sequence[str],
+              type_of: Mapping[str, str], k: int = 10) -> float:
+    """Mean graded NDCG@k: gain 2 for the exact product, 1 for another product of its type (from
+    ``type_of``, which must list every indexed product), 0 otherwise; the ideal ranking puts the
+    exact product first, then as many of its type as exist. Chapter 07."""
+    _check_k(k)
+    members: dict[str, list[str]] = {}
+    for pid, t in type_of.items():
+        members.setdefault(t, []).append(pid)
+    scores = []
+    for ranked, true in zip(rankings, true_ids):
+        gain = {pid: 1.0 for pid in members[type_of[true]]}
+        gain[true] = 2.0
+        scores.append(_ndcg(list(ranked), gain, k))
+    return float(np.mean(scores)) if scores else 0.0

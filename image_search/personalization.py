@@ -1,4 +1,4 @@
-"""Personalisation: simulated shoppers with hidden tastes, a position-based click model, user
+"""Personalisation: simulated shoppers with hidden tastes, a taste-driven click model, user
 vectors from click history, and contextual bandits (LinUCB, linear Thompson sampling) that pick
 a re-ranking policy per query. Chapter 13.
 
@@ -13,6 +13,8 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .catalog import Product
+from .experiments import examination
+from .metrics import intra_list_diversity
 from .reranker import mmr
 
 
@@ -56,12 +58,16 @@ def preference(user: User, product: Product) -> float:
 
 
 @dataclass(frozen=True)
-class ClickModel:
-    """Position-based click model: P(click at rank r) = examine(r) · attractiveness.
+class TasteClickModel:
+    """Clicks driven by a simulated shopper's hidden taste: P(click at rank r) = examine(r) ·
+    attractiveness.
 
-    examine(r) = 1 / (r + 1) ** ``position_bias`` (r from 0). Attractiveness blends the
-    product's visual relevance to what was searched for (1 for the exact product, up to
-    ``similar_weight`` for look-alikes) with the user's hidden preference, weighted by ``taste``.
+    examine(r) = 1 / r ** ``position_bias`` for r = 1..k, chapter 07's position-bias model
+    (:func:`~image_search.experiments.examination`). Attractiveness blends the product's visual
+    relevance to what was searched for (1 for the exact product, up to ``similar_weight`` for
+    look-alikes) with the user's hidden preference, weighted by the user's ``taste``; chapter
+    07's :class:`~image_search.experiments.GradedClickModel` uses relevance grades instead.
+    Chapter 13.
     """
 
     position_bias: float = 0.8
@@ -69,7 +75,7 @@ class ClickModel:
     similar_floor: float = 0.5  # cosines below this count as unrelated
 
     def examine(self, k: int) -> np.ndarray:
-        return 1.0 / np.arange(1, k + 1, dtype=np.float64) ** self.position_bias
+        return examination(k, self.position_bias)
 
     def relevance(self, cosine_to_target: np.ndarray, is_target: np.ndarray) -> np.ndarray:
         sim = np.clip((np.asarray(cosine_to_target) - self.similar_floor) / (1 - self.similar_floor), 0, 1)
@@ -90,15 +96,6 @@ def user_vector(clicked: np.ndarray, decay: float = 0.9) -> np.ndarray | None:
     w = decay ** np.arange(len(clicked) - 1, -1, -1, dtype=np.float32)
     v = (w[:, None] * clicked).sum(axis=0)
     return v / max(float(np.linalg.norm(v)), 1e-12)
-
-
-def intra_list_diversity(vectors: np.ndarray) -> float:
-    """1 − mean pairwise cosine of a result list's (unit) vectors."""
-    v = np.asarray(vectors, dtype=np.float32)
-    if len(v) < 2:
-        return 0.0
-    s = v @ v.T
-    return float(1 - s[np.triu_indices(len(v), 1)].mean())
 
 
 # --------------------------------------------------------------------------- policies and bandits
@@ -215,7 +212,7 @@ class ShopEnvironment:
     views: np.ndarray          # (n, v, d) customer-photo embeddings (the queries)
     users: tuple[User, ...]
     policies: tuple[Policy, ...]
-    click_model: ClickModel = ClickModel()
+    click_model: TasteClickModel = TasteClickModel()
     candidates: int = 50
     k: int = 10
     decay: float = 0.9
@@ -224,12 +221,6 @@ class ShopEnvironment:
         """Features the system can see: bias, history length (saturating at 20 clicks), the share of
         past clicks that went to products other than the one searched for."""
         return np.array([1.0, min(n_clicks, 20) / 20, browse_rate])
-
-    def rank(self, query: np.ndarray, user_vec: np.ndarray | None, policy: Policy) -> np.ndarray:
-        """Indices of the top ``k`` products for a query embedding under a policy."""
-        sims = self.icons @ query
-        cand = np.argsort(-sims, kind="stable")[: self.candidates]
-        return self.rerank(cand, sims[cand], user_vec, policy)
 
     def rerank(self, cand: np.ndarray, sims: np.ndarray, user_vec: np.ndarray | None, policy: Policy) -> np.ndarray:
         """The top ``k`` of ANN candidates ``cand`` (visual scores ``sims``) under a policy."""
@@ -338,6 +329,6 @@ def category_concentration(log: SimulationLog, last: int = 10, min_clicks: int =
     return float(np.mean(shares)) if shares else 0.0
 
 
-__all__ = ["User", "simulate_users", "preference", "ClickModel", "user_vector", "intra_list_diversity", "Policy",
+__all__ = ["User", "simulate_users", "preference", "TasteClickModel", "user_vector", "Policy",
            "LinUCB", "LinearThompson", "FixedPolicy", "Oracle", "SimulationLog", "ShopEnvironment", "simulate", "preference_matrix",
            "category_concentration"]

@@ -8,11 +8,14 @@ from typing import Sequence
 import numpy as np
 
 from .catalog import Catalog
+from .errors import InvalidRequestError
 
 
 @dataclass(frozen=True)
 class RerankConfig:
-    """How to re-rank the ANN candidates.
+    """How to re-rank the ANN candidates. Which products may appear at all (stock, price,
+    category) is not the re-ranker's business: :class:`~image_search.searcher.Filters` apply
+    inside the ANN search, so a filter never empties the candidate list.
 
     ``boosts`` are ``(attribute, value, weight)`` triples added to the score of matching products,
     e.g. ``("colour", "green", 0.05)``. ``dedupe_threshold`` drops a candidate whose cosine
@@ -20,8 +23,6 @@ class RerankConfig:
     diversity (1 = relevance only). ``user_weight`` scales the affinity to a user vector.
     """
 
-    in_stock_only: bool = False
-    max_price: float | None = None
     boosts: tuple[tuple[str, str, float], ...] = ()
     dedupe_threshold: float | None = None
     mmr_lambda: float | None = None
@@ -29,11 +30,10 @@ class RerankConfig:
 
     def __post_init__(self) -> None:
         if self.mmr_lambda is not None and not 0.0 <= self.mmr_lambda <= 1.0:
-            raise ValueError(f"mmr_lambda must be in [0, 1], not {self.mmr_lambda}")
+            raise InvalidRequestError(f"mmr_lambda must be in [0, 1], not {self.mmr_lambda}")
         if self.dedupe_threshold is not None and not -1.0 <= self.dedupe_threshold <= 1.0:
-            raise ValueError(f"dedupe_threshold must be a cosine in [-1, 1], not {self.dedupe_threshold}")
-        if self.max_price is not None and self.max_price < 0:
-            raise ValueError(f"max_price must not be negative, not {self.max_price}")
+            raise InvalidRequestError(
+                f"dedupe_threshold must be a cosine in [-1, 1], not {self.dedupe_threshold}")
 
 
 @dataclass(frozen=True)
@@ -57,28 +57,16 @@ class Reranker:
         ids = list(ids)
         scores = np.asarray(scores, dtype=np.float32)[: len(ids)]
         vectors = np.asarray(vectors, dtype=np.float32)
-        keep = business_rules(self.catalog, ids, cfg.in_stock_only, cfg.max_price)
         adjusted = scores + attribute_boost(self.catalog, ids, cfg.boosts)
         if user_vector is not None and cfg.user_weight:
             adjusted = adjusted + cfg.user_weight * (vectors @ np.asarray(user_vector, dtype=np.float32))
-        order = [i for i in np.argsort(-adjusted, kind="stable") if keep[i]]
+        order = list(np.argsort(-adjusted, kind="stable"))
         if cfg.dedupe_threshold is not None:
             order = [order[j] for j in remove_near_duplicates(vectors[order], cfg.dedupe_threshold)]
         if cfg.mmr_lambda is not None and cfg.mmr_lambda < 1.0:
             order = [order[j] for j in mmr(adjusted[order], vectors[order], k, cfg.mmr_lambda)]
         order = order[:k]
         return Ranked(tuple(ids[i] for i in order), adjusted[order])
-
-
-def business_rules(catalog: Catalog, ids: Sequence[str], in_stock_only: bool, max_price: float | None) -> np.ndarray:
-    """Boolean mask of the candidates that pass the shop's rules (stock, price)."""
-    products = [catalog[i] for i in ids]
-    ok = np.ones(len(ids), dtype=bool)
-    if in_stock_only:
-        ok &= np.array([p.in_stock for p in products], dtype=bool)
-    if max_price is not None:
-        ok &= np.array([p.price <= max_price for p in products], dtype=bool)
-    return ok
 
 
 def attribute_boost(catalog: Catalog, ids: Sequence[str], boosts: Sequence[tuple[str, str, float]]) -> np.ndarray:

@@ -24,7 +24,6 @@ import numpy as np
 from .catalog import Catalog, Product, load_catalog
 from .encoders import Encoder, TorchEncoder, encode_paths, l2_normalize, load_encoder, register_encoder, weights_digest
 from .paths import cache_dir
-from .images import ImageLike
 
 LIT_BASE_ENCODER = "efficientnet-lite0"
 LIT_DIR_NAME = "lit-efficientnet-lite0"
@@ -117,30 +116,6 @@ class TrainedHead:
 
         with torch.no_grad():
             return l2_normalize(self.module(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy())
-
-    def encoder(self, base: Encoder) -> "ProjectedEncoder":
-        """An :class:`~image_search.encoders.Encoder`: ``base`` followed by this head."""
-        return ProjectedEncoder(base, self)
-
-
-@dataclass
-class ProjectedEncoder:
-    """A base encoder followed by a trained projection head. Chapter 06."""
-
-    base: Encoder
-    head: TrainedHead
-
-    @property
-    def name(self) -> str:
-        c = self.head.config
-        return f"{self.base.name}+{c.loss}{c.dim}-seed{c.seed}"
-
-    @property
-    def dim(self) -> int:
-        return self.head.config.dim
-
-    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        return self.head.project(self.base.encode_images(images, batch_size=batch_size, progress=progress))
 
 
 def info_nce_loss(anchors, positives, temperature: float):
@@ -444,7 +419,7 @@ def load_lit_encoder(threads: int | None = None, folder: str | Path | None = Non
 register_encoder("lit", lambda name, threads: load_lit_encoder(threads=threads))
 
 
-__all__ = ["set_seed", "deterministic_torch", "catalog_features", "HeadConfig", "TrainedHead", "ProjectedEncoder",
+__all__ = ["set_seed", "deterministic_torch", "catalog_features", "HeadConfig", "TrainedHead",
            "info_nce_loss", "batch_hard_triplet_loss", "train_projection_head", "LitConfig", "LitResult",
            "product_text_fields", "random_product_text", "new_lit_model", "train_lit", "lit_dir", "save_lit",
            "build_lit", "lit_training_log", "load_lit_encoder"]

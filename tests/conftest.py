@@ -43,3 +43,12 @@ def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def _quiet_tqdm():
     os.environ.setdefault("TQDM_DISABLE", "1")
     yield
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The default encoder, EfficientNet-Lite0, loaded once per test session (loading takes
+    seconds). Tests must not change it."""
+    from image_search import load_encoder
+
+    return load_encoder("efficientnet-lite0")

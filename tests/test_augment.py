@@ -47,15 +47,25 @@ def test_occlusion_covers_about_the_asked_area():
 
 def test_encode_corrupted_caches(tmp_path, monkeypatch, catalog):
     from image_search.augment import encode_corrupted
-    from image_search.encoders import load_encoder
+    from image_search.encoders import ColourHistogramEncoder
+
+    class Counting(ColourHistogramEncoder):
+        calls = 0
+
+        def encode_images(self, images, batch_size=32, progress=False):
+            Counting.calls += len(images)
+            return super().encode_images(images, batch_size=batch_size, progress=progress)
 
     monkeypatch.setenv("IMAGE_SEARCH_CACHE", str(tmp_path))
-    enc = load_encoder("colour-histogram")
+    enc = Counting()
     paths = [catalog.icon_path(i) for i in catalog.ids[:3]]
     a = encode_corrupted(enc, paths, "blur", 0.5, seed=0)
-    assert a.shape == (3, enc.dim) and np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
-    assert list(tmp_path.glob("embeddings/colour-histogram_corrupt-*.npz"))
-    b = encode_corrupted(enc, paths, "blur", 0.5, seed=0)
-    assert np.array_equal(a, b)
-    c = encode_corrupted(enc, paths, "blur", 0.5, seed=10)
-    assert a.shape == c.shape
+    assert a.shape == (3, enc.dim) and np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5) and Counting.calls == 3
+    assert not np.allclose(a, ColourHistogramEncoder().encode_images(paths))       # really corrupted
+    np.testing.assert_array_equal(encode_corrupted(enc, paths, "blur", 0.5, seed=0), a)
+    assert Counting.calls == 3                                                     # all three from the cache
+    expected = ColourHistogramEncoder().encode_images([corrupt(p, "blur", 0.5, seed=i) for i, p in enumerate(paths)])
+    np.testing.assert_allclose(a, expected, atol=1e-6)                             # image i has seed + i
+    encode_corrupted(enc, paths[:2], "blur", 0.5, seed=10)
+    encode_corrupted(enc, paths, "blur", 0.7, seed=0)
+    assert Counting.calls == 3 + 2 + 3                                             # new seeds, new strength: new keys

@@ -1,31 +1,45 @@
+"""The command line, run in-process through ``image_search.__main__.main`` (one real process is
+enough to show the entry point works: ``test_reliability.test_cli_in_a_real_process_prints_no_traceback``)."""
 import json
-import subprocess
-import sys
 
 import pytest
 
+from image_search import __main__ as cli_module
+from image_search.__main__ import main
+from image_search.errors import InvalidRequestError
 
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "image_search", *args], capture_output=True, text=True, timeout=300)
+
+def cli(capsys, *args):
+    """Run the CLI; returns (exit status, stdout, stderr). argparse's own errors exit with 2."""
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
 @pytest.fixture(scope="module")
 def index_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("idx") / "hist.index"
-    out = cli("index", "--encoder", "colour-histogram", "--out", str(path))
-    assert out.returncode == 0, out.stderr
-    assert "indexed 618 products" in out.stdout
+    assert main(["index", "--encoder", "colour-histogram", "--out", str(path)]) == 0
     return path
 
 
-def test_search_prints_a_table_and_json(index_file, catalog):
-    img = str(catalog.view_paths(catalog.ids[0])[0])
-    out = cli("search", img, "-k", "3", "--encoder", "colour-histogram", "--index", str(index_file))
-    assert out.returncode == 0, out.stderr
-    assert "rank" in out.stdout and "ms" in out.stdout
-    out = cli("search", img, "-k", "4", "--category", "Kitchen", "--json", "--encoder", "colour-histogram",
-              "--index", str(index_file))
-    data = json.loads(out.stdout)
+def test_index_reports_what_it_built(index_file, capsys, tmp_path):
+    rc, out, err = cli(capsys, "index", "--encoder", "colour-histogram", "--out", tmp_path / "again.index")
+    assert rc == 0 and "indexed 618 products with colour-histogram (128-d, Flat)" in out
+    assert (tmp_path / "again.index").stat().st_size == index_file.stat().st_size
+
+
+def test_search_prints_a_table_and_json(index_file, catalog, capsys):
+    img = catalog.view_paths(catalog.ids[0])[0]
+    rc, out, err = cli(capsys, "search", img, "-k", "3", "--encoder", "colour-histogram", "--index", index_file)
+    assert rc == 0, err
+    assert "rank" in out and "ms" in out and len(out.splitlines()) == 1 + 3 + 2
+    rc, out, err = cli(capsys, "search", img, "-k", "4", "--category", "Kitchen", "--json", "--encoder",
+                       "colour-histogram", "--index", index_file)
+    data = json.loads(out)
     assert len(data["results"]) == 4 and {r["category"] for r in data["results"]} == {"Kitchen"}
     assert data["timings_ms"]["total"] > 0
 
@@ -39,18 +53,60 @@ def test_search_prints_a_table_and_json(index_file, catalog):
     ["frobnicate"],
     ["search", "{txt}"],
 ])
-def test_bad_input_is_one_line_and_non_zero(args, index_file, catalog, tmp_path):
+def test_bad_input_is_one_line_and_non_zero(args, index_file, catalog, tmp_path, capsys):
     txt = tmp_path / "notes.jpg"
     txt.write_text("<html>not an image</html>")
     args = [a.format(img=catalog.icon_path(catalog.ids[0]), txt=txt) for a in args]
     if args[0] == "search":
         args += ["--encoder", "colour-histogram", "--index", str(index_file)]
-    out = cli(*args)
-    assert out.returncode != 0
-    assert "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    rc, out, err = cli(capsys, *args)
+    assert rc not in (0, None)
+    assert "Traceback" not in err and "unexpected" not in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
-def test_index_built_with_another_encoder_is_refused(index_file, catalog):
-    out = cli("search", str(catalog.icon_path(catalog.ids[0])), "--encoder", "raw-pixels", "--index", str(index_file))
-    assert out.returncode != 0 and "colour-histogram" in out.stderr
+def test_missing_files_name_the_path(index_file, catalog, capsys, tmp_path):
+    rc, _, err = cli(capsys, "search", tmp_path / "nope.jpg", "--encoder", "colour-histogram", "--index", index_file)
+    assert rc == 1 and err == f"error: no such image file: {tmp_path / 'nope.jpg'}\n"
+    rc, _, err = cli(capsys, "search", catalog.icon_path(catalog.ids[0]), "--encoder", "colour-histogram",
+                     "--index", tmp_path / "none.index")
+    assert rc == 1 and err.startswith("error: no index file") and str(tmp_path / "none.index") in err
+
+
+def test_an_os_error_on_the_users_path_is_the_users_error(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc, _, err = cli(capsys, "index", "--encoder", "colour-histogram", "--out", blocker / "x.index")
+    assert rc == 1 and err.startswith("error: ") and "unexpected" not in err and str(blocker) in err
+    assert len(err.splitlines()) == 1
+
+
+def test_an_index_of_another_encoder_is_refused(index_file, catalog, capsys):
+    rc, _, err = cli(capsys, "search", catalog.icon_path(catalog.ids[0]), "--encoder", "raw-pixels", "--index", index_file)
+    assert rc == 1 and "colour-histogram" in err and "unexpected" not in err
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), ValueError("a bug, not bad input"), KeyError("sofa"),
+                                   OSError(28, "No space left on device", "/somewhere/else")])
+def test_anything_else_is_unexpected_and_debug_shows_the_traceback(monkeypatch, capsys, error):
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli_module, "_run", fail)
+    monkeypatch.delenv("IMAGE_SEARCH_DEBUG", raising=False)
+    rc, _, err = cli(capsys, "demo")
+    assert rc == 1 and err.startswith(f"error: unexpected {type(error).__name__}: ") and len(err.splitlines()) == 1
+    assert "IMAGE_SEARCH_DEBUG=1" in err
+    monkeypatch.setenv("IMAGE_SEARCH_DEBUG", "1")
+    with pytest.raises(type(error)):
+        main(["demo"])
+
+
+def test_the_package_s_own_errors_are_user_errors(monkeypatch, capsys):
+    def fail(args):
+        raise InvalidRequestError("k must be an integer\nfrom 1 to 1000")
+
+    monkeypatch.setattr(cli_module, "_run", fail)
+    monkeypatch.setenv("IMAGE_SEARCH_DEBUG", "1")           # no traceback even when debugging
+    rc, _, err = cli(capsys, "demo")
+    assert (rc, err) == (1, "error: k must be an integer from 1 to 1000\n")

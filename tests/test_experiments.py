@@ -4,14 +4,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from image_search.experiments import (ClickModel, expected_credit, interleaving_credit, peeking_simulation,
-                                      relevance_grades, simulate_user_sessions,
-                                      sample_size_per_arm, sign_test_p_value, simulate_clicks,
-                                      team_draft_all, team_draft_interleave, two_proportion_p_value)
+from image_search.experiments import (GradedClickModel, examination, expected_credit, interleaving_credit,
+                                      peeking_simulation, relevance_grades, sample_size_per_arm, sign_test_p_value,
+                                      simulate_clicks, simulate_user_sessions, team_draft_all, team_draft_interleave,
+                                      two_proportion_p_value)
+
+
+def test_both_click_models_share_the_position_bias_model():
+    from image_search.personalization import TasteClickModel
+
+    np.testing.assert_allclose(examination(4, 1.0), [1, 1 / 2, 1 / 3, 1 / 4])
+    np.testing.assert_allclose(examination(3, np.array([0.0, 2.0])), [[1, 1, 1], [1, 1 / 4, 1 / 9]])
+    assert np.array_equal(TasteClickModel(position_bias=0.8).examine(10), GradedClickModel(eta=0.8).examination(10))
 
 
 def test_click_model_position_bias_and_relevance():
-    cm = ClickModel(eta=1.0, attractiveness=(0.0, 0.5, 1.0))
+    cm = GradedClickModel(eta=1.0, attractiveness=(0.0, 0.5, 1.0))
     p = cm.click_probabilities(np.array([[2, 2, 1, 0]]))
     np.testing.assert_allclose(p, [[1.0, 0.5, 0.5 / 3, 0.0]])
     assert cm.session_ctr(np.array([[2, 0], [0, 0]])).tolist() == [1.0, 0.0]
@@ -33,9 +41,18 @@ def test_sample_size_matches_textbook_value():
 
 
 def test_z_test_and_sign_test():
+    from scipy.stats import binomtest
+
     assert two_proportion_p_value(100, 1000, 100, 1000) == pytest.approx(1.0)
     assert two_proportion_p_value(100, 1000, 150, 1000) < 0.01
     assert sign_test_p_value(50, 50) == pytest.approx(1.0) and sign_test_p_value(80, 20) < 1e-6
+    assert sign_test_p_value(0, 0) == 1.0
+    wins = [(0, 1), (1, 0), (3, 9), (9, 3), (7, 8), (12, 12), (0, 15), (40, 61), (480, 530), (1, 2000)]
+    vectorised = sign_test_p_value(np.array([a for a, _ in wins]), np.array([b for _, b in wins]))
+    exact = [binomtest(a, a + b, 0.5).pvalue for a, b in wins]
+    np.testing.assert_allclose(vectorised, exact, rtol=1e-9, atol=1e-300)
+    # small samples: the exact test is more conservative than the normal approximation (2 * sf(2.0) = 0.046)
+    assert sign_test_p_value(2, 10) > 0.038
 
 
 def test_peeking_inflates_false_positives():
@@ -80,12 +97,12 @@ def _two_rankers(n_queries=60, k=10):
 
 
 def test_heterogeneous_users_default_is_homogeneous_and_mean_one():
-    cm = ClickModel()
+    cm = GradedClickModel()
     mult, eta = cm.sample_users(5, np.random.default_rng(0))
     assert mult.tolist() == [1.0] * 5 and eta.tolist() == [1.0] * 5
     g = np.array([[2, 1, 0], [0, 2, 1]])
     np.testing.assert_allclose(cm.click_probabilities(g, mult[:2], eta[:2]), cm.click_probabilities(g))
-    het = ClickModel(propensity_sigma=1.0, eta_sigma=0.5)
+    het = GradedClickModel(propensity_sigma=1.0, eta_sigma=0.5)
     mult, eta = het.sample_users(200_000, np.random.default_rng(0))
     assert abs(mult.mean() - 1) < 0.02 and abs(eta.mean() - 1) < 0.01 and mult.std() > 1
     p = het.click_probabilities(np.full((3, 4), 2), np.array([0.1, 1.0, 10.0]), np.array([1.0, 1.0, 2.0]))
@@ -106,9 +123,9 @@ def test_expected_credit_matches_simulation():
 def test_heterogeneity_inflates_ab_variance_but_interleaving_stays_unbiased():
     rank_a, rank_b, grade = _two_rankers()
     data = _grades_and_interleavings(rank_a, rank_b, grade)
-    het_model = ClickModel(propensity_sigma=1.0, eta_sigma=0.5)
+    het_model = GradedClickModel(propensity_sigma=1.0, eta_sigma=0.5)
     kw = dict(n_users=4000, sessions_per_user=10, seed=0)
-    homo = simulate_user_sessions(ClickModel(), *data, **kw)
+    homo = simulate_user_sessions(GradedClickModel(), *data, **kw)
     het = simulate_user_sessions(het_model, *data, **kw)
     # between-user variance: clicks per user vary far more with heterogeneous users
     assert het.clicks_a.var() > 3 * homo.clicks_a.var()
@@ -126,7 +143,7 @@ def test_heterogeneity_inflates_ab_variance_but_interleaving_stays_unbiased():
 
 
 def test_normal_power_agrees_with_resampling_users():
-    u = simulate_user_sessions(ClickModel(propensity_sigma=1.0), *_grades_and_interleavings(*_two_rankers()),
+    u = simulate_user_sessions(GradedClickModel(propensity_sigma=1.0), *_grades_and_interleavings(*_two_rankers()),
                                n_users=4000, sessions_per_user=5, seed=0)
     rng = np.random.default_rng(2)
     for n_sessions in (u.sessions_for_power()[1], 2 * u.sessions_for_power()[1]):

@@ -7,7 +7,8 @@ from PIL import Image
 
 from conftest import unit_vectors
 from image_search.encoders import RawPixelEncoder
-from image_search.features import (Crop, CropEncoder, exact_retrieval, exact_search, fit_pca, top_k,
+from image_search.encoders import l2_normalize
+from image_search.features import (Crop, CropEncoder, exact_retrieval, fit_pca, multi_crop_embeddings, top_k,
                                    weighted_concat)
 
 
@@ -18,13 +19,9 @@ def test_top_k_and_exact_retrieval():
     assert report.recall[1] == 1.0 and len(rankings[0]) == 3
     with pytest.raises(ValueError):
         exact_retrieval(x[:5], ["a"], x, list("abcdefghijklmnopqrst"))
-
-
-def test_exact_search_returns_results(catalog):
-    x = unit_vectors(len(catalog), 8)
-    res = exact_search(x[:2], x, catalog.ids, catalog, k=4)
-    assert res[0].ids[0] == catalog.ids[0] and len(res[1]) == 4
-    assert res[0].scores[0] == pytest.approx(1.0, abs=1e-5)
+    types = {c: "vowel" if c in "aeiou" else "consonant" for c in "abcdefghijklmnopqrst"}
+    typed, _ = exact_retrieval(x[:5], list("abcde"), x, list("abcdefghijklmnopqrst"), ks=(1,), type_of=types)
+    assert typed.type_precision[1] == 1.0 and typed.ndcg is not None
 
 
 def test_pca_keeps_variance_order_and_whitening_equalises():
@@ -62,3 +59,51 @@ def test_weighted_concat_is_weighted_cosine():
     assert out[0] @ out[1] == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ValueError):
         weighted_concat([(a, 1.0), (b[:2], 1.0)])
+
+
+def test_fit_pca_agrees_with_scikit_learn_up_to_sign():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12)) + rng.normal(size=12)
+    ours = fit_pca(x, 5)
+    theirs = PCA(5, svd_solver="full").fit(x)
+    signs = np.sign(np.sum(ours.components * theirs.components_, axis=1))
+    np.testing.assert_allclose(ours.components, signs[:, None] * theirs.components_, atol=1e-5)
+    np.testing.assert_allclose(ours.variances, theirs.explained_variance_, rtol=1e-5)
+    np.testing.assert_allclose(ours.mean, theirs.mean_, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours.apply(x), l2_normalize(theirs.transform(x) * signs), atol=1e-5)
+    white = PCA(5, svd_solver="full", whiten=True).fit(x)
+    np.testing.assert_allclose(fit_pca(x, 5, whiten=True, eps=0.0).apply(x), l2_normalize(white.transform(x) * signs),
+                               atol=1e-4)
+
+
+class CountingEncoder(RawPixelEncoder):
+    """Raw pixels that count the images they embed (to see the cache work)."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.name, self.calls = name, 0
+
+    def encode_images(self, images, batch_size=32, progress=False):
+        self.calls += len(images)
+        return super().encode_images(images, batch_size=batch_size, progress=progress)
+
+
+def test_multi_crop_embeddings_is_the_weighted_mean_of_crops_and_cached(catalog, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGE_SEARCH_CACHE", str(tmp_path))
+    paths = [catalog.view_paths(i)[0] for i in catalog.ids[:4]]
+    enc = CountingEncoder("raw-pixels-counting")
+    crops = [Crop(1.0), Crop(0.6, 0.4, 0.6)]
+    out = multi_crop_embeddings(enc, paths, crops, weights=[1.0, 3.0])
+    full = RawPixelEncoder().encode_images(paths)
+    cropped = RawPixelEncoder().encode_images([crops[1](Image.open(p).convert("RGB")) for p in paths])
+    np.testing.assert_allclose(out, l2_normalize(full + 3 * cropped), atol=1e-5)
+    assert out.shape == (4, enc.dim) and enc.calls == 8
+    np.testing.assert_allclose(multi_crop_embeddings(enc, paths, crops, weights=[1.0, 3.0]), out, atol=1e-6)
+    assert enc.calls == 8  # both crops came from the on-disk cache
+    np.testing.assert_allclose(multi_crop_embeddings(enc, paths, crops[:1]), full, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one crop"):
+        multi_crop_embeddings(enc, paths, [])
+    with pytest.raises(ValueError, match="weights"):
+        multi_crop_embeddings(enc, paths, crops, weights=[1.0])

@@ -2,20 +2,29 @@
 import numpy as np
 import pytest
 
-from image_search.personalization import (ClickModel, FixedPolicy, LinearThompson, LinUCB, Oracle, Policy,
-                                          ShopEnvironment, category_concentration, intra_list_diversity,
-                                          preference, preference_matrix, simulate, simulate_users, user_vector)
+from image_search.metrics import intra_list_diversity
+from image_search.personalization import (FixedPolicy, LinearThompson, LinUCB, Policy, ShopEnvironment,
+                                          TasteClickModel, category_concentration, preference, preference_matrix,
+                                          simulate, simulate_users, user_vector)
 
-from conftest import unit_vectors
 
 
-def test_users_are_seeded_and_preferences_match_matrix(catalog):
-    a, b = simulate_users(catalog.products, 20, seed=1), simulate_users(catalog.products, 20, seed=1)
-    assert a == b and all(0 <= u.taste <= 1 for u in a)
-    m = preference_matrix(a, catalog.products[:50])
-    assert m.shape == (20, 50)
-    assert np.allclose(m[3], [preference(a[3], p) for p in catalog.products[:50]])
-    assert m.min() >= 0 and m.max() <= 1
+def test_simulated_users_are_seeded_and_follow_the_catalog(catalog):
+    from collections import Counter
+
+    a = simulate_users(catalog.products, 1500, seed=1, browsers=0.3)
+    assert a == simulate_users(catalog.products, 1500, seed=1, browsers=0.3)
+    assert a != simulate_users(catalog.products, 1500, seed=2, browsers=0.3)
+    taste = np.array([u.taste for u in a])
+    assert abs((taste > 0.45).mean() - 0.3) < 0.04                       # the share of browsers asked for
+    assert abs(np.median(taste[taste > 0.45]) - 0.8) < 0.03 and abs(np.median(taste[taste <= 0.45]) - 0.1) < 0.03
+    # preferred categories are drawn with the catalog's own frequencies
+    users, shop = Counter(u.category for u in a), Counter(p.category for p in catalog.products)
+    distance = sum(abs(users[c] / len(a) - shop[c] / len(catalog)) for c in shop) / 2
+    assert distance < 0.08  # a uniform choice would be 0.25 away
+    prices = {round(p.price * 0.5, 2) for p in catalog.products}
+    assert all(u.price_band[0] in prices and u.price_band[1] == pytest.approx(3 * u.price_band[0], abs=0.03)
+               for u in a[:100])
 
 
 def test_preference_weights_hand_worked(catalog):
@@ -30,7 +39,7 @@ def test_preference_weights_hand_worked(catalog):
 
 
 def test_click_model_position_bias_and_bounds():
-    cm = ClickModel()
+    cm = TasteClickModel()
     ex = cm.examine(10)
     assert ex[0] == 1 and np.all(np.diff(ex) < 0)
     rel = cm.relevance(np.array([0.9, 0.4, 0.99]), np.array([False, False, True]))
@@ -62,16 +71,44 @@ def test_bandits_learn_the_better_arm_per_context(make):
     assert late[late[:, 1] > 0.8, 0].mean() > 0.8
 
 
-def test_simulation_is_deterministic_and_oracle_has_no_regret(catalog):
-    products = catalog.products[:80]
-    icons = unit_vectors(80, 16, seed=0)
-    views = np.stack([icons + 0.1 * unit_vectors(80, 16, seed=s) for s in (1, 2)], axis=1)
+def _shop(catalog, seed=0):
+    """120 products whose shop photos cluster by category (so a user vector carries taste), 20 users."""
+    products = catalog.products[:120]
+    categories = sorted({p.category for p in products})
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(categories), 16))
+    icons = np.stack([centres[categories.index(p.category)] + 0.8 * rng.normal(size=16) for p in products])
+    icons /= np.linalg.norm(icons, axis=1, keepdims=True)
+    views = np.stack([icons + 0.3 * rng.normal(size=icons.shape) for _ in range(2)], axis=1)
     views /= np.linalg.norm(views, axis=2, keepdims=True)
-    env = ShopEnvironment(products, icons, views, tuple(simulate_users(products, 10, seed=0)),
-                          (Policy("visual"), Policy("blend", 0.5)), candidates=20, k=5)
-    a, b = simulate(env, FixedPolicy(1), 200, seed=3), simulate(env, FixedPolicy(1), 200, seed=3)
-    assert np.array_equal(a.reward, b.reward) and np.array_equal(a.arm, b.arm)
-    oracle = simulate(env, Oracle(), 200, seed=3)
-    assert oracle.regret[-1] == 0 and np.all(oracle.expected >= oracle.arm_expected.max(axis=1) - 1e-12)
-    assert a.regret[-1] >= 0 and a.arm_expected.shape == (200, 2)
-    assert 0 <= category_concentration(a) <= 1
+    return ShopEnvironment(products, icons.astype(np.float32), views.astype(np.float32),
+                           tuple(simulate_users(products, 20, seed=seed)),
+                           (Policy("visual"), Policy("blend", 1.0)), candidates=30, k=5)
+
+
+@pytest.fixture(scope="module")
+def shop_log(catalog):
+    env = _shop(catalog)
+    return env, simulate(env, FixedPolicy(0), 800, seed=0)
+
+
+def test_simulation_is_seeded_and_clicks_follow_the_click_model(shop_log):
+    env, log = shop_log
+    a, b = simulate(env, FixedPolicy(0), 100, seed=3), simulate(env, FixedPolicy(0), 100, seed=3)
+    assert np.array_equal(a.reward, b.reward) and np.array_equal(a.user, b.user)
+    assert not np.array_equal(a.user, simulate(env, FixedPolicy(0), 100, seed=4).user)
+    # the drawn clicks average what the click model expects of the lists shown
+    assert abs(log.reward.mean() - log.expected.mean()) < 0.08 and log.reward.mean() > 0.5
+    assert np.array_equal(log.expected, log.arm_expected[:, 0]) and 0 <= category_concentration(log) <= 1
+
+
+def test_personalising_pays_for_browsers_and_costs_searchers(shop_log):
+    """Blending in the user vector earns browsers (taste ~0.8) clicks once they have a history, and
+    costs searchers (taste ~0.1) clicks; with no history both policies show the same list."""
+    env, log = shop_log
+    taste = np.array([env.users[u].taste for u in log.user])
+    gain = log.arm_expected[:, 1] - log.arm_expected[:, 0]
+    late = log.history >= 5
+    assert gain[late & (taste > 0.5)].mean() > 0.05
+    assert gain[late & (taste < 0.5)].mean() < -0.1
+    assert np.all(gain[log.history == 0] == 0)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from image_search import RerankConfig, Reranker
+from image_search import InvalidRequestError, RerankConfig, Reranker
 from image_search.reranker import mmr, remove_near_duplicates
 
 
@@ -20,11 +20,11 @@ def test_default_config_keeps_ann_order(catalog):
     assert r.ids == tuple(ids[:5])
 
 
-def test_business_rules_filter(catalog):
+def test_the_reranker_keeps_every_candidate_filters_are_the_ann_search_s_job(catalog):
     ids, scores, v = candidates(catalog, 30)
-    r = Reranker(catalog, RerankConfig(in_stock_only=True, max_price=200)).rerank(ids, scores, v, k=30)
-    assert r.ids and all(catalog[i].in_stock and catalog[i].price <= 200 for i in r.ids)
-    assert len(r.ids) == sum(catalog[i].in_stock and catalog[i].price <= 200 for i in ids)
+    r = Reranker(catalog, RerankConfig(boosts=(("in_stock", "False", -1.0),))).rerank(ids, scores, v, k=30)
+    assert sorted(r.ids) == sorted(ids)                                      # a boost reorders, never drops
+    assert [catalog[i].in_stock for i in r.ids] == sorted((catalog[i].in_stock for i in ids), reverse=True)
 
 
 def test_attribute_boost_moves_matches_up(catalog):
@@ -56,6 +56,9 @@ def test_user_vector_personalises(catalog):
     assert r.ids == (ids[-1],)
 
 
-def test_bad_config():
-    with pytest.raises(ValueError):
-        RerankConfig(mmr_lambda=1.5)
+@pytest.mark.parametrize("kwargs", [dict(mmr_lambda=1.5), dict(mmr_lambda=-0.1), dict(dedupe_threshold=1.5)])
+def test_bad_config_is_a_request_error(kwargs):
+    with pytest.raises(InvalidRequestError):
+        RerankConfig(**kwargs)
+    with pytest.raises(TypeError):
+        RerankConfig(in_stock_only=True)  # filters belong to Filters, applied inside the ANN search

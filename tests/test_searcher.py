@@ -1,11 +1,12 @@
 import io
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from image_search import Filters, InvalidRequestError, Searcher, SearchRequest
-from image_search.demo import evaluate
+from image_search.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -14,8 +15,8 @@ def searcher(catalog):
 
 
 @pytest.fixture(scope="module")
-def lite0_searcher(catalog):
-    return Searcher.from_catalog("efficientnet-lite0", catalog=catalog, progress=False)
+def lite0_searcher(catalog, lite0):
+    return Searcher.from_catalog(lite0, catalog=catalog, progress=False)
 
 
 def test_shop_photo_finds_itself_first(lite0_searcher, catalog):
@@ -58,10 +59,35 @@ def test_batch_search_matches_single_search(searcher, catalog):
     assert [r.ids for r in batch] == [searcher.search(p, k=4).ids for p in paths]
 
 
+class _Slow:
+    """Wraps an encoder or an index: ``method`` sleeps ``seconds`` first, everything else is passed on."""
+
+    def __init__(self, inner, method: str, seconds: float):
+        self._inner, self._method, self._seconds = inner, method, seconds
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if name != self._method:
+            return attr
+
+        def slow(*args, **kwargs):
+            time.sleep(self._seconds)
+            return attr(*args, **kwargs)
+        return slow
+
+
 def test_timings_are_reported(searcher, catalog):
-    t = searcher.search(catalog.icon_path(catalog.ids[0]), k=3).timings
-    assert t.decode_ms > 0 and t.embed_ms > 0 and t.ann_ms > 0 and t.rerank_ms >= 0
-    assert t.total_ms == pytest.approx(t.decode_ms + t.embed_ms + t.ann_ms + t.rerank_ms)
+    """Each stage's time lands in its own field: slow down one stage, and only its field grows."""
+    path = catalog.icon_path(catalog.ids[0])
+    slow_embed = Searcher(searcher.index, catalog, _Slow(searcher.encoder, "encode_images", 0.1))
+    t = slow_embed.search(path, k=3).timings
+    assert t.embed_ms >= 100 and max(t.decode_ms, t.ann_ms, t.rerank_ms) < 100
+    slow_ann = Searcher(_Slow(searcher.index, "search", 0.1), catalog, searcher.encoder)
+    t = slow_ann.search(path, k=3).timings
+    assert t.ann_ms >= 100 and max(t.decode_ms, t.embed_ms, t.rerank_ms) < 100
+    # a batch of four shares one slow embedding call: a quarter of it per query
+    batch = slow_embed.search_batch([path] * 4, k=3)
+    assert all(r.timings == batch[0].timings for r in batch) and 25 <= batch[0].timings.embed_ms < 100
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +67,10 @@ def test_random_product_text_uses_only_product_words(catalog):
         assert t == p.text or set(t.split(", ")) <= words
 
 
-def test_lit_trains_saves_and_loads_as_open_clip_local_dir(catalog, tmp_path):
+def test_lit_trains_saves_and_loads_as_open_clip_local_dir(catalog, tmp_path, lite0, monkeypatch):
+    from image_search import training
+
+    monkeypatch.setattr(training, "load_encoder", lambda name, threads=None: lite0)  # the session's copy
     products = catalog.split("train")[:12]
     feats = _groups(n=12, m=2, d=1280)
     cfg = LitConfig(width=32, layers=1, heads=2, context_length=16, epochs=3, batch_size=6)
@@ -81,3 +85,39 @@ def test_lit_trains_saves_and_loads_as_open_clip_local_dir(catalog, tmp_path):
     np.testing.assert_allclose(t, result.encode_texts(["green chair", "lamp"]), atol=1e-5)
     with pytest.raises(FileNotFoundError):
         load_lit_encoder(folder=tmp_path / "missing", train_if_missing=False)
+
+
+def test_lit_staleness_retrains_only_when_config_catalog_or_format_change(catalog, tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from image_search import training
+
+    cfg = LitConfig(epochs=2)
+    checksum = training._catalog_checksum(catalog)
+    folder = tmp_path / "lit"
+    folder.mkdir()
+    (folder / "open_clip_model.safetensors").write_bytes(b"weights")
+    meta = {"format": training.LIT_FORMAT, "config": asdict(cfg), "catalog_sha256": checksum}
+    (folder / "training.json").write_text(json.dumps(meta))
+    assert training._lit_is_current(folder, cfg, checksum)
+    assert not training._lit_is_current(folder, LitConfig(epochs=3), checksum)       # another config
+    assert not training._lit_is_current(folder, cfg, "0" * 64)                       # the catalog changed
+    assert not training._lit_is_current(tmp_path / "nowhere", cfg, checksum)
+
+    trained = []
+    monkeypatch.setattr(training, "catalog_features", lambda *a, **k: np.zeros((1, 1, 1280), np.float32))
+    monkeypatch.setattr(training, "train_lit", lambda products, feats, config: trained.append(config) or "model")
+    monkeypatch.setattr(training, "save_lit", lambda result, f, checksum: Path(f))
+    monkeypatch.setattr(training, "load_encoder", lambda name: None)
+    assert training.build_lit(folder, cfg, catalog) == folder and trained == []     # up to date: no training
+    training.build_lit(folder, cfg, catalog, force=True)
+    training.build_lit(folder, LitConfig(epochs=3), catalog)
+    assert trained == [cfg, LitConfig(epochs=3)]
+    for broken in ({**meta, "format": training.LIT_FORMAT + 1}, "{not json"):
+        (folder / "training.json").write_text(broken if isinstance(broken, str) else json.dumps(broken))
+        assert not training._lit_is_current(folder, cfg, checksum)
+    (folder / "training.json").write_text(json.dumps(meta))
+    (folder / "open_clip_model.safetensors").unlink()                                 # weights lost
+    assert not training._lit_is_current(folder, cfg, checksum)
+    training.build_lit(folder, cfg, catalog)
+    assert len(trained) == 3
