@@ -60,15 +60,22 @@ class Glued:
 _RUN: dict[str, Glued] = {}  # what this kernel glued, by name
 
 
-def glue(name: str, value, tol: float | None = 0.0, rel: float = 0.0, display: bool = False):
+def glue(name: str, value, tol: float | None = 0.0, rel: float = 0.0, display: bool = False) -> None:
     """Glue ``value`` into the notebook under ``name`` for the chapter to quote, and record its
     tolerance: ``tol`` absolute plus ``rel`` relative (``0``: must reproduce exactly, as counts do;
     ``rate_tol(n)`` for a share of ``n`` queries; ``TIMING`` (``None``) for a time, never
-    compared). Returns ``value``. Chapter 07."""
+    compared). A matplotlib figure is glued for a ``{glue:figure}`` with a caption (never
+    compared). Chapter 07."""
     from IPython.display import display as ipy_display
 
     if not _NAME.match(name):
         raise ValueError(f"glue name {name!r}: use letters, digits and _ (a myst-nb role has to quote it)")
+    if _is_figure(value):
+        from myst_nb import glue as myst_glue
+
+        _RUN[name] = Glued(name, "<figure>", None)
+        myst_glue(name, value, display=display)
+        return
     value = _plain(value)
     if tol is not None and (tol < 0 or rel < 0):
         raise ValueError("tolerances must not be negative")
@@ -80,7 +87,10 @@ def glue(name: str, value, tol: float | None = 0.0, rel: float = 0.0, display: b
     metadata = {"scrapbook": {"name": name, "mime_prefix": GLUE_PREFIX},
                 "image_search": {"tol": tol, "rel": rel}}
     ipy_display(bundle, raw=True, metadata=metadata)
-    return value
+
+
+def _is_figure(value) -> bool:
+    return type(value).__name__ == "Figure" and hasattr(value, "savefig")
 
 
 def _plain(value):

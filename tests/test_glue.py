@@ -30,9 +30,10 @@ def _fresh_run(monkeypatch):
 
 
 def test_glue_emits_what_myst_nb_reads_and_records_the_tolerance(capsys):
-    assert G.glue("r1", np.float32(0.5), tol=G.rate_tol(744)) == 0.5
+    G.glue("r1", np.float32(0.5), tol=G.rate_tol(744))
     assert G._RUN["r1"] == G.Glued("r1", 0.5, 3 / 744, 0.0)
-    assert type(G.glue("n", np.int64(618))) is int
+    G.glue("n", np.int64(618))
+    assert type(G._RUN["n"].value) is int
 
 
 @pytest.mark.parametrize("name", ["", "1abc", "a-b", "a b", "a::b"])
