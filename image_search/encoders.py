@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .embeddings import EmbeddingCache, encode_paths, file_checksum, l2_normalize  # noqa: F401 (re-exported)
-from .errors import ModelUnavailableError
+from .errors import InvalidRequestError, ModelUnavailableError
 from .images import ImageLike, load_image
 from .paths import atomic_write, cache_dir, safe_name
 
@@ -224,7 +224,7 @@ def load_encoder(name: str = DEFAULT_ENCODER, threads: int | None = None) -> Enc
     for prefix, loader in _PREFIX_LOADERS.items():
         if name.startswith(prefix):
             return loader(name, threads)
-    raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(encoder_names())}")
+    raise InvalidRequestError(f"unknown encoder {name!r}; choose one of: {', '.join(encoder_names())}")
 
 
 def _pretrained_cnn(name: str, threads: int | None) -> TorchEncoder:
@@ -322,10 +322,10 @@ def _open_clip_encoder(name: str, threads: int | None) -> TorchEncoder:
     else:
         model_name, _, tag = name[len("open_clip:"):].partition("/")
         if model_name not in open_clip.list_models():
-            raise ValueError(f"open_clip has no model {model_name!r}")
+            raise InvalidRequestError(f"open_clip has no model {model_name!r}")
         if not tag:
             tags = open_clip.list_pretrained_tags_by_model(model_name)
-            raise ValueError(f"name a pretrained tag: open_clip:{model_name}/TAG with TAG in {tags} (or 'random')")
+            raise InvalidRequestError(f"name a pretrained tag: open_clip:{model_name}/TAG with TAG in {tags} (or 'random')")
         if tag != "random":
             pretrained = _open_clip_weights(open_clip, model_name, tag)
     torch.manual_seed(0)
@@ -351,7 +351,7 @@ def _open_clip_weights(open_clip, model_name: str, tag: str) -> str:
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
-        raise ValueError(f"open_clip has no pretrained tag {tag!r} for {model_name}; known tags: {tags}")
+        raise InvalidRequestError(f"open_clip has no pretrained tag {tag!r} for {model_name}; known tags: {tags}")
     hub_id = cfg.get("hf_hub", "").rstrip("/")
     if hub_id:
         from huggingface_hub import try_to_load_from_cache

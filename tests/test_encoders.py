@@ -8,11 +8,6 @@ from image_search import ModelUnavailableError, encode_paths, load_encoder
 from image_search.encoders import EmbeddingCache
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return load_encoder("efficientnet-lite0")
-
-
 def test_default_encoder_is_really_pretrained(lite0, catalog):
     """ImageNet weights, not random ones: the ImageNet head (re-attached) names the barrel a barrel."""
     import timm

@@ -5,9 +5,9 @@ import pytest
 from image_search import load_catalog, load_encoder
 
 
-def test_onnx_matches_pytorch(monkeypatch):
+def test_onnx_matches_pytorch(monkeypatch, lite0):
     pytest.importorskip("onnxruntime")
-    enc = load_encoder("efficientnet-lite0")
+    enc = lite0
     assert enc.onnx is not None, "the default encoder should run in ONNX Runtime when it is installed"
     catalog = load_catalog()
     images = [catalog.icon_path(i) for i in catalog.ids[:3]]
