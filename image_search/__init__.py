@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .catalog import Catalog, Product, load_catalog
 from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, l2_normalize, load_encoder
 from .errors import (ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
-                     ModelUnavailableError)
+                     ModelUnavailableError, UnsafePathError)
 from .images import load_image
 from .indexer import ProductIndex
 from .reranker import Reranker, RerankConfig
@@ -26,5 +26,5 @@ from . import training  # noqa: E402,F401 (registers the "lit" encoder)
 __version__ = "0.1.0"
 __all__ = ["Catalog", "Product", "load_catalog", "DEFAULT_ENCODER", "Encoder", "encode_paths", "l2_normalize",
            "load_encoder", "ImageSearchError", "IndexMismatchError", "InvalidImageError", "InvalidRequestError",
-           "ModelUnavailableError", "load_image", "ProductIndex", "Reranker", "RerankConfig", "Filters",
+           "ModelUnavailableError", "UnsafePathError", "load_image", "ProductIndex", "Reranker", "RerankConfig", "Filters",
            "SearchRequest", "SearchResults", "Searcher", "Timings", "build_index"]

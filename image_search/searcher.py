@@ -4,12 +4,13 @@ Chapter 02 defines the request/response contract; chapter 09 builds the searcher
 """
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -144,12 +145,16 @@ class Timings:
 
 @dataclass(frozen=True)
 class SearchResults:
-    """Ranked products for one query, with their scores and the time each stage took."""
+    """Ranked products for one query, with their scores and the time each stage took.
+
+    ``error`` is set only by :meth:`Searcher.search_batch` with ``errors="report"``: the image
+    could not be decoded, the reason is there and the result has no products."""
 
     ids: tuple[str, ...]
     scores: np.ndarray
     products: tuple[Product, ...]
     timings: Timings
+    error: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -220,25 +225,67 @@ class Searcher:
         return SearchResults(ranked.ids, ranked.scores, tuple(self.catalog[i] for i in ranked.ids),
                              Timings((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t4 - t3) * ms))
 
-    def search_batch(self, images: Sequence[ImageLike], k: int = 10, filters: Filters | None = None,
-                     batch_size: int = 32) -> list[SearchResults]:
-        """Search many images: embedded in batches, then one ANN call (timings are per-query shares)."""
+    def search_batch(self, images: Iterable[ImageLike], k: int = 10, filters: Filters | None = None,
+                     batch_size: int = 32, errors: str = "raise") -> list[SearchResults]:
+        """Search many images, streamed: each chunk of ``batch_size`` images is decoded, embedded and
+        searched before the next is read, so memory does not grow with the batch (``images`` may be
+        a generator).
+
+        A bad image raises :class:`InvalidImageError` naming its position (``errors="raise"``), or,
+        with ``errors="report"``, gets a result with no products and the reason in ``error``, so the
+        results stay aligned with the images. Decode and re-rank times are each image's own; embed
+        and ANN times are its share of its chunk's. Chapter 09.
+        """
         filters = filters or Filters()
         SearchRequest(embedding=np.ones(self.index.dim), k=k, filters=filters)  # validate k and filters
-        t0 = time.perf_counter()
-        decoded = [load_image(im) for im in images]
-        t1 = time.perf_counter()
-        queries = self.encoder.encode_images(decoded, batch_size=batch_size)
-        t2 = time.perf_counter()
-        scores, ids = self.index.search(queries, max(k, self.candidates), allowed=filters.allowed_ids(self.catalog))
-        t3 = time.perf_counter()
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InvalidRequestError(f"batch_size must be a positive integer, not {batch_size!r}")
+        if errors not in ("raise", "report"):
+            raise InvalidRequestError(f'errors must be "raise" or "report", not {errors!r}')
+        if isinstance(images, (str, Path, bytes, bytearray)) or (isinstance(images, np.ndarray) and images.ndim != 4) \
+                or not hasattr(images, "__iter__"):
+            raise InvalidRequestError(f"images must be a list or iterable of images, not one {type(images).__name__}")
+        allowed = filters.allowed_ids(self.catalog)
+        items, out = iter(images), []
+        while chunk := list(itertools.islice(items, batch_size)):
+            out += self._search_chunk(chunk, len(out), k, allowed, batch_size, errors)
+            del chunk  # before the next chunk is read
+        return out
+
+    def _search_chunk(self, chunk: list, start: int, k: int, allowed: list[str] | None, batch_size: int,
+                      errors: str) -> list[SearchResults]:
+        """One chunk of :meth:`search_batch`; its decoded images are released when it returns."""
+        decoded, decode_ms, failed = [], [], {}
+        for i, item in enumerate(chunk):
+            t0 = time.perf_counter()
+            try:
+                decoded.append(load_image(item))
+            except InvalidImageError as e:
+                if errors == "raise":
+                    raise InvalidImageError(f"batch image {start + i}: {e}") from None
+                failed[i] = str(e)
+            decode_ms.append((time.perf_counter() - t0) * 1000.0)
+        rows, embed_ms, ann_ms, n = iter(()), 0.0, 0.0, len(decoded)
+        if n:
+            t1 = time.perf_counter()
+            queries = self.encoder.encode_images(decoded, batch_size=batch_size)
+            del decoded
+            t2 = time.perf_counter()
+            scores, ids = self.index.search(queries, max(k, self.candidates), allowed=allowed)
+            t3 = time.perf_counter()
+            rows, embed_ms, ann_ms = zip(ids, scores), (t2 - t1) * 1000.0 / n, (t3 - t2) * 1000.0 / n
         out = []
-        for row_ids, row_scores in zip(ids, scores):
-            ranked = self.reranker.rerank(row_ids, row_scores, self.index.vectors(row_ids), k)
-            out.append((ranked, time.perf_counter()))
-        n, ms = max(len(images), 1), 1000.0
-        t = Timings((t1 - t0) * ms / n, (t2 - t1) * ms / n, (t3 - t2) * ms / n, (out[-1][1] - t3) * ms / n if out else 0.0)
-        return [SearchResults(r.ids, r.scores, tuple(self.catalog[i] for i in r.ids), t) for r, _ in out]
+        for i, ms in enumerate(decode_ms):
+            if i in failed:
+                out.append(SearchResults((), np.zeros(0, np.float32), (), Timings(ms), error=failed[i]))
+                continue
+            row_ids, row_scores = next(rows)
+            t4 = time.perf_counter()
+            r = self.reranker.rerank(row_ids, row_scores, self.index.vectors(row_ids), k)
+            products = tuple(self.catalog[p] for p in r.ids)
+            out.append(SearchResults(r.ids, r.scores, products,
+                                     Timings(ms, embed_ms, ann_ms, (time.perf_counter() - t4) * 1000.0)))
+        return out
 
 
 def build_index(catalog: Catalog, encoder: Encoder, factory: str = "Flat", progress: bool = True) -> ProductIndex:

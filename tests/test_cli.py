@@ -67,7 +67,7 @@ def test_bad_input_is_one_line_and_non_zero(args, index_file, catalog, tmp_path,
 
 def test_missing_files_name_the_path(index_file, catalog, capsys, tmp_path):
     rc, _, err = cli(capsys, "search", tmp_path / "nope.jpg", "--encoder", "colour-histogram", "--index", index_file)
-    assert rc == 1 and err == f"error: no such image file: {tmp_path / 'nope.jpg'}\n"
+    assert rc == 1 and err == f"error: cannot read image {tmp_path / 'nope.jpg'}: no such file\n"
     rc, _, err = cli(capsys, "search", catalog.icon_path(catalog.ids[0]), "--encoder", "colour-histogram",
                      "--index", tmp_path / "none.index")
     assert rc == 1 and err.startswith("error: no index file") and str(tmp_path / "none.index") in err

@@ -463,6 +463,7 @@ def test_every_documented_error_is_an_image_search_error(tmp_path, monkeypatch):
         "InvalidRequestError": lambda: SearchRequest(embedding=np.ones(4), k=0),
         "IndexMismatchError": lambda: ProductIndex.load(broken),
         "ModelUnavailableError": lambda: image_search.load_encoder("open_clip:ViT-B-32/laion2b_s34b_b79k"),
+        "UnsafePathError": lambda: image_search.paths.atomic_write_bytes("/dev/null", b"x"),
     }
     assert declared - {"ImageSearchError"} == set(triggers), "give each error class in errors.py a trigger here"
     for name in sorted(declared):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_search import Filters, InvalidRequestError, Searcher, SearchRequest
+from image_search import Filters, InvalidImageError, InvalidRequestError, Searcher, SearchRequest
 from image_search.evaluation import evaluate
 
 
@@ -87,7 +87,7 @@ def test_timings_are_reported(searcher, catalog):
     assert t.ann_ms >= 100 and max(t.decode_ms, t.embed_ms, t.rerank_ms) < 100
     # a batch of four shares one slow embedding call: a quarter of it per query
     batch = slow_embed.search_batch([path] * 4, k=3)
-    assert all(r.timings == batch[0].timings for r in batch) and 25 <= batch[0].timings.embed_ms < 100
+    assert all(r.timings.embed_ms == batch[0].timings.embed_ms for r in batch) and 25 <= batch[0].timings.embed_ms < 100
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -120,3 +120,111 @@ def test_evaluation_of_the_default_encoder_beats_the_baseline(lite0_searcher, se
     deep, _ = evaluate(lite0_searcher, paths, ids, progress=False)
     base, _ = evaluate(searcher, paths, ids, progress=False)
     assert deep.recall[10] > 0.6 and deep.recall[10] > base.recall[10] + 0.3
+
+
+# ------------------------------------------------------------------ streaming batch search (issue 19, item 8)
+class CountingEncoder:
+    """Stands in for the real encoder of ``searcher``: records how many decoded images are alive
+    (not yet freed) each time it is called, and returns the real encoder's vectors."""
+
+    def __init__(self, real, alive):
+        self.name, self.dim, self.real, self.alive = real.name, real.dim, real, alive
+        self.calls, self.peak_alive = [], 0
+
+    def encode_images(self, images, batch_size=32, progress=False):
+        self.calls.append(len(images))
+        self.peak_alive = max(self.peak_alive, sum(r() is not None for r in self.alive))
+        return self.real.encode_images(images, batch_size=batch_size)
+
+
+@pytest.fixture()
+def counting(searcher, catalog, monkeypatch):
+    """A searcher whose decoded images are counted while alive (weak references)."""
+    import weakref
+
+    import image_search.searcher as module
+
+    alive, real_load = [], module.load_image
+
+    def load_and_track(image):
+        img = real_load(image)
+        alive.append(weakref.ref(img))
+        return img
+
+    monkeypatch.setattr(module, "load_image", load_and_track)
+    enc = CountingEncoder(searcher.encoder, alive)
+    return Searcher(searcher.index, catalog, enc, searcher.reranker), enc
+
+
+def test_batch_search_streams_with_bounded_memory(counting, catalog):
+    s, enc = counting
+    produced = []
+
+    def photos(n):  # a generator: the batch is never a list in memory
+        for i in range(n):
+            produced.append(i)
+            yield np.full((600, 800, 3), (i * 7) % 256, np.uint8)
+
+    results = s.search_batch(photos(100), k=3, batch_size=8)
+    assert len(results) == 100 and all(len(r) == 3 for r in results)
+    assert enc.calls == [8] * 12 + [4]  # decoded, embedded and searched chunk by chunk
+    assert enc.peak_alive <= 8  # never more decoded images alive than one chunk (was: all 100)
+    flat = np.full((600, 800, 3), 7 * 5 % 256, np.uint8)
+    assert results[5].ids == s.search(flat, k=3).ids
+
+
+def test_batch_search_reads_a_generator_lazily(counting):
+    s, enc = counting
+    seen = []
+
+    def photos():
+        for i in range(20):
+            seen.append((i, len(enc.calls)))  # how many chunks were embedded before image i was read
+            yield np.full((32, 32, 3), i, np.uint8)
+
+    s.search_batch(photos(), k=2, batch_size=5)
+    assert [calls for _, calls in seen] == [i // 5 for i in range(20)]
+
+
+def test_a_bad_image_in_a_batch_is_named_or_reported(searcher, catalog):
+    paths = [catalog.view_paths(i)[0] for i in catalog.ids[:7]]
+    batch = [*paths[:3], b"not an image", *paths[3:5], b"", *paths[5:]]
+    with pytest.raises(InvalidImageError, match=r"batch image 3: .*not an image"):
+        searcher.search_batch(batch, k=4, batch_size=2)
+    results = searcher.search_batch(batch, k=4, batch_size=2, errors="report")
+    assert len(results) == len(batch)
+    assert [r.error is not None for r in results] == [False, False, False, True, False, False, True, False, False]
+    assert "not an image" in results[3].error and "empty" in results[6].error
+    assert len(results[3]) == 0 and results[3].products == () and results[3].timings.decode_ms > 0
+    good = [r for r in results if r.error is None]
+    assert [r.ids for r in good] == [searcher.search(p, k=4).ids for p in paths]
+    all_bad = searcher.search_batch([b"x", b"y"], k=2, errors="report")
+    assert [r.error is not None for r in all_bad] == [True, True]
+
+
+def test_batch_timings_are_per_query(searcher, catalog):
+    paths = [catalog.view_paths(i)[0] for i in catalog.ids[:5]]
+    results = searcher.search_batch(paths, k=3, batch_size=2)
+    for r in results:
+        t = r.timings
+        assert t.decode_ms > 0 and t.embed_ms > 0 and t.ann_ms > 0 and t.rerank_ms > 0
+        assert t.total_ms == pytest.approx(t.decode_ms + t.embed_ms + t.ann_ms + t.rerank_ms)
+    assert results[0].timings.embed_ms == results[1].timings.embed_ms  # one chunk: equal shares
+    assert results[0].timings.decode_ms != results[1].timings.decode_ms  # decode: each image's own
+
+
+@pytest.mark.parametrize("kwargs", [dict(batch_size=0), dict(batch_size=2.5), dict(batch_size=True),
+                                    dict(errors="skip"), dict(k=0), dict(filters=Filters(categories=("Garage",)))])
+def test_bad_batch_arguments_are_refused(searcher, catalog, kwargs):
+    with pytest.raises(InvalidRequestError):
+        searcher.search_batch([catalog.icon_path(catalog.ids[0])], **kwargs)
+
+
+def test_a_single_image_is_not_mistaken_for_a_batch(searcher, catalog):
+    path = catalog.icon_path(catalog.ids[0])
+    for one in (str(path), path, path.read_bytes(), np.zeros((32, 32, 3), np.uint8), 42):
+        with pytest.raises(InvalidRequestError, match="list or iterable"):
+            searcher.search_batch(one, k=2)
+    assert searcher.search_batch([], k=2) == []
+    stacked = np.stack([np.asarray(Image.open(path).convert("RGB"))] * 3)  # (n, H, W, 3) is a batch
+    assert [r.ids for r in searcher.search_batch(stacked, k=2)] == [searcher.search(path, k=2).ids] * 3
