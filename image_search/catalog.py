@@ -36,9 +36,10 @@ def catalog_root() -> Path:
 
 @dataclass(frozen=True)
 class Product:
-    """One product. ``category`` is the room (a facet), ``type`` the kind of object (chair, lamp, …).
-    In the book's catalog ``price``, ``in_stock`` and ``brand`` are synthetic; a user's catalog may
-    leave out the optional fields (see :func:`load_catalog_csv`): an unknown price or size is NaN."""
+    """One product. ``category`` is the room (a facet), ``type`` the kind of object (chair,
+    lamp, …). In the book's catalog ``price``, ``in_stock`` and ``brand`` are synthetic; a user's
+    catalog may leave out the optional fields (see :func:`load_catalog_csv`): an unknown price or
+    size is NaN."""
 
     id: str
     name: str
@@ -61,7 +62,8 @@ class Product:
     def text(self) -> str:
         """A short description built from name, colour, category and tags (used for text search)."""
         tags = ", ".join(self.tags)
-        return f"{self.colour} {self.name.lower()}, {self.category.lower()}".strip() + (f", {tags.lower()}" if tags else "")
+        text = f"{self.colour} {self.name.lower()}, {self.category.lower()}".strip()
+        return text + (f", {tags.lower()}" if tags else "")
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ class Catalog:
     @cached_property
     def frame(self) -> pd.DataFrame:
         """The products as a DataFrame indexed by id."""
-        return pd.DataFrame([asdict(p) for p in self.products], columns=list(_COLUMNS)).set_index("id")
+        rows = [asdict(p) for p in self.products]
+        return pd.DataFrame(rows, columns=list(_COLUMNS)).set_index("id")
 
     def icon_path(self, product_id: str) -> Path:
         """The catalogue photo of a product (its first shop photo)."""
@@ -136,12 +139,14 @@ class Catalog:
 
     def object_box(self, photo_path: str | Path) -> tuple[int, int, int, int]:
         """The box ``(left, top, right, bottom)`` in pixels (right and bottom exclusive) of the
-        product in one of its rendered photos (a view or a studio shot), from ``boxes.csv``. Chapter 04."""
+        product in one of its rendered photos (a view or a studio shot), from ``boxes.csv``.
+        Chapter 04."""
         key = self._relative(photo_path)
         try:
             return self._boxes[key]
         except KeyError:
-            raise CatalogError(f"no object box for {key}: boxes.csv lists the catalog's views and shop photos") from None
+            raise CatalogError(f"no object box for {key}: boxes.csv lists the catalog's views and "
+                               "shop photos") from None
 
     def object_mask(self, view_path: str | Path) -> np.ndarray:
         """The product's mask (bool, height x width) in one of its customer photos, from
@@ -150,7 +155,7 @@ class Catalog:
         m = re.fullmatch(r"views/(.+)_(\d+)\.jpg", key)
         mask_file = self.root / "views_masks" / f"{m.group(1)}.png" if m else None
         if mask_file is None or not mask_file.is_file():
-            raise CatalogError(f"no object mask for {key}: masks exist for the catalog's views only")
+            raise CatalogError(f"no object mask for {key}: masks exist for the catalog's views")
         from PIL import Image
 
         with Image.open(mask_file) as im:
@@ -229,12 +234,14 @@ def load_catalog(root: str | Path | None = None) -> Catalog:
 def _product(row: dict[str, str], line: int, source: str) -> Product:
     where = f"{source} line {line}"
     return Product(
-        id=_text(row, "id", where), name=_text(row, "name", where), category=_text(row, "category", where),
-        type=_text(row, "type", where), tags=tuple(t for t in row["tags"].split(";") if t),
+        id=_text(row, "id", where), name=_text(row, "name", where),
+        category=_text(row, "category", where), type=_text(row, "type", where),
+        tags=tuple(t for t in row["tags"].split(";") if t),
         width_cm=_number(row, "width_cm", where), depth_cm=_number(row, "depth_cm", where),
-        height_cm=_number(row, "height_cm", where), colour=row["colour"], colour_hex=row["colour_hex"],
-        split=row["split"], price=_number(row, "price", where), in_stock=_boolean(row, "in_stock", where),
-        brand=row["brand"], creator=row["creator"], licence=row["licence"])
+        height_cm=_number(row, "height_cm", where), colour=row["colour"],
+        colour_hex=row["colour_hex"], split=row["split"], price=_number(row, "price", where),
+        in_stock=_boolean(row, "in_stock", where), brand=row["brand"], creator=row["creator"],
+        licence=row["licence"])
 
 
 def real_photos(root: str | Path | None = None) -> tuple[list[Path], list[str]]:
@@ -248,8 +255,10 @@ def real_photos(root: str | Path | None = None) -> tuple[list[Path], list[str]]:
 
 
 # --------------------------------------------------------------------------- a shop's own catalog
-def load_catalog_csv(csv_path: str | Path, images_dir: str | Path, progress: bool = False) -> Catalog:
-    """Read a shop's own catalog: a UTF-8, comma-separated CSV with a header row, and a folder of images.
+def load_catalog_csv(csv_path: str | Path, images_dir: str | Path,
+                     progress: bool = False) -> Catalog:
+    """Read a shop's own catalog: a UTF-8, comma-separated CSV with a header row, and a folder of
+    images.
 
     Columns (names are case-insensitive; other columns are ignored):
 
@@ -276,35 +285,49 @@ def load_catalog_csv(csv_path: str | Path, images_dir: str | Path, progress: boo
         raise CatalogError(f"images folder {images_dir} does not exist or is not a folder")
     images_dir = images_dir.resolve()
     rows = _read_rows(csv_path, required=("id", "name"))
-    present = set(rows[0][1]) if rows else set()
+    convention = _convention_files(images_dir)
     products, images, problems = [], {}, []
-    by_file = _convention_files(images_dir)
     for line, row in rows:
         where = f"{name} line {line}"
         p = Product(
             id=_text(row, "id", where), name=_text(row, "name", where),
-            category=_text(row, "category", where) if "category" in present else UNSPECIFIED,
-            type=_text(row, "type", where) if "type" in present else UNSPECIFIED,
-            price=_number(row, "price", where, empty=math.nan) if "price" in present else math.nan,
-            in_stock=_boolean(row, "in_stock", where, empty=True) if "in_stock" in present else True,
+            category=_text(row, "category", where) if "category" in row else UNSPECIFIED,
+            type=_text(row, "type", where) if "type" in row else UNSPECIFIED,
+            price=_number(row, "price", where, empty=math.nan) if "price" in row else math.nan,
+            in_stock=_boolean(row, "in_stock", where, empty=True) if "in_stock" in row else True,
             brand=row.get("brand", "").strip())
+        paths, missing = _images_of(p.id, row.get("images", ""), images_dir, convention, where)
         products.append(p)
-        cell = row.get("images", "").strip()
-        if cell:
-            paths = [_inside(images_dir, part.strip(), f"{where}, column 'images'") for part in cell.split(";") if part.strip()]
-            problems += [f"line {line}: {path.relative_to(images_dir)} not found" for path in paths if not path.is_file()]
-        else:
-            paths = [_inside(images_dir, path.name, f"{where}, image file") for path in by_file.get(p.id, [])]
-            if not paths:
-                problems.append(f"line {line}: no image for id {p.id!r} ({p.id}.jpg, {p.id}_1.png, …)")
         images[p.id] = tuple(paths)
-    _check_unique(products, [line for line, _ in rows], name)
-    problems += _unreadable(images, [line for line, _ in rows], images_dir, progress)
+        problems += missing
+    lines = [line for line, _ in rows]
+    _check_unique(products, lines, name)
+    problems += _unreadable(images, lines, images_dir, progress)
     if problems:
         total = sum(len(v) for v in images.values())
-        raise CatalogError(f"{name}: {len(problems)} missing or unreadable image(s) (of {total} listed): "
-                           + "; ".join(problems[:5]) + (f"; … and {len(problems) - 5} more" if len(problems) > 5 else ""))
+        more = f"; … and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise CatalogError(f"{name}: {len(problems)} missing or unreadable image(s) of {total} "
+                           "listed: " + "; ".join(problems[:5]) + more)
     return Catalog(root=images_dir, products=tuple(products), images=images)
+
+
+def _images_of(product_id: str, cell: str, images_dir: Path, convention: Mapping[str, list[Path]],
+               where: str) -> tuple[list[Path], list[str]]:
+    """A product's image files (its ``images`` cell, else the file-name convention) and the
+    problems found (missing files)."""
+    line = where.rsplit(" ", 1)[1]
+    parts = [part.strip() for part in cell.split(";") if part.strip()]
+    if parts:
+        paths = [_inside(images_dir, part, f"{where}, column 'images'") for part in parts]
+        gone = [f"line {line}: {part} not found"
+                for part, path in zip(parts, paths) if not path.is_file()]
+        return paths, gone
+    paths = [_inside(images_dir, path.name, f"{where}, image file")
+             for path in convention.get(product_id, [])]
+    if paths:
+        return paths, []
+    pid = product_id
+    return [], [f"line {line}: no image for id {pid!r} ({pid}.jpg, {pid}_1.png, …)"]
 
 
 def _convention_files(images_dir: Path) -> dict[str, list[Path]]:
@@ -332,7 +355,8 @@ def _unreadable(images: Mapping[str, tuple[Path, ...]], lines: list[int], images
     from .images import load_image
 
     problems = []
-    todo = [(line, path) for line, paths in zip(lines, images.values()) for path in paths if path.is_file()]
+    todo = [(line, path) for line, paths in zip(lines, images.values()) for path in paths
+            if path.is_file()]
     for line, path in tqdm(todo, desc="checking images", unit="image", disable=not progress):
         try:
             load_image(path)
@@ -354,8 +378,8 @@ def _read_rows(csv_path: Path, required: Sequence[str]) -> list[tuple[int, dict[
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
-        raise CatalogError(f"{name} line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                           "save the file as UTF-8") from None
+        raise CatalogError(f"{name} line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset "
+                           f"{e.start}); save the file as UTF-8") from None
     if not text.strip():
         raise CatalogError(f"{name} is empty: expected a header row and one row per product")
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -367,7 +391,8 @@ def _read_rows(csv_path: Path, required: Sequence[str]) -> list[tuple[int, dict[
                                    "the file must be comma-separated")
     missing = [c for c in required if c not in header]
     if missing:
-        raise CatalogError(f"{name} line 1: missing required column(s) {', '.join(map(repr, missing))} "
+        raise CatalogError(f"{name} line 1: missing required column(s) "
+                           f"{', '.join(map(repr, missing))} "
                            f"(the header has {', '.join(map(repr, header))})")
     rows = []
     for fields in reader:
@@ -375,7 +400,8 @@ def _read_rows(csv_path: Path, required: Sequence[str]) -> list[tuple[int, dict[
         if not any(f.strip() for f in fields):
             continue
         if len(fields) != len(header):
-            raise CatalogError(f"{name} line {line}: {len(fields)} fields, the header has {len(header)}")
+            raise CatalogError(f"{name} line {line}: {len(fields)} fields, "
+                               f"the header has {len(header)}")
         rows.append((line, dict(zip(header, fields))))
     if not rows:
         raise CatalogError(f"{name} has a header but no products")
@@ -408,7 +434,8 @@ def _boolean(row: dict[str, str], column: str, where: str, empty: bool | None = 
     if not text and empty is not None:
         return empty
     if text not in _BOOLEANS:
-        raise CatalogError(f"{where}, column {column!r}: {row[column]!r} is not one of true/false, yes/no, 1/0")
+        raise CatalogError(f"{where}, column {column!r}: {row[column]!r} is not one of "
+                           "true/false, yes/no, 1/0")
     return _BOOLEANS[text]
 
 
@@ -416,7 +443,8 @@ def _check_unique(products: Sequence[Product], lines: Sequence[int], source: str
     first: dict[str, int] = {}
     for p, line in zip(products, lines):
         if p.id in first:
-            raise CatalogError(f"{source} line {line}, column 'id': duplicate id {p.id!r} (first on line {first[p.id]})")
+            raise CatalogError(f"{source} line {line}, column 'id': duplicate id {p.id!r} "
+                               f"(first on line {first[p.id]})")
         first[p.id] = line
 
 

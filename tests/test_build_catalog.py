@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bc():
-    spec = importlib.util.spec_from_file_location("build_catalog", ROOT / "data" / "build_catalog.py")
+    path = ROOT / "data" / "build_catalog.py"
+    spec = importlib.util.spec_from_file_location("build_catalog", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("build_catalog", module)
     spec.loader.exec_module(module)
@@ -21,18 +22,19 @@ def bc():
 
 
 @pytest.mark.parametrize("name, tags, expected", [
-    ("Chair", "Seat", "chair"), ("Armchair ottoman", "Seat", "armchair"), ("Corner sofa", "Couch;Seat", "sofa"),
-    ("Desk lamp", "", "lamp"), ("Desk", "Table", "desk"), ("Coffee table", "", "table"),
-    ("Bedside table", "Nightstand", "cabinet"), ("Bed", "", "bed"), ("Futon couch", "Sofa;Seat", "sofa"),
-    ("Table tennis bat", "Game;Sport", "sports equipment"), ("Table tennis", "Game;Sport", "toy or game"),
-    ("Table fan", "Appliance", "small appliance"), ("Tablet", "Electronics", "electronics"),
-    ("Toilet paper dispenser", "", "bathroom accessory"), ("Toilets unit", "", "toilet"),
-    ("Towel rack", "", "rack or hanger"), ("Paper towel holder", "", "kitchenware"),
-    ("Sink cabinet", "Cupboard", "sink"), ("Washbasin", "", "sink"), ("Shower curtain", "", "curtain"),
-    ("Letter tray", "", "stationery"), ("Sushi tray", "", "tableware"), ("Cup cake", "Food", "food"),
-    ("Coffee cup", "Drink", "cup or glass"), ("Glass table", "Dining", "table"), ("Sunglasses", "", "accessory"),
-    ("Open cardboard box", "", "container"), ("Piano bench", "Music", "stool"), ("Grand piano", "Music",
-                                                                                "musical instrument"),
+    ("Chair", "Seat", "chair"), ("Armchair ottoman", "Seat", "armchair"),
+    ("Corner sofa", "Couch;Seat", "sofa"), ("Desk lamp", "", "lamp"), ("Desk", "Table", "desk"),
+    ("Coffee table", "", "table"), ("Bedside table", "Nightstand", "cabinet"), ("Bed", "", "bed"),
+    ("Futon couch", "Sofa;Seat", "sofa"), ("Table tennis bat", "Game;Sport", "sports equipment"),
+    ("Table tennis", "Game;Sport", "toy or game"), ("Table fan", "Appliance", "small appliance"),
+    ("Tablet", "Electronics", "electronics"), ("Toilet paper dispenser", "", "bathroom accessory"),
+    ("Toilets unit", "", "toilet"), ("Towel rack", "", "rack or hanger"),
+    ("Paper towel holder", "", "kitchenware"), ("Sink cabinet", "Cupboard", "sink"),
+    ("Washbasin", "", "sink"), ("Shower curtain", "", "curtain"), ("Letter tray", "", "stationery"),
+    ("Sushi tray", "", "tableware"), ("Cup cake", "Food", "food"),
+    ("Coffee cup", "Drink", "cup or glass"), ("Glass table", "Dining", "table"),
+    ("Sunglasses", "", "accessory"), ("Open cardboard box", "", "container"),
+    ("Piano bench", "Music", "stool"), ("Grand piano", "Music", "musical instrument"),
     ("Dustbin", "Trash", "container"),  # by its tag: no rule knows the name
 ])
 def test_product_type_rules(bc, name, tags, expected):
@@ -56,7 +58,8 @@ def test_committed_types_follow_the_rules(bc):
     """products.csv was written by these rules: a rule change without `make catalog` fails here."""
     with open(ROOT / "data" / "catalog" / "products.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    wrong = [(r["id"], r["type"]) for r in rows if bc.product_type(r["id"], r["name"], r["tags"]) != r["type"]]
+    wrong = [(r["id"], r["type"]) for r in rows
+             if bc.product_type(r["id"], r["name"], r["tags"]) != r["type"]]
     assert wrong == []
 
 
@@ -103,12 +106,14 @@ def test_dominant_colour_ignores_transparent_and_white_pixels(bc):
 
 def test_parse_properties_handles_continuations_and_escapes(bc):
     text = "# comment\nname#1=Caf\\u00e9 \\\n   chair\ntags#1 : Seat, Wood\nempty#1=\n"
-    assert bc.parse_properties(text) == {"name#1": "Café chair", "tags#1": "Seat, Wood", "empty#1": ""}
+    expected = {"name#1": "Café chair", "tags#1": "Seat, Wood", "empty#1": ""}
+    assert bc.parse_properties(text) == expected
 
 
 def _items(bc, n_per_category):
-    return [bc.Item(id=f"{c[:3].lower()}-{i}", name="x", category=c, tags="", width=1, depth=1, height=1,
-                    creator="", licence="CC0-1.0", source="s", icon="i", model="m", rotation=None)
+    return [bc.Item(id=f"{c[:3].lower()}-{i}", name="x", category=c, tags="", width=1, depth=1,
+                    height=1, creator="", licence="CC0-1.0", source="s", icon="i", model="m",
+                    rotation=None)
             for c in bc.SHOP_CATEGORIES for i in range(n_per_category)]
 
 
@@ -136,7 +141,8 @@ def test_backgrounds_are_deterministic(bc):
 # --------------------------------------------------------------------------- the real-photo set
 @pytest.fixture(scope="module")
 def brp():
-    spec = importlib.util.spec_from_file_location("build_real_photos", ROOT / "data" / "build_real_photos.py")
+    path = ROOT / "data" / "build_real_photos.py"
+    spec = importlib.util.spec_from_file_location("build_real_photos", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -167,11 +173,12 @@ def _rcc(files: dict[str, bytes], compress: set[str]) -> bytes:
     for kids in children:
         for q in kids:
             flags = 1 if q in compress else 0
-            entries.append(struct.pack(">IHHHI", name_at[q.split("/")[1]], flags, 0, 0, data_at[q]) + b"\0" * 8)
+            name = name_at[q.split("/")[1]]
+            entries.append(struct.pack(">IHHHI", name, flags, 0, 0, data_at[q]) + b"\0" * 8)
     tree = b"".join(entries)
     header = 20
-    return (b"qres" + struct.pack(">IIII", 2, header, header + len(tree), header + len(tree) + len(payload))
-            + tree + payload + names)
+    offsets = (header, header + len(tree), header + len(tree) + len(payload))
+    return b"qres" + struct.pack(">IIII", 2, *offsets) + tree + payload + names
 
 
 def test_read_rcc_unpacks_plain_and_zlib_entries(brp):
@@ -183,7 +190,8 @@ def test_read_rcc_unpacks_plain_and_zlib_entries(brp):
 
 def test_gcompris_credits_reads_each_block(brp):
     readme = ("Copyright: Ann\nSource: https://x/a.jpg\nLicense: CC0-1.0\nFiles:\nchair.webp\n\n"
-              "Copyright: Bob\nSource: https://x/b.jpg\nLicense: Public Domain\nFiles:\ncup.webp\nmug.webp\n")
+              "Copyright: Bob\nSource: https://x/b.jpg\nLicense: Public Domain\nFiles:\n"
+              "cup.webp\nmug.webp\n")
     assert brp.gcompris_credits(readme) == {"chair.webp": ("Ann", "CC0-1.0", "https://x/a.jpg"),
                                             "cup.webp": ("Bob", "Public Domain", "https://x/b.jpg"),
                                             "mug.webp": ("Bob", "Public Domain", "https://x/b.jpg")}
@@ -210,7 +218,8 @@ def test_real_photo_set_is_typed_attributed_and_small(bc):
     assert set(types) <= {t for t, _ in bc.TYPE_RULES} and len(set(types)) >= 10
     with open(ROOT / "data" / "real_photos" / "real_photos.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert all(r["licence"] in ("CC0-1.0", "Public Domain", "CC-BY-SA-3.0") and r["source_package"] for r in rows)
+    licences = ("CC0-1.0", "Public Domain", "CC-BY-SA-3.0")
+    assert all(r["licence"] in licences and r["source_package"] for r in rows)
     assert not any("tuxpaint" in r["source_package"] for r in rows)
     attribution = (ROOT / "data" / "real_photos" / "ATTRIBUTION.md").read_text(encoding="utf-8")
     for path in paths:
