@@ -17,7 +17,7 @@ help:
 	@echo "               ONNX Runtime, then one thread, each from an empty cache; glued numbers must hold"
 	@echo "make demo      run the end-to-end demo from the command line"
 	@echo "make execute   re-execute every notebook in place (for authors)"
-	@echo "make catalog   rebuild data/catalog from the Debian package (needs root for apt-get)"
+	@echo "make catalog   rebuild data/catalog and data/real_photos from Debian packages (needs root for apt-get)"
 	@echo "make embeddings  recompute the shipped canonical embeddings (data/embeddings) after a catalog or model change"
 	@echo "make bench     run the benchmarks in benchmarks/"
 
@@ -96,6 +96,7 @@ catalog: venv
 	$(PYTHON) -m pip install --quiet pyrender==0.1.45 trimesh==4.12.2
 	$(PYTHON) -m pip install --quiet PyOpenGL==3.1.7
 	PYOPENGL_PLATFORM=osmesa $(PYTHON) data/build_catalog.py
+	$(PYTHON) data/build_real_photos.py
 
 bench: venv
 	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done

@@ -6,10 +6,15 @@ version: every random choice is drawn from a generator seeded by the product id.
 
 What it writes (see ``data/catalog/DATACARD.md`` for the column docs):
 
-* ``products.csv``: one row per shop product (categories in ``SHOP_CATEGORIES``).
-* ``icons/<id>.png``: the catalogue icon (the "shop photo"), composited on white.
+* ``products.csv``: one row per shop product (categories in ``SHOP_CATEGORIES``), with
+  its ``type`` (``TYPE_RULES``).
+* ``icons/<id>.png``: the catalogue icon (the first shop photo), composited on white.
+* ``shop/<id>_<n>.jpg``: clean studio renders of the 3D model from the ``SHOP_ANGLES``
+  (the other shop photos).
 * ``views/<id>_<n>.jpg``: ``N_VIEWS`` rendered "customer photos" of the 3D model
   with a random viewpoint, elevation, lighting, scale, position and background.
+* ``views_masks/<id>.png``: the object masks of a product's views, side by side (1 bit).
+* ``boxes.csv``: the object's box in every view and shop photo.
 * ``ATTRIBUTION.md``: creator and licence of every item (CC-BY-3.0 needs it).
 """
 from __future__ import annotations
@@ -32,15 +37,97 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-
 SOURCE_DIR = Path("/usr/share/sweethome3d/furniture")
 OUT_DIR = Path(__file__).resolve().parent / "catalog"
 SHOP_CATEGORIES = ("Bathroom", "Bedroom", "Kitchen", "Lights", "Living room", "Miscellaneous", "Office")
 LICENCES = {"BlendSwap-CC-0": "CC0-1.0"}  # every other .sh3f file is CC-BY-3.0
 N_VIEWS = 4
 SIZE = 128
+# Shop photos: (azimuth, elevation) in degrees of each studio shot (front, three-quarter left and
+# right, a higher three-quarter view), jittered a little per product; the object fills the frame
+# but for SHOP_MARGIN of its size on each side; light plain backgrounds.
+SHOP_ANGLES = ((0, 8), (-40, 15), (40, 15), (25, 45))
+SHOP_FOV = 30
+SHOP_MARGIN = 0.06
+SHOP_SUPERSAMPLE = 3
+SHOP_BACKGROUNDS = ((255, 255, 255), (244, 244, 244), (250, 247, 241))
+SHOP_QUALITY = 88
 TEST_FRACTION = 0.3
+# Product types (the kind of object; the catalogue's category is the room). Ordered: the first rule
+# whose regular expression is found in the lower-cased name wins (then the same over the tags), so
+# specific names come before the broad rules that would also match them ("desk lamp" is a lamp,
+# "bedside table" a cabinet, "table tennis bat" sports equipment). Every product's type was checked
+# by hand against its name, tags and icon; TYPE_OVERRIDES fixes the few that a name gets wrong.
+TYPE_RULES = (
+    # specific names first
+    ("lamp", r"lamp|light|lantern|chandelier|fluorescent"),
+    ("bathroom accessory", r"toilet (brush|paper)|(?<!paper )towel(?! rack)|soap|sponge|comb|brush|cosmetic"
+                           r"|lip ?stick|medicine box"),
+    ("rack or hanger", r"hanger|towel rack|clothes (horse|rack)"),
+    ("container", r"clothes basket|cardboard box"),
+    ("curtain", r"curtain|blind"),
+    ("sink", r"sink|washbasin|vanity|lavatory"),
+    ("cabinet", r"cabinet|drawer|dresser|bedside|nightstand|tv stand|island$|locker|chest$|changing table"),
+    ("safety equipment", r"extinguisher|emergency|\bcone\b|smoke detector|cctv|surveillance|intercom|number lock"
+                         r"|\bsafe\b"),
+    ("toy or game", r"toy|teddy|doll|rocking horse|car model|biplane|xylophone|rubik|puzzle|chessboard|card game"
+                    r"|dart|pool table|football table|table tennis$|flipper"),
+    ("sports equipment", r"ball\b|racket|bat$|fitness|treadmill|bike|abdominal|punching"),
+    ("food", r"cup cake|bread$|butter|hamburger|hot dog|cake|apples|steak|chicken|fries|with (fruits|salad)"),
+    ("small appliance", r"small oven|\bfan\b|toaster|blender|mixer|coffee (maker|machine|brewer)|sandwich|fryer|scale|grill"
+                        r"|microwave"),
+    ("electronics", r"\btv\b|television|projector|dvd|laptop|imac|ibook|tablet|printer|phone|speaker|stereo"
+                    r"|radio|mp3|amplifier|camera|playstation|joystick|thermometer|remote control"),
+    ("musical instrument", r"guitar|piano(?! bench)|keyboard"),
+    # furniture
+    ("armchair", r"armchair|fotel"),
+    ("sofa", r"sofa|couch"),
+    ("stool", r"stool|\bbench"),
+    ("chair", r"chair|seat|puff"),
+    ("desk", r"desk|technical table"),
+    ("table", r"table|workbench|island extension"),
+    ("bed", r"\bbed\b|bunk|crib|futon|mattress|sleeping bag"),
+    ("wardrobe", r"wardrobe|closet|cupboard"),
+    ("shelves", r"shel|bookcase"),
+    # bathroom and the house
+    ("toilet", r"toilets? unit|urinal|bidet|potty"),
+    ("bathtub or shower", r"^bath$|bathtub|island bath|shower"),
+    ("rug", r"rug|carpet|mat$|tatami"),
+    ("plant", r"plant|flower|tulip|lily|orchid|cactus|bamboo|ficus|yucca|bonsai|christmas tree|spathiphyllum"),
+    ("heater", r"radiator|furnace|heater|fireplace|wood logs"),
+    ("building element", r"railing|fence|chimney"),
+    ("large appliance", r"fridge|refrigerator|freezer|washing machine|dryer|air conditioning|water cooler"),
+    ("cooker", r"oven|stove|cooktop|cooker|\bhob\b|hood"),
+    ("socket", r"plug|socket"),
+    ("switch", r"switch|dimmer"),
+    # kitchen and table
+    ("bottle", r"bottle|flacon|milk"),
+    ("kitchenware", r"pan\b|knife stand|kitchen knife|chopping|utensil|tools?$|spice|paper towel|oil servers"
+                    r"|bread box|coffee press|kettle|boiler|squeezer"),
+    ("tableware", r"plate|bowl|(?<!letter )tray$|fork|spoon|knife|cutlery|creamer|sugar|salt|teapot|jar$|pottery"
+                  r"|ashtray|hashtray"),
+    ("cup or glass", r"\bcup\b|mug|glass$"),
+    # personal things
+    ("shoes", r"shoe|bootie|slipper|mocassin|sneaker"),
+    ("clothing", r"skirt|trousers|dress$|jacket|suit$|short$|\bcap\b|hat$|sock|glove|clothes|helmet"),
+    ("accessory", r"bag$|backpack|suitcase|briefcase|glasses|watch|ring$|keys|umbrella|bill\b"),
+    ("tool", r"hammer|saw$|drill|screwdriver|pliers|grinder|shovel|tape measure|mower|ladder|broom"),
+    ("stationery", r"pencil|\bpen|marker|ruler|stapler|scissors|calendar|letter tray|tape$|book$|newspaper"
+                   r"|white ?board"),
+    ("decoration", r"vase|frame|clock|candle|deer|aquarium|gift|screen"),
+    ("container", r"box|crate|barrel|trunc?k|container|pallet|\bbin\b|dustbin|trash|basket|basin"),
+)
+TYPE_OVERRIDES = {
+    "scopia-chaussette": "clothing",            # "Socket": a sock (French "chaussette")
+    "scopia-office-box": "cabinet",             # "Box": a unit of lockable compartments
+    "scopia-office-furniture1": "cabinet",      # "Bookcase": a closed low office cabinet
+    "scopia-cooker": "small appliance",         # "Cooker": a countertop rice cooker
+    "scopia-contemp-living-room": "cabinet",    # a living-room wall unit around a TV
+    "scopia-wooden-office-alder-table": "desk",  # the Office "Wooden ... table"s are L-shaped desks
+    "scopia-wooden-office-pear-table": "desk",
+    "scopia-wooden-office-pear-table-rect": "desk",
+    "scopia-wooden-office-teak-table": "desk",
+}
 BRANDS = ("Nordhem", "Casaluce", "Oakline", "Brightwood", "Maison Vert", "Kobo", "Ferro&Co", "Lumio")
 PRICE_MEDIAN = {"Bathroom": 180, "Bedroom": 320, "Kitchen": 150, "Lights": 60,
                 "Living room": 260, "Miscellaneous": 40, "Office": 140}
@@ -150,6 +237,19 @@ def _colour_name(r: float, g: float, b: float) -> str:
     return name
 
 
+def product_type(product_id: str, name: str, tags: str) -> str:
+    """The kind of product: ``TYPE_OVERRIDES`` first, then the first of the ordered ``TYPE_RULES``
+    whose pattern is found in the lower-cased name, then the first that matches one of the tags
+    (``;``-separated). A product that matches nothing is an error: add a rule or an override."""
+    if product_id in TYPE_OVERRIDES:
+        return TYPE_OVERRIDES[product_id]
+    for text in (name.lower(), *(t for t in tags.lower().split(";") if t)):
+        for type_, pattern in TYPE_RULES:
+            if re.search(pattern, text):
+                return type_
+    raise ValueError(f"no product type for {product_id!r} ({name!r}, tags {tags!r}): add a rule or an override")
+
+
 def business_fields(item: Item) -> dict[str, object]:
     """Synthetic price, stock and brand, drawn from a generator seeded by the product id."""
     rng = _rng(item.id, "business")
@@ -219,40 +319,135 @@ def _fix_visual(mesh):
     return mesh
 
 
-def render_views(meshes, item: Item, n_views: int = N_VIEWS, size: int = SIZE) -> list[Image.Image]:
-    """``n_views`` customer-style photos: random view, light, scale, position and background."""
+def _pyrender():
+    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")  # CPU rendering without a display
     import pyrender
 
-    scene_meshes = [pyrender.Mesh.from_trimesh(m, smooth=False) for m in meshes]
+    return pyrender
+
+
+def _scene_mesh(meshes):
+    """One pyrender mesh with every part as a primitive, opaque parts first, in a fixed order.
+
+    pyrender keeps separate meshes in a set and draws them in its iteration order (memory
+    addresses), which made transparent and coplanar parts render differently from run to run."""
+    pyrender = _pyrender()
+    parts = [pyrender.Mesh.from_trimesh(m, smooth=False) for m in meshes]
+    parts.sort(key=lambda p: p.is_transparent)  # stable: opaque parts first, then transparent ones
+    return pyrender.Mesh(primitives=[prim for p in parts for prim in p.primitives])
+
+
+def _render(renderer, mesh, camera_pose, lights, ambient: float, bg=(0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """RGB and object coverage (bool) of one render; lights are ``(direction, colour, intensity)``.
+
+    OSMesa has no framebuffer objects, so no alpha channel: the depth buffer is the mask."""
+    pyrender = _pyrender()
+    scene = pyrender.Scene(bg_color=[*(c / 255 for c in bg), 0], ambient_light=[ambient] * 3)
+    scene.add(mesh)
+    scene.add(pyrender.PerspectiveCamera(yfov=math.radians(camera_pose[1])), pose=camera_pose[0])
+    for direction, colour, intensity in lights:
+        scene.add(pyrender.DirectionalLight(color=colour, intensity=intensity), pose=_look_at(direction, np.zeros(3)))
+    rgb, depth = renderer.render(scene)
+    return rgb, depth > 0
+
+
+def render_views(meshes, item: Item, n_views: int = N_VIEWS, size: int = SIZE) -> list[tuple[Image.Image, np.ndarray]]:
+    """``n_views`` customer-style photos, each with the object's mask: random view, light, scale,
+    position and background."""
+    pyrender = _pyrender()
+    mesh = _scene_mesh(meshes)
     rng = _rng(item.id, "views")
-    images = []
+    out = []
     renderer = pyrender.OffscreenRenderer(size * 2, size * 2)  # 2x supersampling
     try:
-        for v in range(n_views):
-            scene = pyrender.Scene(bg_color=[0, 0, 0, 0], ambient_light=[0.25] * 3)
-            for pm in scene_meshes:
-                scene.add(pm)
+        for _ in range(n_views):
             azimuth = math.radians(rng.uniform(-75, 75) + (180 if rng.random() < 0.1 else 0))
             elevation = math.radians(rng.uniform(0, 40))
             distance = rng.uniform(1.5, 2.6)
             target = np.array([rng.uniform(-0.15, 0.15), rng.uniform(-0.1, 0.1), 0.0])
-            eye = target + distance * np.array([math.sin(azimuth) * math.cos(elevation),
-                                                math.sin(elevation),
-                                                math.cos(azimuth) * math.cos(elevation)])
-            scene.add(pyrender.PerspectiveCamera(yfov=math.radians(40)), pose=_look_at(eye, target))
+            eye = target + distance * _direction(azimuth, elevation)
             light_dir = np.array([rng.uniform(-1, 1), rng.uniform(0.3, 1.5), rng.uniform(-0.2, 1.2)])
-            scene.add(pyrender.DirectionalLight(color=_warmth(rng), intensity=rng.uniform(2.0, 5.0)),
-                      pose=_look_at(light_dir, np.zeros(3)))
-            # OSMesa has no framebuffer objects, so no alpha channel: the depth buffer is the mask.
-            rgb, depth = renderer.render(scene)
-            rgba = np.dstack([rgb, np.where(depth > 0, 255, 0).astype(np.uint8)])
-            fg = Image.fromarray(rgba).resize((size, size), Image.LANCZOS)
+            light = (light_dir, _warmth(rng), rng.uniform(2.0, 5.0))
+            rgb, covered = _render(renderer, mesh, (_look_at(eye, target), 40), [light], 0.25)
+            alpha = np.where(covered, 255, 0).astype(np.uint8)
+            fg = Image.fromarray(np.dstack([rgb, alpha])).resize((size, size), Image.LANCZOS)
             bg = background(rng, size)
             bg.alpha_composite(fg)
-            images.append(bg.convert("RGB"))
+            out.append((bg.convert("RGB"), downsample_mask(covered, 2)))
     finally:
         renderer.delete()
-    return images
+    return out
+
+
+def render_shop_photos(meshes, item: Item, size: int = SIZE) -> list[tuple[Image.Image, np.ndarray]]:
+    """Clean studio photos from the ``SHOP_ANGLES``, each with the object's mask: a light plain
+    background, soft key and fill light, the object filling the frame with a ``SHOP_MARGIN``."""
+    pyrender = _pyrender()
+    mesh = _scene_mesh(meshes)
+    rng = _rng(item.id, "shop")
+    radius = float(max(np.linalg.norm(m.vertices, axis=1).max() for m in meshes))
+    distance = radius / math.sin(math.radians(SHOP_FOV / 2)) * 1.02  # the whole model is in view
+    ss = SHOP_SUPERSAMPLE
+    out = []
+    renderer = pyrender.OffscreenRenderer(size * ss, size * ss)
+    try:
+        for azimuth, elevation in SHOP_ANGLES:
+            az = math.radians(azimuth + rng.uniform(-5, 5))
+            el = math.radians(elevation + rng.uniform(-3, 3))
+            bg = SHOP_BACKGROUNDS[int(rng.integers(len(SHOP_BACKGROUNDS)))]
+            key = (np.array([-0.6, 1.0, 0.9]), np.ones(3), rng.uniform(2.0, 2.6))
+            fill = (np.array([0.8, 0.4, 0.7]), np.ones(3), rng.uniform(0.8, 1.2))
+            rim = (np.array([0.0, 0.6, -1.0]), np.ones(3), 0.6)
+            pose = _look_at(distance * _direction(az, el), np.zeros(3))
+            rgb, covered = _render(renderer, mesh, (pose, SHOP_FOV), [key, fill, rim], 0.3, bg)
+            left, top, right, bottom = square_crop(box_from_mask(covered), SHOP_MARGIN)
+            pad = max(0, -left, -top, right - covered.shape[1], bottom - covered.shape[0])
+            canvas = Image.new("RGB", (rgb.shape[1] + 2 * pad, rgb.shape[0] + 2 * pad), bg)
+            canvas.paste(Image.fromarray(rgb), (pad, pad))
+            crop = (left + pad, top + pad, right + pad, bottom + pad)
+            photo = canvas.crop(crop).resize((size, size), Image.LANCZOS)
+            mask_img = Image.new("L", canvas.size, 0)
+            mask_img.paste(Image.fromarray(covered.astype(np.uint8) * 255), (pad, pad))
+            mask = np.asarray(mask_img.crop(crop).resize((size, size), Image.BOX)) >= 128
+            out.append((photo, mask))
+    finally:
+        renderer.delete()
+    return out
+
+
+def _direction(azimuth: float, elevation: float) -> np.ndarray:
+    """Unit vector from the origin towards a camera at ``azimuth`` (0 = the front, +z) and
+    ``elevation`` (radians)."""
+    return np.array([math.sin(azimuth) * math.cos(elevation), math.sin(elevation),
+                     math.cos(azimuth) * math.cos(elevation)])
+
+
+# --------------------------------------------------------------------------- masks and boxes
+def downsample_mask(covered: np.ndarray, factor: int) -> np.ndarray:
+    """Shrink a supersampled coverage mask: a pixel is object when at least half its
+    ``factor`` x ``factor`` block is."""
+    h, w = covered.shape
+    blocks = covered.reshape(h // factor, factor, w // factor, factor)
+    return blocks.mean(axis=(1, 3)) >= 0.5
+
+
+def box_from_mask(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` in pixels of the mask's true pixels (right/bottom exclusive)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        raise ValueError("empty mask: the object is not in the picture")
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def square_crop(box: tuple[int, int, int, int], margin: float) -> tuple[int, int, int, int]:
+    """A square around ``box``, centred on it, its side the box's longer side plus ``margin`` of it
+    on each side. It may extend past the image (the caller pads)."""
+    left, top, right, bottom = box
+    side = max(right - left, bottom - top)
+    side = max(1, int(round(side * (1 + 2 * margin))))
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    return x0, y0, x0 + side, y0 + side
 
 
 def _warmth(rng: np.random.Generator) -> np.ndarray:
@@ -311,15 +506,14 @@ def build(out_dir: Path = OUT_DIR, limit: int | None = None) -> None:
     if not archives:
         raise SystemExit(f"no .sh3f files in {SOURCE_DIR}: apt-get install sweethome3d-furniture")
     items = sorted((i for a in archives for i in read_items(a) if i.category in SHOP_CATEGORIES), key=lambda i: i.id)
-    if limit:
-        items = items[:limit]
     ids = [i.id for i in items]
     assert len(set(ids)) == len(ids), "product ids must be unique"
-    splits = assign_splits(items)
+    splits = assign_splits(items)  # of every product, so that --limit keeps each product's split
+    items = items[:limit] if limit else items
     tmp_out = Path(tempfile.mkdtemp(prefix="catalog-", dir=out_dir.parent))
-    (tmp_out / "icons").mkdir()
-    (tmp_out / "views").mkdir()
-    rows = []
+    for sub in ("icons", "views", "views_masks", "shop"):
+        (tmp_out / sub).mkdir()
+    rows, boxes = [], []
     zips = {a.name: zipfile.ZipFile(a) for a in archives}
     for item in tqdm(items, desc="rendering", unit="product"):
         z = zips[item.source]
@@ -336,9 +530,18 @@ def build(out_dir: Path = OUT_DIR, limit: int | None = None) -> None:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(z.read(name))
             meshes = load_model(Path(model_tmp), item.model[len(prefix):], item)
-        for v, img in enumerate(render_views(meshes, item)):
+        views = render_views(meshes, item)
+        for v, (img, mask) in enumerate(views):
             img.save(tmp_out / "views" / f"{item.id}_{v}.jpg", quality=90, optimize=True)
-        rows.append({"id": item.id, "name": item.name, "category": item.category, "tags": item.tags,
+            boxes.append((f"views/{item.id}_{v}.jpg", *box_from_mask(mask)))
+        # one tiny 1-bit PNG per product, its views' masks side by side (2,472 files would take
+        # 4 KiB of disk each for about 250 bytes of data)
+        Image.fromarray(np.hstack([mask for _, mask in views])).save(tmp_out / "views_masks" / f"{item.id}.png", optimize=True)
+        for v, (img, mask) in enumerate(render_shop_photos(meshes, item)):
+            img.save(tmp_out / "shop" / f"{item.id}_{v}.jpg", quality=SHOP_QUALITY, optimize=True)
+            boxes.append((f"shop/{item.id}_{v}.jpg", *box_from_mask(mask)))
+        rows.append({"id": item.id, "name": item.name, "category": item.category,
+                     "type": product_type(item.id, item.name, item.tags), "tags": item.tags,
                      "width_cm": item.width, "depth_cm": item.depth, "height_cm": item.height,
                      "colour": colour, "colour_hex": colour_hex, "split": splits[item.id],
                      **business_fields(item), "creator": item.creator, "licence": item.licence,
@@ -347,6 +550,10 @@ def build(out_dir: Path = OUT_DIR, limit: int | None = None) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    with open(tmp_out / "boxes.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(("file", "left", "top", "right", "bottom"))
+        writer.writerows(boxes)
     write_attribution(tmp_out / "ATTRIBUTION.md", rows)
     if (out_dir / "DATACARD.md").exists():
         shutil.copy(out_dir / "DATACARD.md", tmp_out / "DATACARD.md")
@@ -361,7 +568,8 @@ def write_attribution(path: Path, rows: list[dict]) -> None:
     lines = ["# Attribution", "",
              "Products, icons and 3D models come from the Debian package `sweethome3d-furniture` 1.8-1",
              "(Sweet Home 3D furniture libraries, eTeks and contributors). The icons are copied; the",
-             "`views/` photos are renderings of the 3D models made by `data/build_catalog.py`.",
+             "`views/` and `shop/` photos (and the `views_masks/`) are renderings of the 3D models made",
+             "by `data/build_catalog.py`.",
              "Items marked CC-BY-3.0 are licensed under the Creative Commons Attribution 3.0 Unported",
              "licence (https://creativecommons.org/licenses/by/3.0/); items marked CC0-1.0 are in the",
              "public domain. Changes: icons composited on white and resized; models re-rendered.", "",

@@ -13,9 +13,9 @@ is set here, once, rather than where threads start.
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from .catalog import Catalog, Product, load_catalog
+from .catalog import Catalog, Product, load_catalog, load_catalog_csv
 from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, l2_normalize, load_encoder
-from .errors import (ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
+from .errors import (CatalogError, ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
                      ModelUnavailableError, UnsafePathError)
 from .images import load_image
 from .indexer import ProductIndex
@@ -24,7 +24,7 @@ from .searcher import Filters, SearchRequest, SearchResults, Searcher, Timings, 
 from . import training  # noqa: E402,F401 (registers the "lit" encoder)
 
 __version__ = "0.1.0"
-__all__ = ["Catalog", "Product", "load_catalog", "DEFAULT_ENCODER", "Encoder", "encode_paths", "l2_normalize",
+__all__ = ["Catalog", "Product", "load_catalog", "load_catalog_csv", "CatalogError", "DEFAULT_ENCODER", "Encoder", "encode_paths", "l2_normalize",
            "load_encoder", "ImageSearchError", "IndexMismatchError", "InvalidImageError", "InvalidRequestError",
            "ModelUnavailableError", "UnsafePathError", "load_image", "ProductIndex", "Reranker", "RerankConfig", "Filters",
            "SearchRequest", "SearchResults", "Searcher", "Timings", "build_index"]

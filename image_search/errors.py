@@ -14,6 +14,11 @@ class InvalidRequestError(ImageSearchError, ValueError):
     """A search request is malformed (bad k, unknown category, inverted price range, …)."""
 
 
+class CatalogError(ImageSearchError, ValueError):
+    """A catalog (``products.csv``, a user's CSV or its images) is malformed; the message names the
+    line and column. Chapter 04."""
+
+
 class IndexMismatchError(ImageSearchError):
     """An index file does not match what it is used with (encoder, dimension, metric, checksum)."""
 

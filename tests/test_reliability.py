@@ -445,6 +445,11 @@ def test_the_package_never_unpickles():
     assert "allow_pickle=True" not in text and "weights_only=False" not in text
 
 
+def _empty_csv(folder: Path) -> Path:
+    (folder / "empty.csv").write_text("")
+    return folder / "empty.csv"
+
+
 def test_every_documented_error_is_an_image_search_error(tmp_path, monkeypatch):
     """Each error class in errors.py (found there, not listed here) is exported, named in chapter 02,
     and really raised by its documented trigger, where ``except ImageSearchError`` catches it."""
@@ -464,6 +469,7 @@ def test_every_documented_error_is_an_image_search_error(tmp_path, monkeypatch):
         "IndexMismatchError": lambda: ProductIndex.load(broken),
         "ModelUnavailableError": lambda: image_search.load_encoder("open_clip:ViT-B-32/laion2b_s34b_b79k"),
         "UnsafePathError": lambda: image_search.paths.atomic_write_bytes("/dev/null", b"x"),
+        "CatalogError": lambda: image_search.load_catalog_csv(_empty_csv(tmp_path), tmp_path),
     }
     assert declared - {"ImageSearchError"} == set(triggers), "give each error class in errors.py a trigger here"
     for name in sorted(declared):
