@@ -2,11 +2,13 @@
 micro-batcher with the instant colour-histogram encoder (or a gated wrapper that holds it)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import io
 import json
 import re
+import socket
 import threading
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from image_search import Filters, SearchRequest, Searcher, load_image
-from image_search.serve import MicroBatcher, ServeConfig, ServerBusyError, create_app
+from image_search.serve import MicroBatcher, ServeConfig, ServerBusyError, create_app, listen_socket
 
 HAS_TYPES = any(f.name == "types" for f in dataclasses.fields(Filters))
 HAS_TEXT = any(f.name == "text" for f in dataclasses.fields(SearchRequest))
@@ -448,3 +450,29 @@ def test_json_fields_are_strict(client, catalog):
     ok = client.post("/search", json={"image_base64": img, "k": 3, "min_price": 10, "in_stock": False})
     assert ok.status_code == 200 and all(not h["in_stock"] and h["price"] >= 10 for h in ok.json()["results"])
     assert json.loads(ok.text)["batch_size"] >= 1
+
+
+def test_served_connections_get_tcp_nodelay():
+    """asyncio turns Nagle off only on sockets made as TCP; with it on, each keep-alive response
+    waited ~44 ms for a delayed ACK."""
+    sock = listen_socket("127.0.0.1", 0)
+
+    async def nodelay_of_an_accepted_connection() -> int:
+        got = asyncio.get_running_loop().create_future()
+
+        def accepted(reader, writer) -> None:
+            got.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        try:
+            return await asyncio.wait_for(got, 10)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(nodelay_of_an_accepted_connection()) != 0
+    with socket.create_server(("127.0.0.1", 0)) as taken, pytest.raises(OSError, match="cannot listen on"):
+        listen_socket("127.0.0.1", taken.getsockname()[1])

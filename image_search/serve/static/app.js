@@ -93,7 +93,7 @@ async function search() {
     if (!r.ok) {
       $("results").replaceChildren();
       $("timings").textContent = "";
-      const detail = typeof body.detail === "string" ? ` (${body.detail})` : "";
+      const detail = typeof body.detail === "string" ? ` Details: ${body.detail}.` : "";
       showMessage((MESSAGES[r.status] || `The server answered ${r.status}.`) + detail);
       return;
     }
