@@ -219,6 +219,31 @@ def report(runs: list[Run], args) -> None:
     print(f"\nload average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min)\n", flush=True)
 
 
+def encoder_alone(args, photos: list[Path], rounds: int = 3) -> None:
+    """The encoder without HTTP: ms per photo when called with batches of 1, 4 and ``max_batch``
+    (decoded photos in, the call the batcher makes), interleaved rounds. This bounds what batching
+    can gain on this machine."""
+    from image_search import load_encoder, load_image
+
+    encoder = load_encoder(args.encoder)
+    images = [load_image(p) for p in photos]
+    sizes = sorted({1, 4, args.max_batch})
+    encoder.encode_images(images[:max(sizes)], batch_size=max(sizes))  # warm-up
+    times: dict[int, list[float]] = {b: [] for b in sizes}
+    for r in range(rounds):
+        for b in sizes if r % 2 == 0 else sizes[::-1]:
+            t = time.perf_counter()
+            for s in range(0, len(images), b):
+                encoder.encode_images(images[s:s + b], batch_size=b)
+            times[b].append((time.perf_counter() - t) * 1000.0 / len(images))
+    base = float(np.median(times[1]))
+    df = pd.DataFrame([{"batch": b, "ms per photo (median of rounds)": float(np.median(v)),
+                        "photos/s": 1000.0 / float(np.median(v)), "x batch 1": base / float(np.median(v)),
+                        "rounds": " ".join(f"{x:.1f}" for x in v)} for b, v in times.items()])
+    table(df, f"The encoder alone ({args.encoder}, {len(images)} photos, {rounds} interleaved rounds): "
+              "the most batching can gain here", floatfmt=".2f")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=200, help="measured requests per setting (default 200)")
@@ -230,6 +255,7 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--no-encoder-table", action="store_true", help="skip the encoder-alone table")
     args = p.parse_args()
     if args.requests < 1 or args.rounds < 1 or min(args.concurrency) < 1:
         p.error("--requests, --rounds and --concurrency must be positive")
@@ -252,6 +278,8 @@ def main() -> None:
         for s in servers.values():
             s.stop()
     report(runs, args)
+    if not args.no_encoder_table:
+        encoder_alone(args, paths[:48])
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from PIL import Image
 
 from image_search import Filters, SearchRequest, Searcher, load_image
 from image_search.serve import MicroBatcher, ServeConfig, ServerBusyError, create_app, listen_socket
+from image_search.serve.app import SearchResponse
 
 HAS_TYPES = any(f.name == "types" for f in dataclasses.fields(Filters))
 HAS_TEXT = any(f.name == "text" for f in dataclasses.fields(SearchRequest))
@@ -87,6 +88,7 @@ def test_upload_finds_the_exact_product_with_timings_and_image_urls(client, cata
     assert len(body["results"]) == 5 and [h["rank"] for h in body["results"]] == [1, 2, 3, 4, 5]
     scores = [h["score"] for h in body["results"]]
     assert scores == sorted(scores, reverse=True)
+    SearchResponse.model_validate(body)  # the documented shape (the app sends it without re-validating)
     t = body["timings_ms"]
     assert set(t) == {"decode", "queue", "embed", "ann", "rerank", "total"}
     assert all(v >= 0 for v in t.values()) and t["decode"] > 0 and t["embed"] > 0

@@ -215,7 +215,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 # ----------------------------------------------------------------------------- endpoints
 @router.post("/search", response_model=SearchResponse, openapi_extra=_SEARCH_BODY, responses=_ERRORS)
-async def search(request: Request) -> dict:
+async def search(request: Request) -> JSONResponse:
     """Products that look like the photo, best first, with per-stage timings."""
     start = time.perf_counter()
     searcher, config, batcher = _state(request)
@@ -423,14 +423,18 @@ async def _wait(future, budget_s: float):
         raise HTTPException(504, "the search took longer than the server's time budget; retry later") from None
 
 
-def _response(res, start: float, decode_ms: float, queue_ms: float, batch_size: int, embed_ms: float | None = None) -> dict:
+def _response(res, start: float, decode_ms: float, queue_ms: float, batch_size: int,
+              embed_ms: float | None = None) -> JSONResponse:
+    """The results as JSON, sent as is (``SearchResponse`` documents the shape; re-validating it
+    would cost the event loop time on every request)."""
     t = res.timings
     results = [{**_record(p), "rank": r + 1, "score": round(float(s), 6), "image_url": _image_url(p.id, 0),
                 "product_url": f"/products/{quote(p.id, safe='')}"}
                for r, (p, s) in enumerate(zip(res.products, res.scores))]
     timings = {"decode": decode_ms, "queue": queue_ms, "embed": t.embed_ms if embed_ms is None else embed_ms,
                "ann": t.ann_ms, "rerank": t.rerank_ms, "total": (time.perf_counter() - start) * 1000.0}
-    return {"results": results, "timings_ms": {k: round(v, 3) for k, v in timings.items()}, "batch_size": batch_size}
+    return JSONResponse({"results": results, "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+                         "batch_size": batch_size})
 
 
 def _product(catalog: Catalog, product_id: str) -> Product:
