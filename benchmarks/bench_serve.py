@@ -46,6 +46,7 @@ class Run:
     wall_s: float
     server_ms: tuple[float, ...]
     queue_ms: tuple[float, ...]
+    embed_per_photo_ms: tuple[float, ...]
     images: int
     batches: int
 
@@ -60,10 +61,9 @@ class Server:
             cmd += ["--index", str(args.index)]
         if not batching:
             cmd.append("--no-batching")
-        self.log = open(os.devnull, "w")
         env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": os.pathsep.join(
             [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout], daemon=True).start()
         self.port = self._wait_ready(lines)
@@ -102,7 +102,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-        self.log.close()
 
 
 def multipart(photo: bytes, name: str, k: int) -> tuple[bytes, str]:
@@ -117,7 +116,7 @@ def multipart(photo: bytes, name: str, k: int) -> tuple[bytes, str]:
 def drive(server: Server, bodies: list[tuple[bytes, str]], n: int, concurrency: int, start_at: int) -> tuple:
     """Send ``n`` searches from ``concurrency`` threads (one keep-alive connection each)."""
     lock, next_i = threading.Lock(), [0]
-    latencies, server_ms, queue_ms, failed = [], [], [], [0]
+    latencies, server_ms, queue_ms, per_photo, failed = [], [], [], [], [0]
     barrier = threading.Barrier(concurrency + 1)
 
     def worker() -> None:
@@ -143,10 +142,12 @@ def drive(server: Server, bodies: list[tuple[bytes, str]], n: int, concurrency: 
             elapsed = time.perf_counter() - t
             with lock:
                 if ok:
-                    timings = json.loads(data)["timings_ms"]
+                    answer = json.loads(data)
+                    timings = answer["timings_ms"]
                     latencies.append(elapsed)
                     server_ms.append(timings["total"])
                     queue_ms.append(timings["queue"])
+                    per_photo.append(timings["embed"] / max(answer["batch_size"], 1))
                 else:
                     failed[0] += 1
         conn.close()
@@ -158,13 +159,14 @@ def drive(server: Server, bodies: list[tuple[bytes, str]], n: int, concurrency: 
     t0 = time.perf_counter()
     for th in threads:
         th.join()
-    return latencies, failed[0], time.perf_counter() - t0, server_ms, queue_ms
+    return latencies, failed[0], time.perf_counter() - t0, server_ms, queue_ms, per_photo
 
 
 def measure(servers: dict[str, Server], bodies, args) -> list[Run]:
     runs: list[Run] = []
     for c in args.concurrency:
-        acc = {m: dict(lat=[], failed=0, wall=0.0, server=[], queue=[], images=0, batches=0) for m in servers}
+        acc = {m: {"lat": [], "failed": 0, "wall": 0.0, "server": [], "queue": [], "photo": [], "images": 0, "batches": 0}
+               for m in servers}
         per_round = [args.requests // args.rounds + (r < args.requests % args.rounds) for r in range(args.rounds)]
         for r, n in enumerate(per_round):
             order = list(servers) if r % 2 == 0 else list(servers)[::-1]
@@ -172,7 +174,7 @@ def measure(servers: dict[str, Server], bodies, args) -> list[Run]:
                 s = servers[mode]
                 drive(s, bodies, max(args.warmup, c), c, start_at=r * 7919)  # warm-up, not counted
                 before = s.health()["batcher"]
-                lat, failed, wall, srv, que = drive(s, bodies, n, c, start_at=sum(per_round[:r]))
+                lat, failed, wall, srv, que, photo = drive(s, bodies, n, c, start_at=sum(per_round[:r]))
                 after = s.health()["batcher"]
                 a = acc[mode]
                 a["lat"] += lat
@@ -180,11 +182,12 @@ def measure(servers: dict[str, Server], bodies, args) -> list[Run]:
                 a["wall"] += wall
                 a["server"] += srv
                 a["queue"] += que
+                a["photo"] += photo
                 a["images"] += after["images"] - before["images"]
                 a["batches"] += after["batches"] - before["batches"]
         for mode, a in acc.items():
             runs.append(Run(mode, c, tuple(a["lat"]), a["failed"], a["wall"], tuple(a["server"]), tuple(a["queue"]),
-                            a["images"], a["batches"]))
+                            tuple(a["photo"]), a["images"], a["batches"]))
             print(f"  concurrency {c:>2}, {mode}: {len(a['lat'])} ok, {a['failed']} failed, {a['wall']:.1f} s", flush=True)
     return runs
 
@@ -198,10 +201,12 @@ def report(runs: list[Run], args) -> None:
                      "p99 ms": np.percentile(ms, 99), "req/s": len(run.latencies) / run.wall_s if run.wall_s else 0.0,
                      "mean batch": run.images / run.batches if run.batches else 0.0,
                      "server p50 ms": float(np.median(run.server_ms)) if run.server_ms else np.nan,
-                     "queue p50 ms": float(np.median(run.queue_ms)) if run.queue_ms else np.nan})
+                     "queue p50 ms": float(np.median(run.queue_ms)) if run.queue_ms else np.nan,
+                     "embed ms/photo p50": float(np.median(run.embed_per_photo_ms)) if run.embed_per_photo_ms else np.nan})
     df = pd.DataFrame(rows).sort_values(["concurrency", "mode"], ascending=[True, True], kind="stable")
     table(df, f"POST /search, {args.encoder}, max batch {args.max_batch}, wait {args.batch_wait_ms:g} ms "
-              f"(client latency; server p50 = the server's own total; queue = wait for the encoder)", floatfmt=".1f")
+              f"(client latency; server p50 = the server's own total; queue = wait for the encoder; "
+              f"embed ms/photo = the batch's encoder call / its size)", floatfmt=".1f")
     by = {(r["mode"], r["concurrency"]): r for r in rows}
     print("## Targets\n")
     if ("batching", 1) in by:

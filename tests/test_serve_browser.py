@@ -44,23 +44,21 @@ def _require_chromium() -> None:
 def server():
     """URL of `python -m image_search serve --port 0` (colour-histogram encoder: starts in seconds)."""
     _require_chromium()
-    log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-m", "image_search", "serve", "--port", "0", "--encoder",
-                             "colour-histogram", "--max-upload-mb", "1"],
-                            stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
-        url = _served_url(proc, lines, log)
-        yield url
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "image_search", "serve", "--port", "0", "--encoder",
+                                 "colour-histogram", "--max-upload-mb", "1"], stdout=subprocess.PIPE, stderr=log,
+                                text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+            yield _served_url(proc, lines, log)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
     assert proc.returncode is not None  # nothing left running
 
 

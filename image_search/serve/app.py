@@ -33,7 +33,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from ..catalog import Catalog, Product
 from ..errors import ImageSearchError, InvalidImageError, InvalidRequestError, ModelUnavailableError
 from ..images import load_image
-from ..searcher import Filters, SearchRequest, Searcher
+from ..searcher import Filters, Searcher, SearchRequest
 from .batcher import MicroBatcher, ServerBusyError
 
 STATIC = Path(__file__).resolve().parent / "static"
