@@ -125,12 +125,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"\n{t.total_ms:.1f} ms: decode {t.decode_ms:.1f}, embed {t.embed_ms:.1f}, ANN {t.ann_ms:.2f}, re-rank {t.rerank_ms:.2f}")
         return 0
     if args.command == "serve":
-        from .serve import ServeConfig, run_server
+        from .serve import ServeConfig, listen_socket, run_server
 
         config = ServeConfig(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, batching=not args.no_batching,
                              max_upload_mb=args.max_upload_mb, timeout_s=args.timeout_s, queue=args.queue,
-                             cors_origins=tuple(args.cors_origin))  # checked before the model loads
-        run_server(_searcher(args.encoder, args.index)[0], config, args.host, args.port)
+                             cors_origins=tuple(args.cors_origin))  # bad settings and a busy port fail
+        sock = listen_socket(args.host, args.port)                  # before the model loads
+        run_server(_searcher(args.encoder, args.index)[0], config, args.host, sock=sock)
         return 0
     from .demo import run_demo
 

@@ -444,6 +444,15 @@ def test_cli_refuses_bad_settings_in_one_line_before_loading_anything(capsys):
     assert err.count("\n") == 1 and "max_batch" in err
 
 
+def test_cli_refuses_a_busy_port_in_one_line_before_loading_anything(capsys):
+    from image_search.__main__ import main
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        assert main(["serve", "--port", str(taken.getsockname()[1]), "--encoder", "no-such-encoder"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot listen on 127.0.0.1" in err
+
+
 def test_json_fields_are_strict(client, catalog):
     img = base64.b64encode(icon_bytes(catalog, catalog.ids[0])).decode()
     assert client.post("/search", json={"image_base64": img, "k": "3"}).status_code == 422

@@ -181,11 +181,12 @@ def create_app(searcher: Searcher, config: ServeConfig = ServeConfig()) -> FastA
 
 
 def run_server(searcher: Searcher, config: ServeConfig = ServeConfig(), host: str = "127.0.0.1",
-               port: int = 8000) -> None:
-    """Serve until Ctrl+C with uvicorn; ``port=0`` takes a free port. Prints the URL. Chapter 08."""
+               port: int = 8000, sock: socket.socket | None = None) -> None:
+    """Serve until Ctrl+C with uvicorn on ``sock`` (a :func:`listen_socket`), else on ``host:port``
+    (``port=0`` takes a free port). Prints the URL. Chapter 08."""
     import uvicorn
 
-    sock = listen_socket(host, port)
+    sock = sock or listen_socket(host, port)
     bound = sock.getsockname()[1]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/"
     if host not in ("127.0.0.1", "localhost", "::1"):

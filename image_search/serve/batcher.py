@@ -91,9 +91,13 @@ class MicroBatcher:
             return BatchStats(self._batches, self._images, self._largest, self._queue.qsize())
 
     def close(self, timeout: float = 10.0) -> None:
-        """Finish the images already queued, then stop the thread."""
+        """Finish the images already queued, then stop the thread (a daemon: if the encoder hangs,
+        the process can still exit)."""
         if self._thread.is_alive():
-            self._queue.put(None)
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                return
             self._thread.join(timeout)
 
     # ----------------------------------------------------------------- the batcher thread
