@@ -261,6 +261,8 @@ def main() -> None:
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--no-encoder-table", action="store_true", help="skip the encoder-alone table")
+    p.add_argument("--encoder-only", action="store_true",
+                   help="only the encoder-alone table (e.g. --encoder open_clip:ViT-B-32/random: no index needed)")
     args = p.parse_args()
     if args.requests < 1 or args.rounds < 1 or min(args.concurrency) < 1:
         p.error("--requests, --rounds and --concurrency must be positive")
@@ -270,6 +272,9 @@ def main() -> None:
     header("HTTP search service under load (bench_serve.py)")
     paths, _ = load_catalog().queries("test")
     bodies = [multipart(Path(x).read_bytes(), Path(x).name, args.k) for x in paths]
+    if args.encoder_only:
+        encoder_alone(args, paths[:48])
+        return
     print(f"{len(bodies)} customer photos of the test products (sent in turn), k={args.k}; "
           f"{args.requests} requests per setting in {args.rounds} rounds\n", flush=True)
     servers: dict[str, Server] = {}

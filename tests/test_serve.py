@@ -267,6 +267,18 @@ def test_concurrent_requests_each_get_their_own_results_in_shared_batches(search
         assert stats["images"] == len(chosen) + 1  # + the warm-up photo
 
 
+def test_an_encoder_failure_is_a_json_500_and_the_server_goes_on(searcher, catalog):
+    broken = GatedEncoder(searcher.encoder, fail_on={128})  # the catalog's icons are 128 px wide
+    app = create_app(Searcher(searcher.index, searcher.catalog, broken))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = upload(c, icon_bytes(catalog, catalog.ids[0]))
+        assert r.status_code == 500 and r.json()["detail"].startswith("internal error (RuntimeError)")
+        assert "on purpose" not in r.text  # no internals leak
+        smaller = io.BytesIO()
+        load_image(catalog.icon_path(catalog.ids[0])).resize((96, 96)).save(smaller, "PNG")
+        assert upload(c, smaller.getvalue()).status_code == 200
+
+
 # ----------------------------------------------------------------------------- products and photos
 def test_product_record_and_photos(client, catalog):
     pid = catalog.ids[5]

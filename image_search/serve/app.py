@@ -172,6 +172,7 @@ def create_app(searcher: Searcher, config: ServeConfig = ServeConfig()) -> FastA
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _status_handler(status))
     app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(Exception, _internal_error_handler)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -465,6 +466,11 @@ def _status_handler(status: int):
         return JSONResponse({"detail": " ".join(str(exc).split()) or type(exc).__name__}, status, headers=headers)
 
     return handler
+
+
+async def _internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug or a failing model: JSON like every other error, without internals (uvicorn logs them)."""
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has the details"}, 500)
 
 
 async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
