@@ -51,7 +51,8 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; s
 @dataclass(frozen=True)
 class ServeConfig:
     """Batching and limits of the service; ``python -m image_search serve`` flags map onto these.
-    CORS is off unless ``cors_origins`` lists the origins allowed. Chapter 08."""
+    CORS is off unless ``cors_origins`` lists the origins allowed. A bad value raises
+    :class:`InvalidRequestError`. Chapter 08."""
 
     max_batch: int = 16
     batch_wait_ms: float = 2.0
@@ -67,10 +68,10 @@ class ServeConfig:
                   ("queue", self.queue, 1, 100_000)]
         for name, value, low, high in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise ValueError(f"{name} must be a number from {low:g} to {high:g}, not {value!r}")
+                raise InvalidRequestError(f"{name} must be a number from {low:g} to {high:g}, not {value!r}")
         for name in ("max_batch", "queue"):
             if not isinstance(getattr(self, name), int):
-                raise ValueError(f"{name} must be an integer, not {getattr(self, name)!r}")
+                raise InvalidRequestError(f"{name} must be an integer, not {getattr(self, name)!r}")
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
 
     @property
@@ -202,7 +203,8 @@ def run_server(searcher: Searcher, config: ServeConfig = ServeConfig(), host: st
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (``port=0``: a free one) for uvicorn. Chapter 08."""
+    """A TCP socket bound to ``host:port`` (``port=0``: a free one) for uvicorn; a busy port or an
+    address not on this machine raises :class:`InvalidRequestError`. Chapter 08."""
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without it,
     # Nagle's algorithm and delayed ACKs added ~44 ms to every keep-alive response (measured here)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -211,7 +213,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise InvalidRequestError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     return sock
 
 
