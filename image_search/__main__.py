@@ -38,6 +38,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--encoder", **enc)
     s.add_argument("--index", type=Path, default=None, help="index file (default: the cached catalog index)")
 
+    v = sub.add_parser("serve", help="serve search over HTTP with a web page (chapter 08)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 takes a free one)")
+    v.add_argument("--index", type=Path, default=None, help="index file (default: the cached catalog index)")
+    v.add_argument("--encoder", **enc)
+    v.add_argument("--max-batch", type=int, default=16, help="most photos embedded in one call (default: 16)")
+    v.add_argument("--batch-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill (default: 2)")
+    v.add_argument("--no-batching", action="store_true", help="embed each photo alone (same queue and thread)")
+    v.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo accepted (default: 10; 413 above)")
+    v.add_argument("--timeout-s", type=float, default=10.0, help="time budget of one search (default: 10; 504 after)")
+    v.add_argument("--queue", type=int, default=64, help="photos that may wait for the encoder (default: 64; 503 above)")
+    v.add_argument("--cors-origin", action="append", default=[], help="allow this origin (repeatable; default: CORS off)")
+
     d = sub.add_parser("demo", help="evaluate on held-out customer photos and write a result grid")
     d.add_argument("--encoder", **enc)
     d.add_argument("--out", type=Path, default=Path("demo_results.png"), help="result grid PNG (default: ./demo_results.png)")
@@ -139,6 +152,15 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(res.table().to_string(index=False) if len(res) else "no products match the filters")
             print(f"\n{t.total_ms:.1f} ms: decode {t.decode_ms:.1f}, embed {t.embed_ms:.1f}, ANN {t.ann_ms:.2f}, re-rank {t.rerank_ms:.2f}")
+        return 0
+    if args.command == "serve":
+        from .serve import ServeConfig, listen_socket, run_server
+
+        config = ServeConfig(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, batching=not args.no_batching,
+                             max_upload_mb=args.max_upload_mb, timeout_s=args.timeout_s, queue=args.queue,
+                             cors_origins=tuple(args.cors_origin))  # bad settings and a busy port fail
+        sock = listen_socket(args.host, args.port)                  # before the model loads
+        run_server(_searcher(args.encoder, args.index)[0], config, args.host, sock=sock)
         return 0
     from .demo import run_demo
 
