@@ -33,8 +33,10 @@ venv: $(STAMP)
 
 test: unit notebooks book-check
 
+BROWSER_TESTS := tests/test_book.py tests/test_browser.py tests/test_serve_browser.py
+
 unit: venv
-	$(PYTHON) -m pytest -q tests --ignore=tests/test_book.py --ignore=tests/test_browser.py
+	$(PYTHON) -m pytest -q tests $(addprefix --ignore=,$(BROWSER_TESTS))
 
 NBVAL := -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
@@ -65,7 +67,7 @@ book: venv
 
 # One strict build into a temporary folder, then static HTML checks and the headless-Chromium checks.
 book-check: venv browser-deps
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_book.py tests/test_browser.py
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(BROWSER_TESTS)
 
 # Debian's Chromium and chromedriver for the browser checks (never a downloaded browser).
 browser-deps:

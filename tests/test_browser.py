@@ -82,8 +82,10 @@ def browser(site):
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(60)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for old in [*SCREENSHOTS.glob("*.png"), *SCREENSHOTS.glob("*.pdf")]:  # only this run's pictures
-        old.unlink()
+    slugs = tuple(page.slug for page in PAGES)
+    for old in [*SCREENSHOTS.glob("*.png"), *SCREENSHOTS.glob("*.pdf")]:  # only this run's pictures of the
+        if old.name.startswith(slugs):                                   # book (other tests add their own)
+            old.unlink()
     yield driver
     driver.quit()
 
