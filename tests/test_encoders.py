@@ -22,7 +22,7 @@ def test_default_encoder_is_really_pretrained(lite0, catalog):
     model.eval()
     from image_search.images import load_image
 
-    x = lite0.preprocess(load_image(catalog.icon_path("blend-swap-cc-0-barrel")))[None]
+    x = torch.from_numpy(lite0.preprocess(load_image(catalog.icon_path("blend-swap-cc-0-barrel"))))[None]
     with torch.no_grad():
         top5 = model(x).topk(5).indices[0].tolist()
     assert 427 in top5  # ImageNet class 427: "barrel, cask"
@@ -79,7 +79,7 @@ def test_open_clip_never_probes_the_network(monkeypatch, tmp_path):
 def test_fingerprint_names_weights_preprocessing_backend_and_versions(lite0, monkeypatch):
     parts = lite0.fingerprint_parts
     assert {"weights", "preprocess", "torch", "pillow", "onnxruntime"} <= parts.keys()
-    assert "Resize(size=256" in parts["preprocess"] and "CenterCrop(size=(224, 224))" in parts["preprocess"]
+    assert parts["preprocess"] == "Preprocess(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))"
     monkeypatch.setenv("IMAGE_SEARCH_ONNX", "0")
     eager = load_encoder("efficientnet-lite0")
     assert eager.backend == "torch" and lite0.backend == "onnxruntime"
@@ -147,3 +147,20 @@ def test_cache_reuses_vectors_and_keys_by_content(monkeypatch, tmp_path, catalog
     again = encode_paths(enc, [copy], progress=False)  # same bytes, other path: a cache hit
     assert calls == [] and np.array_equal(first, again)
     assert EmbeddingCache.of(enc).path.is_relative_to(tmp_path / "cache")
+
+
+def test_numpy_preprocessing_equals_torchvision_bit_for_bit(catalog):
+    """The query path resizes and normalises in NumPy; torchvision's transforms give the same floats."""
+    from PIL import Image
+    from torchvision import transforms
+
+    from image_search.encoders import Preprocess
+    from image_search.images import load_image
+
+    reference = transforms.Compose([
+        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(224),
+        transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    images = [load_image(catalog.icon_path(i)) for i in catalog.ids[:3]] + [load_image(catalog.view_paths(catalog.ids[0])[0])]
+    images += [Image.new("RGB", (300, 201), (10, 200, 30)), Image.new("RGB", (129, 517), (250, 3, 90))]
+    for image in images:
+        np.testing.assert_array_equal(Preprocess(256, 224)(image), reference(image).numpy())
