@@ -6,13 +6,15 @@ STAMP   := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -
 export PYTHONHASHSEED := 0
 export TQDM_MININTERVAL := 5
 
-.PHONY: help venv test unit notebooks book book-check browser-deps book-html execute demo catalog bench clean
+.PHONY: help venv test unit notebooks book book-check browser-deps book-html execute demo catalog bench clean lab pdf
 
 help:
 	@echo "make book      build the book strictly (-W -n) into _build/html from the committed notebook outputs"
 	@echo "make test      unit tests, every notebook under nbval, then the book checks (make book-check)"
 	@echo "make book-check build the book into a temporary folder, check its HTML and open every page in"
 	@echo "               headless Chromium (screenshots in _build/screenshots)"
+	@echo "make lab       run the notebooks in JupyterLab (127.0.0.1; open the URL with the token it prints)"
+	@echo "make pdf       the whole book as one PDF, _build/book.pdf (printed by headless Chromium)"
 	@echo "make demo      run the end-to-end demo from the command line"
 	@echo "make execute   re-execute every notebook in place (for authors)"
 	@echo "make catalog   rebuild data/catalog from the Debian package (needs root for apt-get)"
@@ -60,6 +62,18 @@ execute: venv
 		echo "executing $$nb"; ../$(VENV)/bin/jupyter-execute --inplace --timeout=1200 $$nb || exit 1; \
 	done
 	$(PYTHON) notebooks/strip_widgets.py notebooks/*.ipynb
+
+# JupyterLab on the notebooks, for readers. The kernel is the notebooks' `python3`, which Jupyter
+# maps to the interpreter it runs on: .venv's. Nothing is fetched from the internet (no news, no
+# update check, a read-only extension manager); root (as in a container) needs --allow-root.
+# LAB_PORT=9999 make lab to choose another port.
+LAB_PORT ?= 8888
+lab: venv
+	@echo "JupyterLab on notebooks/ at 127.0.0.1:$(LAB_PORT): open the http://127.0.0.1:...?token=... URL printed below; Ctrl+C stops it"
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(VENV)/bin/jupyter-lab --no-browser \
+		--ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=notebooks \
+		--LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+		--LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root)
 
 demo: venv
 	$(PYTHON) -m image_search demo --out _build/demo_results.png
