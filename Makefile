@@ -75,6 +75,11 @@ lab: venv
 		--LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
 		--LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# The whole book as one PDF: book/build_pdf.py prints every page of _build/html in _toc.yml order with
+# Debian's headless Chromium and merges them with pypdf (an outline entry per chapter; no TeX).
+pdf: book browser-deps
+	$(PYTHON) book/build_pdf.py --html _build/html --out _build/book.pdf
+
 demo: venv
 	$(PYTHON) -m image_search demo --out _build/demo_results.png
 
