@@ -8,8 +8,13 @@ that it renders as a live ipywidgets FileUpload, and uploads a customer photo th
 stops the server and checks that no server or kernel process is left and that no notebook on disk
 changed (autosave is off in the test's private settings folder).
 
-Everything Jupyter writes (runtime files, settings, workspaces, IPython history, the notebook
-signing key) goes to a temporary folder. The screenshot is _build/screenshots/lab_09_end_to_end.png.
+Everything Jupyter writes (runtime files, settings, workspaces, checkpoints, IPython history, the
+notebook signing key) goes to a temporary folder. Screenshots: _build/screenshots/lab_09_end_to_end.png
+and lab_14_upload.png.
+
+The second half (no browser) checks that every notebook runs outside nbval too: nothing ties it
+to the working directory or changes the kernel's environment for good, and chapter 11, the one
+that reads files, runs in full from the repository root.
 """
 from __future__ import annotations
 
