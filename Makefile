@@ -6,19 +6,19 @@ STAMP   := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -
 export PYTHONHASHSEED := 0
 export TQDM_MININTERVAL := 5
 
-.PHONY: help venv test unit notebooks book book-check browser-deps book-html execute demo catalog bench clean lab pdf
+.PHONY: help venv test unit notebooks book book-check browser-deps book-html execute demo catalog bench clean
 
 help:
 	@echo "make book      build the book strictly (-W -n) into _build/html from the committed notebook outputs"
 	@echo "make test      unit tests, every notebook under nbval, then the book checks (make book-check)"
 	@echo "make book-check build the book into a temporary folder, check its HTML and open every page in"
 	@echo "               headless Chromium (screenshots in _build/screenshots)"
-	@echo "make lab       run the notebooks in JupyterLab (127.0.0.1; open the URL with the token it prints)"
-	@echo "make pdf       the whole book as one PDF, _build/book.pdf (printed by headless Chromium)"
 	@echo "make demo      run the end-to-end demo from the command line"
 	@echo "make execute   re-execute every notebook in place (for authors)"
 	@echo "make catalog   rebuild data/catalog from the Debian package (needs root for apt-get)"
 	@echo "make bench     run the benchmarks in benchmarks/"
+	@echo "make lab       run the notebooks in JupyterLab (127.0.0.1; open the URL with the token it prints)"
+	@echo "make pdf       the whole book as one PDF, _build/book.pdf (printed by headless Chromium)"
 
 $(STAMP): requirements.txt
 	$(PY) -m venv $(VENV)
@@ -63,6 +63,23 @@ execute: venv
 	done
 	$(PYTHON) notebooks/strip_widgets.py notebooks/*.ipynb
 
+demo: venv
+	$(PYTHON) -m image_search demo --out _build/demo_results.png
+
+catalog: venv
+	apt-get update -q && apt-get install -y -q sweethome3d-furniture libosmesa6
+	$(PYTHON) -m pip install --quiet pyrender==0.1.45 trimesh==4.12.2
+	$(PYTHON) -m pip install --quiet PyOpenGL==3.1.7
+	PYOPENGL_PLATFORM=osmesa $(PYTHON) data/build_catalog.py
+
+bench: venv
+	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done
+
+clean:
+	rm -rf _build .pytest_cache
+
+.PHONY: lab pdf
+
 # JupyterLab on the notebooks, for readers. The kernel is the notebooks' `python3`, which Jupyter
 # maps to the interpreter it runs on: .venv's. Nothing is fetched from the internet (no news, no
 # update check, a read-only extension manager); root (as in a container) needs --allow-root.
@@ -79,18 +96,3 @@ lab: venv
 # Debian's headless Chromium and merges them with pypdf (an outline entry per chapter; no TeX).
 pdf: book browser-deps
 	$(PYTHON) book/build_pdf.py --html _build/html --out _build/book.pdf
-
-demo: venv
-	$(PYTHON) -m image_search demo --out _build/demo_results.png
-
-catalog: venv
-	apt-get update -q && apt-get install -y -q sweethome3d-furniture libosmesa6
-	$(PYTHON) -m pip install --quiet pyrender==0.1.45 trimesh==4.12.2
-	$(PYTHON) -m pip install --quiet PyOpenGL==3.1.7
-	PYOPENGL_PLATFORM=osmesa $(PYTHON) data/build_catalog.py
-
-bench: venv
-	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done
-
-clean:
-	rm -rf _build .pytest_cache
