@@ -20,6 +20,8 @@ help:
 	@echo "make catalog   rebuild data/catalog and data/real_photos from Debian packages (needs root for apt-get)"
 	@echo "make embeddings  recompute the shipped canonical embeddings (data/embeddings) after a catalog or model change"
 	@echo "make bench     run the benchmarks in benchmarks/"
+	@echo "make lab       run the notebooks in JupyterLab (127.0.0.1; open the URL with the token it prints)"
+	@echo "make pdf       the whole book as one PDF, _build/book.pdf (printed by headless Chromium)"
 
 $(STAMP): requirements.txt
 	$(PY) -m venv $(VENV)
@@ -105,3 +107,22 @@ bench: venv
 
 clean:
 	rm -rf _build .pytest_cache
+
+.PHONY: lab pdf
+
+# JupyterLab on the notebooks, for readers. The kernel is the notebooks' `python3`, which Jupyter
+# maps to the interpreter it runs on: .venv's. Nothing is fetched from the internet (no news, no
+# update check, a read-only extension manager); root (as in a container) needs --allow-root.
+# LAB_PORT=9999 make lab to choose another port.
+LAB_PORT ?= 8888
+lab: venv
+	@echo "JupyterLab on notebooks/ at 127.0.0.1:$(LAB_PORT): open the http://127.0.0.1:...?token=... URL printed below; Ctrl+C stops it"
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(VENV)/bin/jupyter-lab --no-browser \
+		--ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir=notebooks \
+		--LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+		--LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# The whole book as one PDF: book/build_pdf.py prints every page of _build/html in _toc.yml order with
+# Debian's headless Chromium and merges them with pypdf (an outline entry per chapter; no TeX).
+pdf: book browser-deps
+	$(PYTHON) book/build_pdf.py --html _build/html --out _build/book.pdf
