@@ -35,7 +35,7 @@ venv: $(STAMP)
 
 test: unit notebooks book-check
 
-BROWSER_TESTS := tests/test_book.py tests/test_browser.py tests/test_serve_browser.py
+BROWSER_TESTS := tests/test_book.py tests/test_browser.py tests/test_serve_browser.py tests/test_lab.py tests/test_pdf.py
 
 unit: venv
 	$(PYTHON) -m pytest -q tests $(addprefix --ignore=,$(BROWSER_TESTS))
