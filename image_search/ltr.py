@@ -342,8 +342,13 @@ class Reranks(Protocol):
 
 
 def rerank_lists(reranker: Reranks, lists: CandidateLists, k: int = 10) -> list[tuple[str, ...]]:
-    """Each query's top ``k`` after ``reranker.rerank`` (a :class:`~image_search.reranker.Reranker`)."""
-    return [tuple(reranker.rerank(*lists.candidates(q), k).ids) for q in range(len(lists))]
+    """Each query's top ``k`` after ``reranker.rerank`` (a :class:`~image_search.reranker.Reranker`).
+    BLAS runs on one thread meanwhile: the re-ranker's products of 50 vectors are too small to share,
+    and on busy cores waking threads for each made this loop 15 times slower."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return [tuple(reranker.rerank(*lists.candidates(q), k).ids) for q in range(len(lists))]
 
 
 def compare_rankings(lists: CandidateLists, rankings: Mapping[str, Sequence[Sequence[str]]],

@@ -115,6 +115,15 @@ class Rejector:
         out = self.confidence(scores) < self.threshold
         return bool(out[0]) if np.ndim(scores) == 1 else out
 
+    def reason(self, scores: np.ndarray) -> str | None:
+        """``None`` when one query's ANN scores ``(k,)`` hold a confident match, else a one-line
+        reason to show the user."""
+        conf = float(self.confidence(scores)[0])
+        if conf >= self.threshold:
+            return None
+        what = "best match scores" if self.features == ("top1",) else "confidence"
+        return f"no confident match: {what} {conf:.3f}, below the threshold {self.threshold:.3f}"
+
     def to_json(self) -> str:
         """The parameters as JSON (no pickle): :meth:`from_json` reads them back."""
         return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__}, indent=1)
@@ -257,12 +266,14 @@ class RejectionExperiment:
 
 
 def rejection_experiment(catalog: Catalog, encoder, removed_share: float = 0.3, per_kind: int = 50,
-                         k: int = 10, seed: int = 0) -> RejectionExperiment:
+                         k: int = 10, seed: int = 0, query_encoder=None) -> RejectionExperiment:
     """Hold ``removed_share`` of each split's products out of the index (seeded), index the shop
     photos (icons) of the rest with ``encoder`` (cached embeddings, exact search), and build the
     fitting queries from the train split and the evaluation queries from the test split: every
     customer photo of the split's products, and ``per_kind`` non-product images of each kind.
-    Chapter 10."""
+    Queries are embedded with ``query_encoder`` when the searcher's query path differs from the
+    index's (e.g. it crops first; default: ``encoder``). Chapter 10."""
+    query_encoder = query_encoder or encoder
     if not 0 < removed_share < 1:
         raise InvalidRequestError(f"removed_share must be in (0, 1), not {removed_share}")
     rng = np.random.default_rng(seed)
@@ -277,7 +288,7 @@ def rejection_experiment(catalog: Catalog, encoder, removed_share: float = 0.3, 
         products = [p.id for p in catalog.split(split)]
         paths, true = catalog.queries(split)
         images, kinds = non_product_images(catalog, products, per_kind, noise_seed)
-        q = np.vstack([encode_paths(encoder, paths, progress=False), embed_images(encoder, images)])
+        q = np.vstack([encode_paths(query_encoder, paths, progress=False), embed_images(query_encoder, images)])
         sims = q @ index.T
         top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return RejectionQueries(np.take_along_axis(sims, top, axis=1), tuple(indexed[j] for j in top[:, 0]),
@@ -288,14 +299,27 @@ def rejection_experiment(catalog: Catalog, encoder, removed_share: float = 0.3, 
                                queries("test", seed + 2))
 
 
+def calibrate_rejector(catalog: Catalog, encoder, max_false_rejection: float = 0.05,
+                       features: Sequence[str] = ("top1",), query_encoder=None, per_kind: int = 50,
+                       seed: int = 0) -> Rejector:
+    """The rejector a searcher over the whole catalog uses: fitted on the train products' queries of
+    :func:`rejection_experiment` (seconds once their embeddings are cached). With every product
+    indexed, a query's best score can only be higher than in the experiment, so in-catalogue queries
+    like the calibration ones are rejected at most at the ``max_false_rejection`` rate. Chapter 10."""
+    fit = rejection_experiment(catalog, encoder, per_kind=per_kind, seed=seed, query_encoder=query_encoder).fit
+    return fit_rejector(fit.scores[fit.in_catalog], fit.scores[~fit.in_catalog], features, max_false_rejection,
+                        getattr(query_encoder or encoder, "name", ""))
+
+
 # --------------------------------------------------------------------------- how well it rejects
 @dataclass(frozen=True)
 class RejectionReport:
     """How a rejector does on a set of queries. The positive class is "out of catalogue": ``precision``
-    is the share of rejected queries that were out of catalogue, ``recall`` the share of
-    out-of-catalogue queries rejected (also per kind), ``false_rejection`` the share of in-catalogue
-    queries wrongly rejected. ``auc``: the chance that an in-catalogue query gets a higher confidence
-    than an out-of-catalogue one (threshold-free). ``recall_at_1`` is the exact-product Recall@1 of
+    is the share of rejected queries that were out of catalogue (1 when none is rejected),
+    ``recall`` the share of out-of-catalogue queries rejected (also per kind), ``false_rejection``
+    the share of in-catalogue queries wrongly rejected. ``auc``: the chance that an in-catalogue query gets a higher confidence
+    than an out-of-catalogue one (threshold-free; 0.5 is chance), also per kind of out-of-catalogue
+    query (``auc_by_kind``). ``recall_at_1`` is the exact-product Recall@1 of
     all in-catalogue queries, ``accepted_recall_at_1`` of those not rejected. Chapter 10."""
 
     queries: int
@@ -306,6 +330,7 @@ class RejectionReport:
     false_rejection: float
     auc: float
     recall_by_kind: Mapping[str, float]
+    auc_by_kind: Mapping[str, float]
     recall_at_1: float
     accepted_recall_at_1: float
 
@@ -326,11 +351,13 @@ def evaluate_rejector(rejector: Rejector, queries: RejectionQueries) -> Rejectio
     hit = np.array([t == p for t, p in zip(queries.true_ids, queries.top_ids)])
     accepted_in = inside & ~rejected
     conf = rejector.confidence(queries.scores)
+    out_kinds = [k for k in dict.fromkeys(queries.kinds) if k != "catalog"]
     return RejectionReport(
         len(queries), int((~inside).sum()), rejector.threshold,
         float((~inside & rejected).sum() / rejected.sum()) if rejected.any() else 1.0,
         float(rejected[~inside].mean()), float(rejected[inside].mean()), _auc(conf[inside], conf[~inside]),
-        {k: float(rejected[kinds == k].mean()) for k in dict.fromkeys(queries.kinds) if k != "catalog"},
+        {k: float(rejected[kinds == k].mean()) for k in out_kinds},
+        {k: _auc(conf[inside], conf[kinds == k]) for k in out_kinds},
         float(hit[inside].mean()), float(hit[accepted_in].mean()) if accepted_in.any() else 0.0)
 
 
@@ -360,5 +387,6 @@ def rejection_curve(rejector: Rejector, queries: RejectionQueries) -> pd.DataFra
 
 
 __all__ = ["FEATURES", "NON_PRODUCT_KINDS", "score_features", "Rejector", "fit_rejector", "non_product_images",
-           "embed_images", "RejectionQueries", "RejectionExperiment", "rejection_experiment", "RejectionReport",
+           "embed_images", "RejectionQueries", "RejectionExperiment", "rejection_experiment", "calibrate_rejector",
+           "RejectionReport",
            "evaluate_rejector", "rejection_curve"]

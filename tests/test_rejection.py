@@ -3,9 +3,9 @@ import pytest
 from PIL import Image
 
 from image_search import InvalidRequestError, encode_paths
-from image_search.rejection import (NON_PRODUCT_KINDS, RejectionQueries, Rejector, embed_images, evaluate_rejector,
-                                    fit_rejector, non_product_images, rejection_curve, rejection_experiment,
-                                    score_features)
+from image_search.rejection import (NON_PRODUCT_KINDS, RejectionQueries, Rejector, calibrate_rejector, embed_images,
+                                    evaluate_rejector, fit_rejector, non_product_images, rejection_curve,
+                                    rejection_experiment, score_features)
 
 
 def score_lists(top1, n=10, step=0.01):
@@ -49,7 +49,7 @@ def test_classifier_combines_features_the_threshold_cannot():
                                ("catalog",) * 300 + ("removed product",) * 300)
     threshold = evaluate_rejector(fit_rejector(inside, outside), queries)
     learned = evaluate_rejector(fit_rejector(inside, outside, ("top1", "margin", "entropy")), queries)
-    assert threshold.auc < 0.6 and learned.auc > 0.99
+    assert threshold.auc < 0.6 and learned.auc > 0.99 and learned.auc_by_kind == {"removed product": learned.auc}
     assert learned.recall > 0.95 and learned.false_rejection <= 0.06
 
 
@@ -93,6 +93,7 @@ def test_rejector_fitted_on_train_products_rejects_noise_and_accepts_catalog_pho
     assert not (fit_noise[:, None, :] == test_noise[None, :, :]).all(axis=2).any()   # other images
     rejector = fit_rejector(x.fit.scores[x.fit.in_catalog], x.fit.scores[~x.fit.in_catalog], encoder=lite0.name)
     assert rejector.threshold == pytest.approx(np.quantile(x.fit.scores[x.fit.in_catalog, 0], 0.05))
+    assert calibrate_rejector(catalog, lite0, per_kind=6) == rejector
 
     index = encode_paths(lite0, [catalog.icon_path(i) for i in x.indexed], progress=False)
     rng = np.random.default_rng(99)
@@ -103,6 +104,8 @@ def test_rejector_fitted_on_train_products_rejects_noise_and_accepts_catalog_pho
     queries = np.vstack([embed_images(lite0, obvious), photos])
     scores = -np.sort(-(queries @ index.T), axis=1)[:, :10]
     assert list(rejector.reject(scores)) == [True, True, False, False]
+    assert rejector.reason(scores[0]).startswith("no confident match: best match scores 0.")
+    assert rejector.reason(scores[2]) is None
     report = evaluate_rejector(rejector, x.test)
     assert report.recall_by_kind["solid colour"] == 1.0 and report.false_rejection < 0.15
 
