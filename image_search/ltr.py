@@ -4,10 +4,11 @@ A :class:`LinearRanker` scores each ANN candidate from a few features (:func:`ra
 ANN score, its gap to the best, the ANN rank, how many of the best matches share the candidate's
 type and colour, price, stock) and plugs into the re-ranker (``RerankConfig(model=...)``). It is
 trained on a simulated click log: shoppers see the ANN top 10 and click by chapter 07's
-position-biased click model. Clicks at rank 1 are more often *seen* than clicks at rank 8, so a model
-fitted to raw clicks learns that being ranked high is good; **inverse-propensity weighting** (IPW)
-divides each click by the probability that its rank was examined, and the fit estimates how
-attractive an item is once seen (Joachims et al., WSDM 2017; Saito et al., WSDM 2020).
+position-biased click model. Rank 1 is looked at more often than rank 8, so a model fitted to raw
+clicks learns that a high rank is itself attractive; **inverse-propensity weighting** (IPW) divides
+each click by the probability that its rank was examined, so the fit estimates how attractive an
+item is once seen (Joachims et al., "Unbiased Learning-to-Rank with Biased Feedback", WSDM 2017;
+Saito et al., "Unbiased Recommender Learning from Missing-Not-At-Random Implicit Feedback", WSDM 2020).
 
 This module holds the model, its features and its fitting; it never imports the online path.
 """
