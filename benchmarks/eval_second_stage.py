@@ -47,10 +47,10 @@ def learning_to_rank(catalog, encoder) -> None:
                         "P(examine)": cm.examination(log.k),
                         "exact products shown": (x.train.grades[:, :log.k] == 2).mean(axis=0),
                         "same type shown": (x.train.grades[:, :log.k] == 1).mean(axis=0)}),
-          "1. Where the clicks fall (train log)")
+          "L1. Where the clicks fall (train log)")
     weights = pd.DataFrame({"feature": x.ipw.features, "naive (raw clicks)": x.naive.weights,
                             "IPW": x.ipw.weights})
-    table(weights, "2. Learned weights (standardised features; log-odds of a click once seen)")
+    table(weights, "L2. Learned weights (standardised features; log-odds of a click once seen)")
 
     configs = {"ANN order": RerankConfig(), "rules + MMR (λ=0.7)": RULES,
                "learned, naive clicks": RerankConfig(model=x.naive), "learned, IPW": RerankConfig(model=x.ipw),
@@ -58,7 +58,7 @@ def learning_to_rank(catalog, encoder) -> None:
     t0 = time.perf_counter()
     rankings = {name: rerank_lists(Reranker(catalog, cfg), x.test) for name, cfg in configs.items()}
     compared = compare_rankings(x.test, rankings, cm, reference="rules + MMR (λ=0.7)")
-    table(compared.reset_index(), f"3. Second stages on the {len(x.test)} held-out (test-product) customer photos "
+    table(compared.reset_index(), f"L3. Second stages on the {len(x.test)} held-out (test-product) customer photos "
           "(NDCG@10 graded 2 exact / 1 same type; clicks: 20 fresh simulated sessions per photo, same random "
           "numbers for every row; Δ: paired, 95% bootstrap over products)", floatfmt=".4f")
     print(f"re-ranking and scoring: {time.perf_counter() - t0:.1f} s wall")
@@ -70,7 +70,7 @@ def learning_to_rank(catalog, encoder) -> None:
         t = compare_rankings(x.test, {n: rerank_lists(Reranker(catalog, c), x.test) for n, c in cfgs.items()}, cm)
         rows += [{"λ": lam, "base": n, "NDCG@10": r["NDCG@10"], "clicks/session": r["clicks/session"],
                   "diversity": r["diversity"]} for n, r in t.iterrows()]
-    table(pd.DataFrame(rows), "4. Relevance vs diversity: MMR's λ on the ANN scores and on the IPW ranker's "
+    table(pd.DataFrame(rows), "L4. Relevance vs diversity: MMR's λ on the ANN scores and on the IPW ranker's "
           "(λ acts on each one's own score scale)", floatfmt=".4f")
 
     # the vote temperature, chosen on train products only: fit on half of them, validate on the other half
@@ -91,7 +91,7 @@ def learning_to_rank(catalog, encoder) -> None:
         t = compare_rankings(val_l, ranked, cm)
         rows.append({"vote temperature τ": tau, "naive NDCG@10": t.loc["naive", "NDCG@10"],
                      "IPW NDCG@10": t.loc["IPW", "NDCG@10"]})
-    table(pd.DataFrame(rows), f"5. The vote temperature, chosen on train products only ({int(a.sum())} photos of half "
+    table(pd.DataFrame(rows), f"L5. The vote temperature, chosen on train products only ({int(a.sum())} photos of half "
           f"of them for the log, {int((~a).sum())} of the other half to validate; the package default is 0.02)",
           floatfmt=".4f")
 
@@ -107,7 +107,7 @@ def learning_to_rank(catalog, encoder) -> None:
     df = pd.DataFrame(rows).groupby("sessions per photo").agg(
         clicks=("clicks in log", "mean"), naive_mean=("naive NDCG@10", "mean"), naive_sd=("naive NDCG@10", "std"),
         ipw_mean=("IPW NDCG@10", "mean"), ipw_sd=("IPW NDCG@10", "std")).reset_index()
-    table(df, "6. How many clicks: test NDCG@10 by log size (mean and sd over 3 click-log seeds)", floatfmt=".4f")
+    table(df, "L6. How many clicks: test NDCG@10 by log size (mean and sd over 3 click-log seeds)", floatfmt=".4f")
 
 
 def rejection(catalog, encoder) -> None:
@@ -117,7 +117,7 @@ def rejection(catalog, encoder) -> None:
     counts = pd.DataFrame({"fit (train products)": pd.Series(x.fit.kinds).value_counts(),
                            "test (test products)": pd.Series(x.test.kinds).value_counts()})
     counts = counts.reindex(["catalog", "removed product", *NON_PRODUCT_KINDS]).reset_index(names="query kind")
-    table(counts, f"1. Queries: {len(x.indexed)} products indexed (icons), {len(x.removed)} held out "
+    table(counts, f"R1. Queries: {len(x.indexed)} products indexed (icons), {len(x.removed)} held out "
           "(30% of each split); non-product images of another seed and other photos' backgrounds for the test")
 
     fit_in, fit_out = x.fit.scores[x.fit.in_catalog], x.fit.scores[~x.fit.in_catalog]
@@ -131,14 +131,14 @@ def rejection(catalog, encoder) -> None:
                      "precision": rep.precision, "AUC": rep.auc,
                      **{f"recall: {k}": v for k, v in rep.recall_by_kind.items()},
                      "R@1 in-catalogue": rep.recall_at_1, "R@1 accepted": rep.accepted_recall_at_1})
-    table(pd.DataFrame(rows), f"2. Rejectors calibrated to reject 5% of in-catalogue train queries, on the "
+    table(pd.DataFrame(rows), f"R2. Rejectors calibrated to reject 5% of in-catalogue train queries, on the "
           f"{len(x.test)} test queries ({int((~x.test.in_catalog).sum())} out of catalogue)", floatfmt=".3f")
 
     rows = []
     for name, feats in rejectors.items():
         rep = evaluate_rejector(fit_rejector(fit_in, fit_out, feats), x.test)
         rows.append({"rejector": name, **{f"AUC vs {k}": v for k, v in rep.auc_by_kind.items()}})
-    table(pd.DataFrame(rows), "3. Separability per kind of out-of-catalogue query (AUC against in-catalogue test "
+    table(pd.DataFrame(rows), "R3. Separability per kind of out-of-catalogue query (AUC against in-catalogue test "
           "queries; 0.5 = chance)", floatfmt=".3f")
 
     rows = []
@@ -149,13 +149,13 @@ def rejection(catalog, encoder) -> None:
                      "false rejection (test)": rep.false_rejection, "recall (test)": rep.recall,
                      "recall: removed product": rep.recall_by_kind["removed product"],
                      "precision (test)": rep.precision, "R@1 accepted": rep.accepted_recall_at_1})
-    table(pd.DataFrame(rows), "4. Calibration: the target on train queries against what test queries get "
+    table(pd.DataFrame(rows), "R4. Calibration: the target on train queries against what test queries get "
           "(top-1 threshold)", floatfmt=".3f")
 
     default = fit_rejector(fit_in, fit_out, encoder=encoder.name)
     curve = rejection_curve(default, x.test)
     picks = [curve.iloc[int(np.argmin(np.abs(curve["false_rejection"] - f)))] for f in (0, 0.01, 0.05, 0.1, 0.2, 0.5)]
-    table(pd.DataFrame(picks).reset_index(drop=True), "5. Points of the test curve (top-1 threshold)", floatfmt=".3f")
+    table(pd.DataFrame(picks).reset_index(drop=True), "R5. Points of the test curve (top-1 threshold)", floatfmt=".3f")
     print("\nThe default rejector (top-1 threshold, 5% target), as JSON for the searcher:\n" + default.to_json())
 
 
