@@ -74,7 +74,9 @@ def simulate_clicks(probabilities: np.ndarray, rng: np.random.Generator) -> np.n
 
 def relevance_grades(rankings: Sequence[Sequence[Hashable]], true_ids: Sequence[Hashable],
                      category_of: dict, k: int = 10) -> np.ndarray:
-    """Grades of ranked lists for the click model: 2 = the query's product, 1 = same category, 0 = other."""
+    """Grades of ranked lists for the click model: 2 = the query's product, 1 = same group, 0 = other.
+    ``category_of`` maps every id to its group: its category, or its type (``Product.type``), as
+    chapter 09's learning to rank grades relevance."""
     out = np.zeros((len(rankings), k), dtype=np.int64)
     for i, (ranked, t) in enumerate(zip(rankings, true_ids)):
         for j, r in enumerate(list(ranked)[:k]):

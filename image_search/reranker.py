@@ -1,5 +1,5 @@
-"""Second stage: business rules, attribute boosts, near-duplicate removal, MMR diversity and a
-hook for personalisation. Chapter 09 introduces it; chapter 13 personalises it."""
+"""Second stage: business rules, attribute boosts, near-duplicate removal, MMR diversity, a hook for
+personalisation and an optional learned ranker. Chapter 09 introduces it; chapter 13 personalises it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +9,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .errors import InvalidRequestError
+from .ltr import LinearRanker
 
 
 @dataclass(frozen=True)
@@ -21,14 +22,20 @@ class RerankConfig:
     e.g. ``("colour", "green", 0.05)``. ``dedupe_threshold`` drops a candidate whose cosine
     similarity to a better one is at least that. ``mmr_lambda`` < 1 trades relevance for
     diversity (1 = relevance only). ``user_weight`` scales the affinity to a user vector.
+    ``model``, a :class:`~image_search.ltr.LinearRanker` learned from clicks, replaces the ANN
+    score by its estimated click probability before the rest applies (then boosts, MMR's λ and
+    the user weight act on that 0–1 scale).
     """
 
     boosts: tuple[tuple[str, str, float], ...] = ()
     dedupe_threshold: float | None = None
     mmr_lambda: float | None = None
     user_weight: float = 0.0
+    model: LinearRanker | None = None
 
     def __post_init__(self) -> None:
+        if self.model is not None and not isinstance(self.model, LinearRanker):
+            raise InvalidRequestError(f"model must be a LinearRanker, not {type(self.model).__name__}")
         if self.mmr_lambda is not None and not 0.0 <= self.mmr_lambda <= 1.0:
             raise InvalidRequestError(f"mmr_lambda must be in [0, 1], not {self.mmr_lambda}")
         if self.dedupe_threshold is not None and not -1.0 <= self.dedupe_threshold <= 1.0:
@@ -57,7 +64,11 @@ class Reranker:
         ids = list(ids)
         scores = np.asarray(scores, dtype=np.float32)[: len(ids)]
         vectors = np.asarray(vectors, dtype=np.float32)
-        adjusted = scores + attribute_boost(self.catalog, ids, cfg.boosts)
+        if len(scores) != len(ids) or len(vectors) != len(ids):
+            raise InvalidRequestError(f"{len(ids)} candidates with {len(scores)} scores and {len(vectors)} vectors")
+        base = scores if cfg.model is None or not ids else \
+            cfg.model.score_candidates(self.catalog, ids, scores, vectors).astype(np.float32)
+        adjusted = base + attribute_boost(self.catalog, ids, cfg.boosts)
         if user_vector is not None and cfg.user_weight:
             adjusted = adjusted + cfg.user_weight * (vectors @ np.asarray(user_vector, dtype=np.float32))
         order = list(np.argsort(-adjusted, kind="stable"))
