@@ -87,6 +87,7 @@ class Tower:
     dim: int
     texts: Callable[[Sequence[str]], np.ndarray]
     images: Callable[[np.ndarray], np.ndarray]
+    feats: np.ndarray | None = None  # its image tower's features of every catalog photo
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:  # the TextEncoder protocol
         return self.texts(list(texts))
@@ -313,8 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     index_of = {p.id: i for i, p in enumerate(products)}
     test_idx = np.array([i for i, p in enumerate(products) if p.split == "test"])
     train_idx = np.array([i for i, p in enumerate(products) if p.split == "train"])
-    feats = photo_features(catalog, load_encoder("efficientnet-lite0"), catalog.ids, progress=False)
     model, log = load_text_model(), text_model_log()
+    lite0 = photo_features(catalog, load_encoder("efficientnet-lite0"), catalog.ids, progress=False)
+    feats = lite0  # the image tower the heads were trained on (another one when swapped in)
+    if log["image_encoder"] != "efficientnet-lite0":
+        feats = photo_features(catalog, load_encoder(log["image_encoder"]), catalog.ids)
     assert not set(log["train_ids"]) & {products[i].id for i in test_idx}, (
         "a held-out product was trained on"
     )
@@ -322,9 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     towers = [
         two_tower("minilm-lit (shipped)", model),
         two_tower("heads only, no label bridge", TwoTowerModel(model.heads, model.text_tower)),
-        Tower("LiT from scratch (lit)", lit.dim, lit.encode_texts, l2_normalize),
-        Tower("random text vectors", 1280, random_texts, l2_normalize),
+        Tower("LiT from scratch (lit)", lit.dim, lit.encode_texts, l2_normalize, lite0),
+        Tower("random text vectors", 1280, random_texts, l2_normalize, lite0),
     ]
+    for tower in towers[:2]:
+        tower.feats = feats
     print(
         f"set-up (models, cached features) {time.perf_counter() - t0:.0f} s; shipped heads: "
         f"{log['config']['epochs']} epochs in {log['train_seconds']} s on "
@@ -344,26 +350,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: dict[str, dict[str, str]] = {}
     for tower in towers:
         col = {}
-        names = names_task(tower, feats, products, test_idx, test_idx)
+        names = names_task(tower, tower.feats, products, test_idx, test_idx)
         for k, v in names.items():
             col[f"names {k} (186 held-out, 5 shop photos each)"] = cell(v)
         col["names R@10, icon only"] = cell(
-            names_task(tower, feats, products, test_idx, test_idx, slice(0, 1))["R@10"]
+            names_task(tower, tower.feats, products, test_idx, test_idx, slice(0, 1))["R@10"]
         )
         col["names R@10, gallery of all 618"] = cell(
-            names_task(tower, feats, products, test_idx, all_idx)["R@10"]
+            names_task(tower, tower.feats, products, test_idx, all_idx)["R@10"]
         )
         col[f"descriptions type hit@5 ({len(descriptions)} queries)"] = cell(
-            descriptions_task(tower, feats, products, test_idx, descriptions)
+            descriptions_task(tower, tower.feats, products, test_idx, descriptions)
         )
         for tname, templates in TEMPLATE_SETS.items():
             col[f"zero-shot type accuracy, {tname} (744 photos, 43 types)"] = cell(
-                zero_shot_task(tower, feats, products, test_idx, labels, templates), groups
+                zero_shot_task(tower, tower.feats, products, test_idx, labels, templates), groups
             )
         for a in (0.0, DEFAULT_ALPHA, None):
             what = "image only (alpha 0)" if a == 0 else "text only" if a is None else f"alpha {a}"
             col[f"composed success@5, {what} ({len(composed)} queries)"] = cell(
-                composed_task(tower, feats, products, composed, a, index_of)
+                composed_task(tower, tower.feats, products, composed, a, index_of)
             )
         rows[tower.name] = col
     df = pd.DataFrame(rows)
@@ -378,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_alpha = []
     for tower in towers[:3]:
         for a in ALPHAS:
-            v = composed_task(tower, feats, products, composed, a, index_of)
+            v = composed_task(tower, tower.feats, products, composed, a, index_of)
             kinds = np.array([r["change"] for r in composed])
             by_alpha.append(
                 {

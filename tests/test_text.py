@@ -24,8 +24,10 @@ from image_search.text import (
     check_text,
     clip_loss,
     compose_query,
+    imagenet_labels,
     load_heads,
     load_sentence_tower,
+    load_text_model,
     price_band,
     product_captions,
     prompt_vectors,
@@ -164,7 +166,9 @@ def test_size_words_and_price_bands():
 
 
 # --------------------------------------------------------------------------- shipped weights
-def test_shipped_weights_load_match_their_digest_and_saw_no_held_out_product(catalog, tmp_path):
+def test_shipped_weights_load_match_their_digest_and_saw_no_held_out_product(
+    catalog, tmp_path, minilm
+):
     heads, log = load_heads()
     assert heads.image.shape == (1280, log["config"]["dim"]) and heads.text.shape == (
         384,
@@ -181,6 +185,13 @@ def test_shipped_weights_load_match_their_digest_and_saw_no_held_out_product(cat
         log["train_ids"]
     )
     assert log["losses"][-1] < log["losses"][0]
+    model = load_text_model()  # the label bridge's vectors are MiniLM's, shipped for every machine
+    labels = imagenet_labels()
+    assert (
+        model.bridge.label_vectors.shape == (1000, 384)
+        and model.label_weight == log["config"]["label_weight"]
+    )
+    assert np.abs(model.bridge.label_vectors[:3] - minilm.encode_texts(labels[:3])).max() < 1e-5
 
     damaged = tmp_path / "damaged"
     shutil.copytree(SHIPPED_DIR, damaged)
