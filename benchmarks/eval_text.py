@@ -277,9 +277,9 @@ def bridge_and_latency(catalog, model: TwoTowerModel) -> None:
         for i in catalog.ids[::20]
         for p in (catalog.shop_photo_paths(i)[1], catalog.view_paths(i)[0])
     ]
-    norms = np.linalg.norm(
-        lite0.forward(torch.stack([lite0.preprocess(load_image(p)) for p in paths])), axis=1
-    )
+    batch = np.stack([np.asarray(lite0.preprocess(load_image(p)), np.float32) for p in paths])
+    with torch.inference_mode():  # the timm model itself: its pooled features, not normalised
+        norms = np.linalg.norm(lite0.model(torch.from_numpy(batch)).numpy(), axis=1)
     print(
         f"Label bridge: EfficientNet-Lite0's pooled features have median length "
         f"{np.median(norms):.1f} (5th-95th percentile {np.percentile(norms, 5):.1f}-"
