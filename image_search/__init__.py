@@ -21,7 +21,7 @@ from .images import load_image
 from .indexer import ProductIndex
 from .reranker import Reranker, RerankConfig
 from .searcher import Filters, SearchRequest, SearchResults, Searcher, Timings, build_index
-from . import training  # noqa: E402,F401 (registers the "lit" encoder)
+from . import text, training  # noqa: E402,F401 (register the "minilm-lit" and "lit" encoders)
 
 __version__ = "0.1.0"
 __all__ = ["Catalog", "Product", "load_catalog", "load_catalog_csv", "CatalogError", "DEFAULT_ENCODER", "Encoder", "encode_paths", "l2_normalize",
