@@ -445,3 +445,16 @@ def test_add_update_remove_and_vectors_work_per_product(tmp_path):
     assert loaded.search(x[:20], 7)[1] == index.search(x[:20], 7)[1]
     with pytest.raises(KeyError, match="ghost"):
         index.vectors(["p1", "ghost"])
+
+
+def test_build_index_indexes_several_photos_per_product(catalog):
+    from image_search.encoders import ColourHistogramEncoder
+    from image_search.searcher import Searcher, build_index
+
+    enc = ColourHistogramEncoder()
+    index = build_index(catalog, enc, progress=False,
+                        photos=lambda pid: [catalog.icon_path(pid), catalog.view_paths(pid)[0]])
+    assert len(index) == len(catalog) and index.vector_count == 2 * len(catalog) and index.has_attributes
+    view = catalog.view_paths(catalog.ids[7])[0]
+    res = Searcher(index, catalog, enc).search(view, k=5)
+    assert res.ids[0] == catalog.ids[7] and len(set(res.ids)) == 5  # its own photo is indexed: found first, once
