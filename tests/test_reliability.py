@@ -275,29 +275,47 @@ def _temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("fail_at", ["writestr", "fsync", "replace"])
-def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
-    import zipfile
-
+def _old_and_new(tmp_path):
     old = ProductIndex(16, "enc")
     old.add([f"old{i}" for i in range(30)], unit_vectors(30, 16))
     path = old.save(tmp_path / "catalog.index")
     new = ProductIndex(16, "enc")
     new.add([f"new{i}" for i in range(40)], unit_vectors(40, 16, seed=1))
+    return old, new, path
+
+
+@pytest.mark.parametrize("fail_at", ["manifest", "ids", "labels", "index.faiss", "after the last member",
+                                     "fsync", "check before rename", "replace"])
+def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
+    """Deterministic fault injection at each step of a save: the old file survives, complete and
+    verified, and no temporary file is left behind."""
+    import zipfile
+
+    from image_search import paths
+
+    old, new, path = _old_and_new(tmp_path)
 
     def boom(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    if fail_at == "writestr":  # fail after the manifest and ids are written, before the vectors
+    members = {"manifest": "manifest.json", "ids": "ids.json", "labels": "labels.npy", "index.faiss": "index.faiss"}
+    if fail_at in members:  # the write callback fails part-way through the zip
         real = zipfile.ZipFile.writestr
 
         def partial(self, name, data, *a, **kw):
-            if name == "index.faiss":
+            if name == members[fail_at]:
                 boom()
             return real(self, name, data, *a, **kw)
         monkeypatch.setattr(zipfile.ZipFile, "writestr", partial)
+    elif fail_at == "after the last member":  # writing the zip's central directory
+        monkeypatch.setattr(zipfile.ZipFile, "_write_end_record", boom)
     elif fail_at == "fsync":
         monkeypatch.setattr(os, "fsync", boom)
+    elif fail_at == "check before rename":  # the target was swapped for something else meanwhile
+        calls = []
+        real_check = paths.check_write_target
+        monkeypatch.setattr(paths, "check_write_target",
+                            lambda p: real_check(p) if not calls.append(p) and len(calls) == 1 else boom())
     else:
         monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="simulated"):
@@ -308,32 +326,37 @@ def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
 
 
 def test_killing_a_process_mid_save_keeps_the_previous_index(tmp_path):
+    """One real ``kill -9``, at a known point: the child stops inside the write of the FAISS blob
+    and tells the parent, which kills it (no polling, no race)."""
     path = tmp_path / "big.index"
     code = f"""
-import numpy as np, sys
+import sys, time, zipfile
+import numpy as np
 from image_search import ProductIndex
-x = np.random.default_rng(0).normal(size=(100_000, 64)).astype(np.float32)
-index = ProductIndex(64, "enc")
+x = np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float32)
+index = ProductIndex(16, "enc")
 index.add([f"p{{i}}" for i in range(len(x))], x)
 index.save(r"{path}")
-print("saved", flush=True)
-for i in range(1000):
-    index.remove([f"p{{i}}"])
-    index.save(r"{path}")
+real = zipfile.ZipFile.writestr
+def stall(self, name, data, *a, **kw):
+    if name == "index.faiss":
+        print("writing", flush=True)
+        time.sleep(120)
+    return real(self, name, data, *a, **kw)
+zipfile.ZipFile.writestr = stall
+index.remove(["p0"])
+index.save(r"{path}")
 """
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "saved"
-        deadline = time.time() + 60
-        while not _temp_files(tmp_path) and time.time() < deadline:  # wait until a save is under way
-            time.sleep(0.002)
-        assert _temp_files(tmp_path), "never caught a save in progress"
+        assert proc.stdout.readline().strip() == "writing"  # mid-save: the temporary file exists
+        assert len(_temp_files(tmp_path)) == 1
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
-    index = ProductIndex.load(path, encoder="enc", dim=64)  # the last complete save, checksum verified
-    assert 99_000 < len(index) <= 100_000
+    index = ProductIndex.load(path, encoder="enc", dim=16)  # the last complete save, checksum verified
+    assert len(index) == 2000 and "p0" in index
     # a hard kill cannot clean up: its temp file is left under a name load() never reads
     assert all(p.name.startswith(".big.index.") for p in _temp_files(tmp_path))
 
@@ -356,6 +379,43 @@ def test_concurrent_index_searches_match_serial(factory):
     serial = [one(j) for j in jobs]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one, jobs)) == serial
+
+
+def test_searches_overlap_inside_faiss_and_writers_wait_for_them():
+    """Two searches are inside FAISS at the same moment (a barrier both must reach: it breaks
+    after 10 s if searches were serialised), return what serial searches return, and an ``add``
+    issued meanwhile waits until both have finished."""
+    import threading
+
+    x = unit_vectors(300, 16)
+    index = ProductIndex(16, "enc", factory="HNSW8")
+    index.add([f"p{i}" for i in range(300)], x)
+    serial = [index.search(x[i], 5) for i in range(2)]
+    both_inside = threading.Barrier(3, timeout=10)
+    release = threading.Event()
+    real = index._faiss_search
+
+    def instrumented(q, k, params):
+        both_inside.wait()
+        assert release.wait(10)
+        return real(q, k, params)
+    index._faiss_search = instrumented
+    with ThreadPoolExecutor(3) as pool:
+        searches = [pool.submit(index.search, x[i], 5) for i in range(2)]
+        both_inside.wait()  # both searches are in FAISS now
+        writer = pool.submit(index.add, ["late"], x[0])
+        deadline = time.time() + 10
+        while index._lock._writers_waiting == 0 and time.time() < deadline:
+            time.sleep(0.001)
+        assert index._lock._writers_waiting == 1 and "late" not in index  # the writer waits
+        release.set()
+        got = [f.result(timeout=10) for f in searches]
+        writer.result(timeout=10)
+    index._faiss_search = real
+    assert "late" in index
+    for (s1, i1), (s2, i2) in zip(got, serial):
+        assert i1 == i2
+        np.testing.assert_array_equal(s1, s2)
 
 
 def test_concurrent_searcher_queries_match_serial(searcher, catalog):
