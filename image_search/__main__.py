@@ -80,18 +80,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat", rebuild: bool = False):
+    """A searcher over the catalog index: the explicit ``index_path`` (refused when damaged, built
+    with another encoder or for another catalog), or the cached default index, rebuilt
+    automatically when it is missing, damaged or stale. ``rebuild`` always builds and saves."""
     from .catalog import load_catalog
     from .encoders import load_encoder
+    from .errors import IndexMismatchError
     from .indexer import ProductIndex
-    from .searcher import Searcher, build_index, default_index_path
+    from .searcher import Searcher, build_index, catalog_fingerprint, default_index_path
 
     catalog, encoder = load_catalog(), load_encoder(encoder_name)
     path = index_path or default_index_path(encoder_name)
-    if path.exists() and not rebuild:
-        index = ProductIndex.load(path, encoder=encoder.name, dim=encoder.dim)
-    else:
-        if index_path is not None and not rebuild:
-            raise FileNotFoundError(f"no index file at {index_path}: build one with `python -m image_search index --out {index_path}`")
+    index = None
+    if not rebuild:
+        if index_path is not None and not index_path.exists():
+            raise FileNotFoundError(f"no index file at {index_path}: build one with "
+                                    f"`python -m image_search index --out {index_path}`")
+        try:
+            index = ProductIndex.load(path, encoder=encoder.name, dim=encoder.dim) if path.exists() else None
+        except IndexMismatchError as e:
+            if index_path is not None:
+                raise
+            sys.stderr.write(f"rebuilding the cached index: {_one_line(e)}\n")
+        if index is not None and index.catalog_fingerprint != catalog_fingerprint(catalog):
+            if index_path is not None:
+                raise IndexMismatchError(
+                    f"{index_path} was built for another catalog (its products, images or attributes differ "
+                    f"from {catalog.root}): rebuild it with `python -m image_search index --out {index_path}`")
+            sys.stderr.write("rebuilding the cached index: the catalog changed since it was built\n")
+            index = None
+    if index is None:
         index = build_index(catalog, encoder, factory, progress=True)
         index.save(path)
     return Searcher(index, catalog, encoder), path

@@ -120,12 +120,16 @@ class ProductIndex:
         with self._lock.write():
             self._train(x)
 
-    def _train(self, x: np.ndarray) -> None:
+    def check_training_size(self, n: int) -> None:
+        """Refuse, with a clear message, to train on fewer vectors than the index type needs."""
         need = self.min_training_vectors()
-        if len(x) < need:
+        if n < need:
             raise InvalidRequestError(
-                f"a {self.factory} index needs at least {need:,} training vectors, got {len(x):,}: use fewer IVF "
-                f"lists (about sqrt(n), e.g. IVF{max(1, int(np.sqrt(len(x))))}) or fewer PQ bits, or train on more vectors")
+                f"a {self.factory} index needs at least {need:,} training vectors, got {n:,}: use fewer IVF "
+                f"lists (about sqrt(n), e.g. IVF{max(1, int(np.sqrt(n)))}) or fewer PQ bits, or train on more vectors")
+
+    def _train(self, x: np.ndarray) -> None:
+        self.check_training_size(len(x))
         self.index.train(x)
 
     def add(self, ids: Sequence[str], embeddings: np.ndarray, attributes: Attributes | None = None) -> None:
@@ -304,23 +308,23 @@ class ProductIndex:
         return scores, I
 
     def _exact(self, q, fetch, chosen) -> tuple[np.ndarray, np.ndarray]:
-        """Brute force over the allowed vectors (their stored, possibly decoded, values)."""
+        """Brute force over the allowed vectors (their stored, possibly decoded, values): a cached
+        FAISS Flat index of them for a selective filter, else chunks reconstructed on the fly."""
+        if chosen is not None and chosen.exact:
+            flat, labels = chosen.flat(self.index, METRICS[self.metric], self._cache)
+            D, I = flat.search(q, fetch)
+            return self._scores(D, I), np.where(I >= 0, labels[np.maximum(I, 0)], -1)
         labels = chosen.labels() if chosen is not None else self._map.live_labels()
-        matrix = chosen.matrix(self.index, self._cache) if chosen is not None and chosen.exact else None
         best_s = np.full((len(q), 0), -np.inf, np.float32)
         best_l = np.zeros((len(q), 0), np.int64)
         for s in range(0, len(labels), 65_536):
             part = labels[s:s + 65_536]
-            x = matrix[s:s + 65_536] if matrix is not None else self.index.reconstruct_batch(part)
-            sims = q @ x.T
-            if self.metric == "l2":
-                sims = 2 * sims - (q * q).sum(1, keepdims=True) - (x * x).sum(1)[None, :]  # -||q - x||²
-            best_s = np.concatenate([best_s, sims.astype(np.float32)], axis=1)
-            best_l = np.concatenate([best_l, np.broadcast_to(part, sims.shape)], axis=1)
-            if best_s.shape[1] > fetch:
-                top = np.argpartition(-best_s, fetch - 1, axis=1)[:, :fetch]
-                best_s, best_l = np.take_along_axis(best_s, top, 1), np.take_along_axis(best_l, top, 1)
-        order = np.argsort(-best_s, axis=1, kind="stable")
+            flat = faiss.IndexFlat(self.dim, METRICS[self.metric])
+            flat.add(self.index.reconstruct_batch(part))
+            D, I = flat.search(q, min(fetch, len(part)))
+            best_s = np.concatenate([best_s, self._scores(D, I)], axis=1)
+            best_l = np.concatenate([best_l, np.where(I >= 0, part[np.maximum(I, 0)], -1)], axis=1)
+        order = np.argsort(-best_s, axis=1, kind="stable")[:, :fetch]
         return np.take_along_axis(best_s, order, 1), np.take_along_axis(best_l, order, 1)
 
     def _scores(self, D: np.ndarray, I: np.ndarray) -> np.ndarray:
@@ -448,12 +452,12 @@ class ProductIndex:
 # --------------------------------------------------------------------------- selections
 class _Chosen:
     """A cached selection: the allowed labels' mask, FAISS selector and, for an exact search, a
-    float copy of the allowed vectors."""
+    FAISS Flat index holding a float copy of the allowed vectors."""
 
     def __init__(self, selection: Selection, dim: int) -> None:
         self.selection = selection
         self.exact = selection.vectors <= max(EXACT_MAX_VECTORS, EXACT_MAX_BYTES // (4 * dim))
-        self._bits = self._selector = self._labels = self._matrix = None
+        self._bits = self._selector = self._labels = self._flat = None
         self._lock = threading.Lock()
 
     def labels(self) -> np.ndarray:
@@ -468,17 +472,21 @@ class _Chosen:
                 self._selector = faiss.IDSelectorBitmap(len(self._bits), faiss.swig_ptr(self._bits))
             return self._selector
 
-    def matrix(self, index: faiss.Index, cache: "_SelectionCache") -> np.ndarray:
+    def flat(self, index: faiss.Index, metric: int, cache: "_SelectionCache") -> tuple[faiss.Index, np.ndarray]:
+        """A Flat index of the allowed vectors (row ``i`` is label ``labels()[i]``)."""
         with self._lock:
-            if self._matrix is None:
+            if self._flat is None:
                 labels = self.labels()
-                self._matrix = index.reconstruct_batch(labels) if len(labels) else np.zeros((0, index.d), np.float32)
-                cache.charge(self._matrix.nbytes)
-            return self._matrix
+                flat = faiss.IndexFlat(index.d, metric)
+                if len(labels):
+                    flat.add(index.reconstruct_batch(labels))
+                self._flat = flat
+                cache.charge()
+            return self._flat, self.labels()
 
     @property
     def nbytes(self) -> int:
-        return 0 if self._matrix is None else self._matrix.nbytes
+        return 0 if self._flat is None else self._flat.ntotal * self._flat.d * 4
 
 
 class _SelectionCache:
@@ -505,7 +513,8 @@ class _SelectionCache:
             self._items[key] = chosen
             self._evict()
 
-    def charge(self, nbytes: int) -> None:
+    def charge(self) -> None:
+        """Evict old entries now that one holds a float copy."""
         with self._lock:
             self._evict()
 

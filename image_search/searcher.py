@@ -207,8 +207,9 @@ def build_index(catalog: Catalog, encoder: Encoder, factory: str = "Flat", progr
         for path in photos(pid):
             owners.append(pid)
             paths.append(Path(path))
-    embeddings = encode_paths(encoder, paths, progress=progress)
     index = ProductIndex(encoder.dim, encoder.name, factory=factory)
+    index.check_training_size(len(paths))  # before minutes of embedding
+    embeddings = encode_paths(encoder, paths, progress=progress)
     index.add(owners, embeddings, Attributes.from_catalog(catalog, owners))
     index.catalog_fingerprint = catalog_fingerprint(catalog, paths)
     return index

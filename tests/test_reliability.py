@@ -22,6 +22,7 @@ from PIL import Image
 import image_search
 from image_search import (Filters, ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
                           ProductIndex, SearchRequest, Searcher)
+from image_search.errors import UnsafePathError
 from image_search.__main__ import main as cli_main
 from image_search.encoders import ColourHistogramEncoder
 from image_search.images import decode_bytes
@@ -359,6 +360,104 @@ index.save(r"{path}")
     assert len(index) == 2000 and "p0" in index
     # a hard kill cannot clean up: its temp file is left under a name load() never reads
     assert all(p.name.startswith(".big.index.") for p in _temp_files(tmp_path))
+
+
+# ------------------------------------------------------------------ index files (issue 19: 1, 2, 4, 6, 11)
+def test_index_save_refuses_devices_and_fifos_and_honours_the_umask(tmp_path):
+    index = _old_and_new(tmp_path)[0]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    targets = [fifo, tmp_path]
+    try:
+        os.mknod(tmp_path / "devnull", 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+        targets.append(tmp_path / "devnull")
+    except PermissionError:  # not root: the FIFO and the folder still show it
+        pass
+    for target in targets:
+        with pytest.raises(UnsafePathError, match="not a regular file|directory|FIFO|device"):
+            index.save(target)
+    assert Path(fifo).is_fifo() and _temp_files(tmp_path) == []
+    if len(targets) == 3:
+        assert (tmp_path / "devnull").is_char_device()
+    old = os.umask(0o027)
+    try:
+        path = index.save(tmp_path / "umask.index")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640  # 0666 minus the umask, not mkstemp's 0600
+
+
+def test_index_load_refuses_fifos_devices_and_oversized_files_at_once(tmp_path):
+    import threading
+
+    index, _, path = _old_and_new(tmp_path)
+    fifo = tmp_path / "fifo.index"
+    os.mkfifo(fifo)
+    (tmp_path / "zero.index").symlink_to("/dev/zero")
+    outcome = {}
+
+    def load_all():  # in a thread: a regression would hang on the FIFO or grow on /dev/zero
+        for name in (fifo, "/dev/zero", tmp_path / "zero.index"):
+            try:
+                ProductIndex.load(name)
+                outcome[str(name)] = "loaded"
+            except UnsafePathError as e:
+                outcome[str(name)] = str(e)
+    worker = threading.Thread(target=load_all, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive() and len(outcome) == 3, outcome
+    assert all("not a regular file" in v for v in outcome.values()), outcome
+    with pytest.raises(UnsafePathError, match="limit"):
+        ProductIndex.load(path, max_bytes=1000)
+
+
+def test_factory_needing_more_training_vectors_says_how_many(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, "index", "--encoder", "colour-histogram", "--factory", "IVF4096,PQ64",
+                           "--out", tmp_path / "x.index")
+    assert rc == 1 and "at least 4,096 training vectors, got 618" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(InvalidRequestError, match="at least 256 training vectors"):
+        ProductIndex(16, "e", "PQ4").train(unit_vectors(100, 16))
+
+
+def _subset_catalog(catalog, folder: Path, n: int) -> Path:
+    """A catalog folder with the first ``n`` products (images shared through symlinks)."""
+    folder.mkdir()
+    lines = (catalog.root / "products.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (folder / "products.csv").write_text("".join(lines[: n + 1]), encoding="utf-8")
+    for sub in ("icons", "views"):
+        (folder / sub).symlink_to(catalog.root / sub)
+    return folder
+
+
+def test_a_stale_cached_index_is_rebuilt_and_a_stale_explicit_one_refused(capsys, tmp_path, monkeypatch,
+                                                                           catalog, hist_index):
+    rc, _, _ = run_cli(capsys, "index", "--encoder", "colour-histogram")  # the cached default index
+    assert rc == 0
+    monkeypatch.setenv("IMAGE_SEARCH_CATALOG", str(_subset_catalog(catalog, tmp_path / "small", 200)))
+    image = catalog.icon_path(catalog.ids[300])  # a product the small catalog does not have
+    rc, out, err = run_cli(capsys, "search", image, "-k", "200", "--json", "--encoder", "colour-histogram")
+    assert rc == 0 and "rebuilding the cached index: the catalog changed" in err
+    import json
+    assert {r["id"] for r in json.loads(out)["results"]} == set(catalog.ids[:200])  # never an unknown id
+    rc, out, err = run_cli(capsys, "search", image, "--encoder", "colour-histogram", "--index", hist_index)
+    assert rc == 1 and "built for another catalog" in err and len(err.strip().splitlines()) == 1
+    rc, out, err = run_cli(capsys, "search", image, "--encoder", "colour-histogram")  # rebuilt once, now current
+    assert rc == 0 and "rebuilding" not in err
+
+
+def test_concurrent_saves_to_one_path_leave_one_complete_index(tmp_path):
+    indexes = []
+    for seed in range(4):
+        ix = ProductIndex(16, "enc")
+        ix.add([f"s{seed}-{i}" for i in range(200)], unit_vectors(200, 16, seed=seed))
+        indexes.append(ix)
+    path = tmp_path / "shared.index"
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            list(pool.map(lambda ix: ix.save(path), indexes))
+    loaded = ProductIndex.load(path)
+    assert any(loaded.ids == ix.ids for ix in indexes) and _temp_files(tmp_path) == []
 
 
 # ------------------------------------------------------------------ concurrency
