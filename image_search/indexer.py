@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 
 from .errors import IndexMismatchError, InvalidRequestError
-from .stores import persistence
+from .stores import check_batch, persistence, representatives
 from .stores.filters import Attributes, Filters
 from .stores.idmap import IdMap, Selection
 from .stores.persistence import IndexManifest
@@ -45,6 +45,7 @@ class ProductIndex:
             raise InvalidRequestError(f"dim must be a positive integer, not {dim!r}")
         self.dim, self.encoder, self.factory, self.metric = int(dim), encoder, factory, metric
         self.catalog_fingerprint = ""  # of the catalog it indexes, set by build_index; saved in the manifest
+        self.path: Path | None = None  # the file it was loaded from or is saved to by default
         if faiss_index is None:
             try:
                 inner = faiss.index_factory(self.dim, factory, METRICS[metric])
@@ -132,16 +133,18 @@ class ProductIndex:
         self.check_training_size(len(x))
         self.index.train(x)
 
-    def add(self, ids: Sequence[str], embeddings: np.ndarray, attributes: Attributes | None = None) -> None:
+    def add(self, ids: Sequence[str], embeddings: np.ndarray, attributes: Attributes | None = None,
+            digests: Sequence[str] | None = None) -> None:
         """Add products: row ``j`` of ``embeddings`` is a photo of product ``ids[j]`` (repeat an id
-        for each of its photos). ``attributes`` (one row per embedding row; a product's first row
-        counts) make the products filterable. A product already present is an error (use
-        :meth:`update`)."""
-        ids, x, attributes = self._check_ids(ids, embeddings, attributes)
+        for each of its photos). ``attributes`` make the products filterable, ``digests`` record
+        what their vectors were made from (:func:`~image_search.stores.product_digest`); both have
+        one row per embedding row, and a product's first row counts. A product already present is
+        an error (use :meth:`update`)."""
+        ids, x, attributes, digests = check_batch(ids, embeddings, self.dim, attributes, digests)
         with self._lock.write():
-            self._add(ids, x, attributes)
+            self._add(ids, x, attributes, digests)
 
-    def _add(self, ids: list[str], x: np.ndarray, attributes: Attributes) -> None:
+    def _add(self, ids: list[str], x: np.ndarray, attributes: Attributes, digests: list[str]) -> None:
         present = [i for i in dict.fromkeys(ids) if i in self._map]
         if present:
             raise InvalidRequestError(f"ids already in the index (use update): {present[:5]}")
@@ -149,7 +152,7 @@ class ProductIndex:
             self._train(x)
         labels = np.arange(self._map.next_label, self._map.next_label + len(ids), dtype=np.int64)
         self.index.add_with_ids(x, labels)  # FAISS first: if it fails, the id map still describes FAISS
-        self._map.add(ids, labels, attributes)
+        self._map.add(ids, labels, attributes, digests)
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove products (all their vectors) by id; unknown ids are ignored. Returns how many
@@ -170,12 +173,18 @@ class ProductIndex:
         self._map.remove(present, tombstone=self.removal == "tombstone")
         return len(present)
 
-    def update(self, ids: Sequence[str], embeddings: np.ndarray, attributes: Attributes | None = None) -> None:
+    def update(self, ids: Sequence[str], embeddings: np.ndarray, attributes: Attributes | None = None,
+               digests: Sequence[str] | None = None) -> None:
         """Replace all the vectors of products (adding those not yet present)."""
-        ids, x, attributes = self._check_ids(ids, embeddings, attributes)  # validate before removing anything
+        ids, x, attributes, digests = check_batch(ids, embeddings, self.dim, attributes, digests)  # before removing
         with self._lock.write():
             self._remove(ids)
-            self._add(ids, x, attributes)
+            self._add(ids, x, attributes, digests)
+
+    def digests(self) -> dict[str, str]:
+        """Each product's digest, as given to :meth:`add` ("" when none was)."""
+        with self._lock.read():
+            return self._map.digests()
 
     def set_attributes(self, ids: Sequence[str], attributes: Attributes) -> None:
         """Replace the filterable attributes of products already in the index (vectors untouched)."""
@@ -187,20 +196,6 @@ class ProductIndex:
             if unknown:
                 raise KeyError(f"unknown product ids: {unknown[:5]}")
             self._map.set_attributes(ids, attributes)
-
-    def _check_ids(self, ids, embeddings, attributes) -> tuple[list[str], np.ndarray, Attributes]:
-        ids = [ids] if isinstance(ids, str) else list(ids)
-        x = self._check(embeddings)
-        if len(ids) != len(x):
-            raise InvalidRequestError(f"{len(ids)} ids for {len(x)} embeddings")
-        if not all(isinstance(i, str) and i for i in ids):
-            raise InvalidRequestError("product ids must be non-empty strings")
-        attributes = Attributes.unknown(len(ids)) if attributes is None else attributes
-        if not isinstance(attributes, Attributes):
-            raise InvalidRequestError(f"attributes must be an Attributes, not {type(attributes).__name__}")
-        if len(attributes) != len(ids):
-            raise InvalidRequestError(f"{len(ids)} ids for {len(attributes)} attribute rows")
-        return ids, x, attributes
 
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
         """One representative vector per product, ``(len(ids), dim)``: the mean of its stored
@@ -215,17 +210,7 @@ class ProductIndex:
             groups = [self._map.labels_of(i) for i in ids]
             flat = np.concatenate(groups) if groups else np.zeros(0, np.int64)
             stored = self.index.reconstruct_batch(flat) if len(flat) else np.zeros((0, self.dim), np.float32)
-        out = np.empty((len(ids), self.dim), np.float32)
-        start = 0
-        for row, g in enumerate(groups):
-            v = stored[start:start + len(g)]
-            start += len(g)
-            if len(g) == 1:
-                out[row] = v[0]
-            else:
-                mean = v.mean(axis=0)
-                out[row] = mean / max(float(np.linalg.norm(mean)), 1e-12)
-        return out
+        return representatives(stored, [len(g) for g in groups])
 
     # ----------------------------------------------------------------- search
     def search(self, query_embeddings: np.ndarray, k: int, filters: Filters | None = None, *,
@@ -396,10 +381,16 @@ class ProductIndex:
         """What :meth:`save` would write in the manifest now."""
         return self._pack()[0]
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path | None = None) -> Path:
         """Write the index, its ids, attributes and manifest to one file, atomically (an existing
-        device, FIFO or folder at ``path`` is refused; the old file survives any failure)."""
-        return persistence.save(path, self._pack()[1])
+        device, FIFO or folder at ``path`` is refused; the old file survives any failure). Without
+        ``path``: the file it was loaded from or opened at."""
+        if path is None and self.path is None:
+            raise InvalidRequestError("save needs a path: this index was not loaded from a file")
+        return persistence.save(path if path is not None else self.path, self._pack()[1])
+
+    def close(self) -> None:
+        """Nothing to release (the :class:`~image_search.stores.VectorStore` protocol asks for it)."""
 
     @classmethod
     def load(cls, path: str | Path, encoder: str | None = None, dim: int | None = None, metric: str | None = None,
@@ -421,7 +412,7 @@ class ProductIndex:
             raise IndexMismatchError(f"{path} is inconsistent: {e}; rebuild the index") from None
         faiss_index = persistence.deserialize(stored.blob, m.dim, idmap.vectors + len(idmap.tombstones), path)
         index = cls(m.dim, m.encoder, m.factory, m.metric, faiss_index=faiss_index)
-        index._map, index.catalog_fingerprint = idmap, m.catalog_fingerprint
+        index._map, index.catalog_fingerprint, index.path = idmap, m.catalog_fingerprint, Path(path)
         index._verify(path, m, stored.arrays)
         return index
 

@@ -4,8 +4,6 @@ Chapter 02 defines the request/response contract; chapter 09 builds the searcher
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from .catalog import Catalog, Product, load_catalog
-from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, file_checksum, load_encoder
+from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, load_encoder
 from .errors import InvalidImageError, InvalidRequestError
 from .images import ImageLike, load_image
 from .indexer import ProductIndex
 from .paths import cache_dir, safe_name
 from .reranker import Reranker, RerankConfig
+from .stores import catalog_fingerprint
 from .stores.filters import Attributes, Filters
 
 MAX_K = 1000
@@ -213,19 +212,6 @@ def build_index(catalog: Catalog, encoder: Encoder, factory: str = "Flat", progr
     index.add(owners, embeddings, Attributes.from_catalog(catalog, owners))
     index.catalog_fingerprint = catalog_fingerprint(catalog, paths)
     return index
-
-
-def catalog_fingerprint(catalog: Catalog, paths: Sequence[str | Path] | None = None) -> str:
-    """SHA-256 of what an index of the catalog depends on: the product ids, the checksums of the
-    indexed images (``paths``, default the shop photos) and the filterable attributes. An index
-    whose manifest holds another fingerprint is stale. Chapter 09."""
-    paths = paths if paths is not None else [catalog.icon_path(i) for i in catalog.ids]
-    attrs = Attributes.from_catalog(catalog)
-    h = hashlib.sha256()
-    for part in (catalog.ids, [file_checksum(p) for p in paths], attrs.category.tolist(), attrs.type.tolist(),
-                 attrs.price.tolist(), attrs.in_stock.tolist()):
-        h.update(json.dumps(part).encode())
-    return h.hexdigest()
 
 
 def default_index_path(encoder_name: str = DEFAULT_ENCODER) -> Path:

@@ -207,7 +207,7 @@ def test_failed_operations_leave_the_mapping_intact():
     before = index.ids
     with pytest.raises(InvalidRequestError):  # validated before anything is removed
         index.update(["p1", "p2"], np.full((2, 32), np.nan, np.float32))
-    with pytest.raises(InvalidRequestError, match="attribute rows"):
+    with pytest.raises(InvalidRequestError, match="Attributes with 2 rows"):
         index.update(["p1", "p2"], x[:2], Attributes.unknown(3))
     with pytest.raises(ValueError):
         index.update(["p1", "p2"], x[:3])

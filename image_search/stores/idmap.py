@@ -31,6 +31,7 @@ class IdMap:
         self.owner = np.zeros(0, np.int64)   # label -> row, -1 once removed
         self.alive = np.zeros(0, bool)       # row -> still in the index
         self.attributes = Attributes.unknown(0)
+        self.digest = np.zeros(0, dtype=str)  # row -> digest of what its vectors were made from
         self.tombstones = np.zeros(0, np.int64)  # labels removed from the table but still stored in FAISS
         self.version = 0                     # bumped by every change (invalidates cached selections)
         self._stats: tuple[int, int, int, np.ndarray] | None = None  # version, vectors, max photos, live labels
@@ -80,6 +81,9 @@ class IdMap:
         rows[ok] = self.owner[labels[ok]]
         return rows
 
+    def digests(self) -> dict[str, str]:
+        return {self._ids[r]: str(self.digest[r]) for r in np.flatnonzero(self.alive)}
+
     def id_of_row(self, row: int) -> str:
         return self._ids[row]
 
@@ -104,9 +108,10 @@ class IdMap:
         return Selection(mask, int(rows_ok.sum()), int(mask.sum()))
 
     # ------------------------------------------------------------------ changing
-    def add(self, ids: list[str], labels: np.ndarray, attributes: Attributes) -> None:
+    def add(self, ids: list[str], labels: np.ndarray, attributes: Attributes, digests: list[str]) -> None:
         """Record vectors just added to FAISS: ``ids[j]`` owns ``labels[j]``; a product id may repeat
-        (one row per photo). ``attributes`` has one row per vector; a product's first row counts."""
+        (one row per photo). ``attributes`` and ``digests`` have one row per vector; a product's
+        first row counts."""
         assert len(labels) and labels[0] == self.next_label and not any(i in self._row for i in ids)
         products = list(dict.fromkeys(ids))
         first = {pid: j for j, pid in reversed(list(enumerate(ids)))}
@@ -120,8 +125,9 @@ class IdMap:
         self._labels.extend(labels[order[split[j]:split[j + 1]]] for j in range(len(products)))
         self.owner = np.concatenate([self.owner, row_of_vector])
         self.alive = np.concatenate([self.alive, np.ones(len(products), bool)])
-        new = attributes.take(np.array([first[pid] for pid in products], np.int64))
-        self.attributes = _concat(self.attributes, new)
+        firsts = np.array([first[pid] for pid in products], np.int64)
+        self.attributes = _concat(self.attributes, attributes.take(firsts))
+        self.digest = np.concatenate([self.digest, np.array(digests, dtype=str)[firsts]])
         self.version += 1
 
     def remove(self, ids: list[str], tombstone: bool) -> np.ndarray:
@@ -157,18 +163,18 @@ class IdMap:
         return [self._ids[r] for r in live], {
             "photos": counts, "labels": labels.astype(np.int64), "next_label": np.array([self.next_label]),
             "tombstones": self.tombstones, "category": a.category, "type": a.type, "price": a.price,
-            "in_stock": a.in_stock, "known": a.known}
+            "in_stock": a.in_stock, "known": a.known, "digest": self.digest[live]}
 
     @classmethod
     def from_arrays(cls, ids: list[str], arrays: dict[str, np.ndarray]) -> "IdMap":
         """Inverse of :meth:`to_arrays`; raises ``ValueError`` when the arrays do not fit together."""
         kinds = {"photos": "i", "labels": "i", "next_label": "i", "tombstones": "i", "category": "U", "type": "U",
-                 "price": "f", "in_stock": "b", "known": "b"}
+                 "price": "f", "in_stock": "b", "known": "b", "digest": "U"}
         for name, kind in kinds.items():
             if arrays[name].dtype.kind != kind:
                 raise ValueError(f"{name} holds {arrays[name].dtype}")
         if len(arrays["next_label"]) != 1 or not all(len(arrays[n]) == len(ids) for n in
-                                                     ("category", "type", "price", "in_stock", "known")):
+                                                     ("category", "type", "price", "in_stock", "known", "digest")):
             raise ValueError("the attribute columns do not have one row per product")
         counts, labels, next_label = arrays["photos"], arrays["labels"], int(arrays["next_label"][0])
         if len(counts) != len(ids) or len(set(ids)) != len(ids) or (len(counts) and counts.min() < 1):
@@ -190,6 +196,7 @@ class IdMap:
         m.tombstones = tomb.astype(np.int64)
         m.attributes = Attributes(arrays["category"], arrays["type"], arrays["price"], arrays["in_stock"],
                                   arrays["known"])
+        m.digest = arrays["digest"]
         return m
 
 

@@ -28,7 +28,7 @@ from ..paths import atomic_write, read_regular
 FORMAT_VERSION = 2
 MAX_INDEX_BYTES = 16 * 2 ** 30  # refuse larger files rather than exhaust memory
 ARRAYS = ("photos", "labels", "next_label", "tombstones", "category", "type", "price", "in_stock", "known",
-          "signatures")
+          "digest", "signatures")
 MEMBERS = ("manifest.json", "ids.json", *(f"{a}.npy" for a in ARRAYS), "index.faiss")
 
 
