@@ -51,15 +51,29 @@ def _collapse_repeats(parser: _Parser, args: list[str]) -> list[str]:
     return out
 
 
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--store`` and ``--store-uri`` (``index``, ``search``, and any command that opens the index)."""
+    parser.add_argument("--store", choices=("faiss", "qdrant", "milvus"), default="faiss",
+                        help="vector store (default: faiss)")
+    parser.add_argument("--store-uri", default=None,
+                        help="qdrant: a folder or http(s):// URL; milvus: a .db file or http(s):// URI; faiss: an "
+                             "index file (default: in the cache folder)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m image_search", description="Visual product search over the book's catalog.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     enc = dict(default="efficientnet-lite0", help="encoder name (default: efficientnet-lite0)")
 
-    ix = sub.add_parser("index", help="build and save the catalog index")
+    ix = sub.add_parser("index", help="build or update the catalog index (incremental)")
     ix.add_argument("--encoder", **enc)
     ix.add_argument("--factory", default="Flat", help="FAISS factory string (default: Flat)")
-    ix.add_argument("--out", type=Path, default=None, help="index file (default: in the cache folder)")
+    ix.add_argument("--out", type=Path, default=None, help="FAISS index file (default: in the cache folder)")
+    ix.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="embed in this process or with Ray Data (default: local)")
+    ix.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray runtime)")
+    ix.add_argument("--rebuild", action="store_true", help="start from an empty index instead of updating it")
+    add_store_arguments(ix)
 
     s = sub.add_parser("search", help="search the catalog with an image file")
     s.add_argument("image", type=Path)
@@ -71,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--in-stock", action="store_true", help="only products in stock")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--encoder", **enc)
-    s.add_argument("--index", type=Path, default=None, help="index file (default: the cached catalog index)")
+    s.add_argument("--index", type=Path, default=None, help="FAISS index file (default: the cached catalog index)")
+    add_store_arguments(s)
 
     d = sub.add_parser("demo", help="evaluate on held-out customer photos and write a result grid")
     d.add_argument("--encoder", **enc)
@@ -79,40 +94,105 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat", rebuild: bool = False):
-    """A searcher over the catalog index: the explicit ``index_path`` (refused when damaged, built
-    with another encoder or for another catalog), or the cached default index, rebuilt
-    automatically when it is missing, damaged or stale. ``rebuild`` always builds and saves."""
+def _location(store: str, encoder_name: str, uri: str | Path | None) -> tuple[str | Path, bool]:
+    """Where a store lives, and whether the user chose it (else it is the cached default)."""
+    from .paths import cache_dir, safe_name
+    from .searcher import default_index_path
+
+    if uri is not None:
+        return (Path(uri) if store == "faiss" else str(uri)), True
+    if store == "faiss":
+        return default_index_path(encoder_name), False
+    folder = cache_dir() / "stores"
+    return (folder / "qdrant" if store == "qdrant" else folder / f"milvus-{safe_name(encoder_name)}.db"), False
+
+
+def _open(store: str, location, encoder, factory: str = "Flat", fresh: bool = False):
+    """The store at ``location``; ``None`` when there is none yet (or a damaged cached one)."""
+    from .errors import IndexMismatchError
+    from .stores import open_store
+
+    if fresh:
+        return None
+    try:
+        found = open_store(store, location, encoder.name, encoder.dim)
+    except FileNotFoundError:
+        return None
+    if store == "faiss" and found.factory != factory:
+        return None
+    return found
+
+
+def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat", rebuild: bool = False,
+              store: str = "faiss", store_uri: str | None = None, engine: str = "local",
+              ray_address: str | None = None):
+    """A searcher over the catalog in a vector store: the store the user named (``index_path`` for
+    FAISS, or ``store_uri``; refused when missing, damaged, built with another encoder or for
+    another catalog), or the cached default store, updated automatically (incrementally) when it
+    is missing, damaged or stale. ``rebuild``: start the store from empty. Returns the searcher
+    and the store's location."""
     from .catalog import load_catalog
     from .encoders import load_encoder
     from .errors import IndexMismatchError
-    from .indexer import ProductIndex
-    from .searcher import Searcher, build_index, catalog_fingerprint, default_index_path
+    from .pipeline import index_catalog
+    from .searcher import Searcher
+    from .stores import catalog_fingerprint, open_store
 
     catalog, encoder = load_catalog(), load_encoder(encoder_name)
-    path = index_path or default_index_path(encoder_name)
-    index = None
-    if not rebuild:
-        if index_path is not None and not index_path.exists():
-            raise FileNotFoundError(f"no index file at {index_path}: build one with "
-                                    f"`python -m image_search index --out {index_path}`")
-        try:
-            index = ProductIndex.load(path, encoder=encoder.name, dim=encoder.dim) if path.exists() else None
-        except IndexMismatchError as e:
-            if index_path is not None:
-                raise
-            sys.stderr.write(f"rebuilding the cached index: {_one_line(e)}\n")
-        if index is not None and index.catalog_fingerprint != catalog_fingerprint(catalog):
-            if index_path is not None:
-                raise IndexMismatchError(
-                    f"{index_path} was built for another catalog (its products, images or attributes differ "
-                    f"from {catalog.root}): rebuild it with `python -m image_search index --out {index_path}`")
-            sys.stderr.write("rebuilding the cached index: the catalog changed since it was built\n")
-            index = None
-    if index is None:
-        index = build_index(catalog, encoder, factory, progress=True)
-        index.save(path)
-    return Searcher(index, catalog, encoder), path
+    location, explicit = _location(store, encoder_name, index_path if index_path is not None else store_uri)
+    if explicit and store == "faiss" and not Path(location).exists():
+        raise FileNotFoundError(f"no index file at {location}: build one with "
+                                f"`python -m image_search index --out {location}`")
+    try:
+        opened = _open(store, location, encoder, factory, fresh=rebuild)
+    except IndexMismatchError as e:
+        if explicit:
+            raise
+        sys.stderr.write(f"rebuilding the cached index: {_one_line(e)}\n")
+        opened = None
+    if opened is None and explicit and not rebuild:
+        raise FileNotFoundError(f"no {store} index of {encoder_name} at {location}: build it with "
+                                f"`python -m image_search index --store {store} --store-uri {location}`")
+    if opened is not None and opened.catalog_fingerprint != catalog_fingerprint(catalog):
+        if explicit:
+            opened.close()
+            raise IndexMismatchError(
+                f"{location} was built for another catalog (its products, images or attributes differ "
+                f"from {catalog.root}): update it with `python -m image_search index --store {store} "
+                f"--store-uri {location}`")
+        sys.stderr.write("updating the cached index: the catalog changed since it was built\n")
+        index_catalog(opened, catalog, encoder, engine=engine, ray_address=ray_address)
+    if opened is None:
+        opened = open_store(store, location, encoder.name, encoder.dim, factory=factory, create=True)
+        index_catalog(opened, catalog, encoder, engine=engine, ray_address=ray_address)
+    return Searcher(opened, catalog, encoder), location
+
+
+def _index(args: argparse.Namespace) -> int:
+    """``index``: bring the store up to date with the catalog, embedding only what changed."""
+    from .catalog import load_catalog
+    from .encoders import load_encoder
+    from .errors import IndexMismatchError
+    from .pipeline import index_catalog
+    from .stores import open_store
+
+    catalog, encoder = load_catalog(), load_encoder(args.encoder)
+    location, _ = _location(args.store, args.encoder, args.out if args.out is not None else args.store_uri)
+    try:
+        store = _open(args.store, location, encoder, args.factory, fresh=args.rebuild)
+    except IndexMismatchError as e:  # a damaged or incompatible index at the target: replaced
+        sys.stderr.write(f"rebuilding: {_one_line(e)}\n")
+        store = None
+    if store is None:
+        store = open_store(args.store, location, encoder.name, encoder.dim, factory=args.factory, create=True)
+    try:
+        report = index_catalog(store, catalog, encoder, engine=args.engine, ray_address=args.ray_address)
+    finally:
+        store.close()
+    kind = f"{encoder.dim}-d, {args.factory}" if args.store == "faiss" else f"{encoder.dim}-d, {args.store}"
+    print(f"indexed {report.products} products with {args.encoder} ({kind}) -> {location}: {report.added} added, "
+          f"{report.updated} updated, {report.removed} removed, {report.embedded} images embedded ({args.engine})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,9 +221,7 @@ def _run(args: argparse.Namespace) -> int:
     from .searcher import Filters
 
     if args.command == "index":
-        searcher, path = _searcher(args.encoder, args.out, args.factory, rebuild=True)
-        print(f"indexed {len(searcher.index)} products with {args.encoder} ({searcher.index.dim}-d, {args.factory}) -> {path}")
-        return 0
+        return _index(args)
     if args.command == "search":
         from .images import load_image
         from .searcher import SearchRequest
@@ -155,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
                           types=tuple(args.type) if args.type else None)
         image = load_image(args.image)  # a bad upload or argument fails before any model is loaded
         SearchRequest(image=image, k=args.k, filters=filters)
-        searcher, _ = _searcher(args.encoder, args.index)
+        searcher, _ = _searcher(args.encoder, args.index, store=args.store, store_uri=args.store_uri)
         res = searcher.search(image, k=args.k, filters=filters)
         t = res.timings
         if args.json:

@@ -437,13 +437,13 @@ def test_a_stale_cached_index_is_rebuilt_and_a_stale_explicit_one_refused(capsys
     monkeypatch.setenv("IMAGE_SEARCH_CATALOG", str(_subset_catalog(catalog, tmp_path / "small", 200)))
     image = catalog.icon_path(catalog.ids[300])  # a product the small catalog does not have
     rc, out, err = run_cli(capsys, "search", image, "-k", "200", "--json", "--encoder", "colour-histogram")
-    assert rc == 0 and "rebuilding the cached index: the catalog changed" in err
+    assert rc == 0 and "updating the cached index: the catalog changed" in err
     import json
     assert {r["id"] for r in json.loads(out)["results"]} == set(catalog.ids[:200])  # never an unknown id
     rc, out, err = run_cli(capsys, "search", image, "--encoder", "colour-histogram", "--index", hist_index)
     assert rc == 1 and "built for another catalog" in err and len(err.strip().splitlines()) == 1
     rc, out, err = run_cli(capsys, "search", image, "--encoder", "colour-histogram")  # rebuilt once, now current
-    assert rc == 0 and "rebuilding" not in err
+    assert rc == 0 and "updating" not in err
 
 
 def test_concurrent_saves_to_one_path_leave_one_complete_index(tmp_path):

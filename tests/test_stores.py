@@ -12,7 +12,7 @@ import pytest
 
 from image_search import Filters, IndexMismatchError, InvalidRequestError, ProductIndex
 from image_search.encoders import encode_paths, load_encoder
-from image_search.stores import StoreUnavailableError, VectorStore, open_store, product_digest
+from image_search.stores import BackendUnavailableError, VectorStore, open_store, product_digest
 from image_search.stores.filters import Attributes
 
 from conftest import unit_vectors
@@ -150,7 +150,7 @@ def test_an_unreachable_server_is_a_one_line_error_within_seconds(kind):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t = time.perf_counter()
-    with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}") as e:
+    with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{port}") as e:
         open_store(kind, f"http://127.0.0.1:{port}", "enc", 8, timeout=3)
     assert time.perf_counter() - t < 15 and "\n" not in str(e.value)
 
@@ -158,7 +158,7 @@ def test_an_unreachable_server_is_a_one_line_error_within_seconds(kind):
 @pytest.mark.parametrize("kind, module", [("qdrant", "qdrant_client"), ("milvus", "pymilvus")])
 def test_a_missing_client_library_is_a_one_line_error(kind, module, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
-    with pytest.raises(StoreUnavailableError, match="pip install"):
+    with pytest.raises(BackendUnavailableError, match="pip install"):
         open_store(kind, tmp_path / "x", "enc", 8)
 
 
@@ -173,3 +173,99 @@ def test_product_digests_change_with_photos_and_attributes(catalog):
 def test_faiss_store_is_the_product_index(tmp_path):
     store = open_store("faiss", tmp_path / "x.index", "enc", 8, create=True)
     assert isinstance(store, ProductIndex) and store.save() == tmp_path / "x.index"
+
+
+# ------------------------------------------------------------------ the CLI with each store (incremental)
+from image_search.__main__ import main as cli_main  # noqa: E402
+
+
+def run_cli(capsys, *args):
+    rc = cli_main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def small_catalog(catalog, folder, n=60):
+    """A catalog folder with the first ``n`` products and copies of their icons (editable)."""
+    folder.mkdir()
+    lines = (catalog.root / "products.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (folder / "products.csv").write_text("".join(lines[: n + 1]), encoding="utf-8")
+    (folder / "icons").mkdir()
+    for pid in catalog.ids[:n]:
+        (folder / "icons" / f"{pid}.png").write_bytes(catalog.icon_path(pid).read_bytes())
+    (folder / "views").symlink_to(catalog.root / "views")
+    return folder
+
+
+def edit_catalog(folder, drop=(), price=None, add_copy_of=None, pixel=(1, 2, 3)):
+    import csv
+    import io
+
+    from PIL import Image
+
+    rows = list(csv.DictReader(io.StringIO((folder / "products.csv").read_text(encoding="utf-8"))))
+    fields = list(rows[0])
+    rows = [r for r in rows if r["id"] not in drop]
+    if price:
+        for r in rows:
+            if r["id"] == price[0]:
+                r["price"] = str(price[1])
+    if add_copy_of:
+        new = dict(next(r for r in rows if r["id"] == add_copy_of), id="zz-new-product")
+        rows.append(new)
+        img = Image.open(folder / "icons" / f"{add_copy_of}.png").convert("RGB")
+        img.putpixel((0, 0), pixel)  # another image: another checksum
+        img.save(folder / "icons" / "zz-new-product.png")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    (folder / "products.csv").write_text(buf.getvalue(), encoding="utf-8")
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_cli_indexes_incrementally_and_searches_each_store(kind, catalog, tmp_path, monkeypatch, capsys):
+    folder = small_catalog(catalog, tmp_path / "catalog")
+    monkeypatch.setenv("IMAGE_SEARCH_CATALOG", str(folder))
+    uri = tmp_path / {"faiss": "x.index", "qdrant": "qdrant", "milvus": "m.db"}[kind]
+    common = ["--encoder", "colour-histogram", "--store", kind, "--store-uri", uri]
+    rc, out, err = run_cli(capsys, "index", *common)
+    assert rc == 0 and "indexed 60 products" in out and "60 added, 0 updated, 0 removed" in out, err
+    query = catalog.view_paths(catalog.ids[3])[0]
+    rc, out, err = run_cli(capsys, "search", query, "-k", "5", "--json", "--category", "Living room", *common)
+    assert rc == 0, err
+    import json
+    got = [r["id"] for r in json.loads(out)["results"]]
+    living = [p.id for p in catalog.products[:60] if p.category == "Living room"]
+    assert set(got) <= set(living) and len(got) == min(5, len(living))
+
+    ids = catalog.ids
+    edit_catalog(folder, drop=ids[10:12], price=(ids[20], 1.5), add_copy_of=ids[30],
+                 pixel=(ENGINES.index(kind), 2, 3))  # new to the session's embedding cache
+    rc, out, err = run_cli(capsys, "search", query, *common)
+    assert rc == 1 and "built for another catalog" in err and len(err.strip().splitlines()) == 1
+    rc, out, err = run_cli(capsys, "index", *common)
+    assert rc == 0 and "indexed 59 products" in out and "1 added, 1 updated, 2 removed, 1 images embedded" in out, out
+    rc, out, err = run_cli(capsys, "search", query, "-k", "59", "--json", *common)
+    found = {r["id"]: r for r in json.loads(out)["results"]}
+    assert rc == 0 and set(found) == set(ids[:60]) - set(ids[10:12]) | {"zz-new-product"}
+    assert found[ids[20]]["price"] == 1.5  # the updated attributes are what the store filters on
+    rc, out, err = run_cli(capsys, "search", query, "-k", "3", "--json", "--max-price", "2", *common)
+    assert [r["id"] for r in json.loads(out)["results"]] == [ids[20]]
+
+
+def test_cli_store_errors_are_one_line(capsys, tmp_path, monkeypatch, catalog):
+    image = catalog.icon_path(catalog.ids[0])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc, _, err = run_cli(capsys, "search", image, "--encoder", "colour-histogram", "--store", "milvus",
+                         "--store-uri", f"http://127.0.0.1:{port}")
+    assert rc == 1 and "cannot open the Milvus store" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run_cli(capsys, "search", image, "--encoder", "colour-histogram", "--store", "qdrant",
+                         "--store-uri", tmp_path / "never-built")
+    assert rc == 1 and "build it with" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setitem(sys.modules, "qdrant_client", None)
+    rc, _, err = run_cli(capsys, "index", "--encoder", "colour-histogram", "--store", "qdrant",
+                         "--store-uri", tmp_path / "q")
+    assert rc == 1 and "pip install qdrant-client" in err and len(err.strip().splitlines()) == 1

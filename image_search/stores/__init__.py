@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 STORES = ("faiss", "qdrant", "milvus")
 
 
-class StoreUnavailableError(ImageSearchError, RuntimeError):
-    """A vector store cannot be used: its client library is not installed, or its server does not
-    answer."""
+class BackendUnavailableError(ImageSearchError, RuntimeError):
+    """A vector store or a compute engine (Ray) cannot be used: its library is not installed, or
+    its server or cluster does not answer."""
 
 
 @runtime_checkable
@@ -68,7 +68,7 @@ def open_store(kind: str, location: str | Path, encoder: str, dim: int, metric: 
     (faiss), a folder or ``http(s)://`` URL (qdrant), a ``.db`` file or ``http(s)://`` URI
     (milvus). A store built with another encoder, dimension or metric is refused; a missing client
     library or a server that does not answer within ``timeout`` seconds is a
-    :class:`StoreUnavailableError`. Chapter 12."""
+    :class:`BackendUnavailableError`. Chapter 12."""
     if kind == "faiss":
         from ..indexer import ProductIndex
 
@@ -177,5 +177,5 @@ def check_batch(ids: Sequence[str], embeddings: np.ndarray, dim: int, attributes
     return ids, np.ascontiguousarray(x), attributes, digests
 
 
-__all__ = ["STORES", "VectorStore", "StoreUnavailableError", "open_store", "catalog_fingerprint", "product_digest",
+__all__ = ["STORES", "VectorStore", "BackendUnavailableError", "open_store", "catalog_fingerprint", "product_digest",
            "representatives", "Attributes", "Filters"]

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import IndexMismatchError, InvalidRequestError
-from . import StoreUnavailableError, check_batch, check_queries, collection_name, is_url, representatives
+from . import BackendUnavailableError, check_batch, check_queries, collection_name, is_url, representatives
 from .filters import Attributes, Filters
 
 FORMAT = 1
@@ -27,7 +27,7 @@ def _client_class():
     try:
         from pymilvus import DataType, MilvusClient
     except ImportError:
-        raise StoreUnavailableError("the milvus store needs pymilvus (and milvus-lite for a local file): "
+        raise BackendUnavailableError("the milvus store needs pymilvus (and milvus-lite for a local file): "
                                     "pip install pymilvus==3.0.2 milvus-lite==3.2.2") from None
     return MilvusClient, DataType
 
@@ -60,7 +60,7 @@ class MilvusStore:
             self.client = MilvusClient(str(location), timeout=self.timeout)
             exists = self.client.has_collection(self.collection)
         except Exception as e:  # connection refused, timeout, a Lite file another process holds...
-            raise StoreUnavailableError(f"cannot open the Milvus store at {location}: {_one_line(e)}") from None
+            raise BackendUnavailableError(f"cannot open the Milvus store at {location}: {_one_line(e)}") from None
         if not exists and not create:
             self.client.close()
             raise FileNotFoundError(f"no Milvus collection {self.collection} at {location}: build it with "

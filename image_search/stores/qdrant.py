@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import IndexMismatchError, InvalidRequestError
-from . import StoreUnavailableError, check_batch, check_queries, collection_name, is_url, representatives
+from . import BackendUnavailableError, check_batch, check_queries, collection_name, is_url, representatives
 from .filters import Attributes, Filters
 
 FORMAT = 1
@@ -24,7 +24,7 @@ def _client_module():
         import qdrant_client
         from qdrant_client import models
     except ImportError:
-        raise StoreUnavailableError("the qdrant store needs qdrant-client: pip install qdrant-client==1.20.0") from None
+        raise BackendUnavailableError("the qdrant store needs qdrant-client: pip install qdrant-client==1.20.0") from None
     return qdrant_client, models
 
 
@@ -55,7 +55,7 @@ class QdrantStore:
                 self.client = qdrant_client.QdrantClient(path=str(location))
             exists = self.client.collection_exists(self.collection)
         except Exception as e:  # connection refused, timeout, a folder locked by another process...
-            raise StoreUnavailableError(f"cannot open the Qdrant store at {location}: {_one_line(e)}") from None
+            raise BackendUnavailableError(f"cannot open the Qdrant store at {location}: {_one_line(e)}") from None
         if not exists and not create:
             self.client.close()
             raise FileNotFoundError(f"no Qdrant collection {self.collection} at {location}: build it with "
