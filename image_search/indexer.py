@@ -4,6 +4,7 @@ photos per product), filtered inside the search, saved with a manifest.
 Chapter 08 compares index types; chapter 09 builds the catalog index; chapter 12 scales the filters.
 The id map lives in :mod:`.stores.idmap`, the file format in :mod:`.stores.persistence`.
 """
+
 from __future__ import annotations
 
 import threading
@@ -23,10 +24,11 @@ from .stores.persistence import IndexManifest
 
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 AGGREGATES = ("max", "sum")
-EXACT_MAX_VECTORS = 4096        # a filter allowing at most this many vectors, or as many as fit in
-EXACT_MAX_BYTES = 32 * 2 ** 20  # this many bytes of float32, is answered by an exact scan of them
-CACHE_ENTRIES = 64         # selections remembered per distinct Filters
-CACHE_BYTES = 256 * 2 ** 20  # float copies of allowed vectors kept for exact search, at most
+EXACT_MAX_VECTORS = 4096  # a filter allowing at most this many vectors, or at most 10% of the
+EXACT_MAX_FRACTION = 0.1  # index if they fit in 32 MiB of float32, is answered by an exact
+EXACT_MAX_BYTES = 32 * 2**20  # scan of them (a cached FAISS Flat of the allowed vectors)
+CACHE_ENTRIES = 64  # selections remembered per distinct Filters
+CACHE_BYTES = 256 * 2**20  # float copies of allowed vectors kept for exact search, at most
 
 
 class ProductIndex:
@@ -36,21 +38,32 @@ class ProductIndex:
     Safe to search from many threads at once (writers wait for searches to finish). Chapter 09.
     """
 
-    def __init__(self, dim: int, encoder: str, factory: str = "Flat", metric: str = "ip", *,
-                 faiss_index: faiss.Index | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        encoder: str,
+        factory: str = "Flat",
+        metric: str = "ip",
+        *,
+        faiss_index: faiss.Index | None = None,
+    ) -> None:
         """``faiss_index``: wrap an index already built with ``factory`` (as :meth:`load` does)."""
         if metric not in METRICS:
             raise InvalidRequestError(f"metric must be one of {list(METRICS)}, not {metric!r}")
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise InvalidRequestError(f"dim must be a positive integer, not {dim!r}")
         self.dim, self.encoder, self.factory, self.metric = int(dim), encoder, factory, metric
-        self.catalog_fingerprint = ""  # of the catalog it indexes, set by build_index; saved in the manifest
+        self.catalog_fingerprint = (
+            ""  # of the catalog it indexes, set by build_index; saved in the manifest
+        )
         self.path: Path | None = None  # the file it was loaded from or is saved to by default
         if faiss_index is None:
             try:
                 inner = faiss.index_factory(self.dim, factory, METRICS[metric])
             except RuntimeError as e:
-                raise InvalidRequestError(f"bad FAISS factory string {factory!r}: {_last_line(e)}") from None
+                raise InvalidRequestError(
+                    f"bad FAISS factory string {factory!r}: {_last_line(e)}"
+                ) from None
             if _native_ids(inner):
                 # IVF stores ids itself and removes by id; an IndexIDMap over it would renumber
                 # positions the IVF lists never see, and mix up products after a removal.
@@ -73,7 +86,11 @@ class ProductIndex:
         every search; rebuild the index when many are tombstoned). Chapter 08."""
         if not isinstance(self.index, faiss.IndexIDMap2):
             return "native"
-        return "physical" if isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlatCodes) else "tombstone"
+        return (
+            "physical"
+            if isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlatCodes)
+            else "tombstone"
+        )
 
     # ----------------------------------------------------------------- contents
     def __len__(self) -> int:
@@ -126,15 +143,22 @@ class ProductIndex:
         need = self.min_training_vectors()
         if n < need:
             raise InvalidRequestError(
-                f"a {self.factory} index needs at least {need:,} training vectors, got {n:,}: use fewer IVF "
-                f"lists (about sqrt(n), e.g. IVF{max(1, int(np.sqrt(n)))}) or fewer PQ bits, or train on more vectors")
+                f"a {self.factory} index needs at least {need:,} training vectors, got {n:,}: "
+                f"use fewer IVF lists (about sqrt(n), e.g. IVF{max(1, int(np.sqrt(n)))}) or "
+                "fewer PQ bits, or train on more vectors"
+            )
 
     def _train(self, x: np.ndarray) -> None:
         self.check_training_size(len(x))
         self.index.train(x)
 
-    def add(self, ids: Sequence[str], embeddings: np.ndarray, attributes: Attributes | None = None,
-            digests: Sequence[str] | None = None) -> None:
+    def add(
+        self,
+        ids: Sequence[str],
+        embeddings: np.ndarray,
+        attributes: Attributes | None = None,
+        digests: Sequence[str] | None = None,
+    ) -> None:
         """Add products: row ``j`` of ``embeddings`` is a photo of product ``ids[j]`` (repeat an id
         for each of its photos). ``attributes`` make the products filterable, ``digests`` record
         what their vectors were made from (:func:`~image_search.stores.product_digest`); both have
@@ -144,14 +168,18 @@ class ProductIndex:
         with self._lock.write():
             self._add(ids, x, attributes, digests)
 
-    def _add(self, ids: list[str], x: np.ndarray, attributes: Attributes, digests: list[str]) -> None:
+    def _add(
+        self, ids: list[str], x: np.ndarray, attributes: Attributes, digests: list[str]
+    ) -> None:
         present = [i for i in dict.fromkeys(ids) if i in self._map]
         if present:
             raise InvalidRequestError(f"ids already in the index (use update): {present[:5]}")
         if not self.index.is_trained:
             self._train(x)
         labels = np.arange(self._map.next_label, self._map.next_label + len(ids), dtype=np.int64)
-        self.index.add_with_ids(x, labels)  # FAISS first: if it fails, the id map still describes FAISS
+        self.index.add_with_ids(
+            x, labels
+        )  # FAISS first: if it fails, the id map still describes FAISS
         self._map.add(ids, labels, attributes, digests)
 
     def remove(self, ids: Iterable[str]) -> int:
@@ -165,18 +193,29 @@ class ProductIndex:
         present = [i for i in dict.fromkeys(ids) if i in self._map]
         if not present:
             return 0
-        if self.removal != "tombstone":  # FAISS first: if it fails, the id map still describes FAISS
+        if (
+            self.removal != "tombstone"
+        ):  # FAISS first: if it fails, the id map still describes FAISS
             labels = np.concatenate([self._map.labels_of(i) for i in present])
             removed = self.index.remove_ids(labels)
             if removed != len(labels):
-                raise RuntimeError(f"FAISS removed {removed} of {len(labels)} vectors: the index is inconsistent")
+                raise RuntimeError(
+                    f"FAISS removed {removed} of {len(labels)} vectors: the index is inconsistent"
+                )
         self._map.remove(present, tombstone=self.removal == "tombstone")
         return len(present)
 
-    def update(self, ids: Sequence[str], embeddings: np.ndarray, attributes: Attributes | None = None,
-               digests: Sequence[str] | None = None) -> None:
+    def update(
+        self,
+        ids: Sequence[str],
+        embeddings: np.ndarray,
+        attributes: Attributes | None = None,
+        digests: Sequence[str] | None = None,
+    ) -> None:
         """Replace all the vectors of products (adding those not yet present)."""
-        ids, x, attributes, digests = check_batch(ids, embeddings, self.dim, attributes, digests)  # before removing
+        ids, x, attributes, digests = check_batch(
+            ids, embeddings, self.dim, attributes, digests
+        )  # before removing
         with self._lock.write():
             self._remove(ids)
             self._add(ids, x, attributes, digests)
@@ -187,7 +226,7 @@ class ProductIndex:
             return self._map.digests()
 
     def set_attributes(self, ids: Sequence[str], attributes: Attributes) -> None:
-        """Replace the filterable attributes of products already in the index (vectors untouched)."""
+        """Replace the filterable attributes of products in the index (vectors untouched)."""
         ids = list(ids)
         if len(attributes) != len(ids):
             raise InvalidRequestError(f"{len(ids)} ids for {len(attributes)} attribute rows")
@@ -209,20 +248,32 @@ class ProductIndex:
                 raise KeyError(f"unknown product id: {unknown[0]!r}")
             groups = [self._map.labels_of(i) for i in ids]
             flat = np.concatenate(groups) if groups else np.zeros(0, np.int64)
-            stored = self.index.reconstruct_batch(flat) if len(flat) else np.zeros((0, self.dim), np.float32)
+            stored = (
+                self.index.reconstruct_batch(flat)
+                if len(flat)
+                else np.zeros((0, self.dim), np.float32)
+            )
         return representatives(stored, [len(g) for g in groups])
 
     # ----------------------------------------------------------------- search
-    def search(self, query_embeddings: np.ndarray, k: int, filters: Filters | None = None, *,
-               allowed: Iterable[str] | None = None, params: dict[str, int] | None = None,
-               aggregate: str = "max", top_m: int = 2) -> tuple[np.ndarray, list[list[str]]]:
+    def search(
+        self,
+        query_embeddings: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        *,
+        allowed: Iterable[str] | None = None,
+        params: dict[str, int] | None = None,
+        aggregate: str = "max",
+        top_m: int = 2,
+    ) -> tuple[np.ndarray, list[list[str]]]:
         """Top-``k`` distinct products per query: ``(scores (n, min(k, len)), ids)``, best first.
 
         ``filters`` (and ``allowed``, a set of product ids) restrict the search inside FAISS (an
         ``IDSelectorBitmap`` built from the attribute columns and cached per distinct
-        :class:`Filters`); a filter that allows few vectors (at most 4,096, or as many as fit in
-        32 MiB of float32: 65,536 at 128-d, 6,553 at 1280-d) is answered by an exact scan of a
-        cached float copy of the allowed vectors, so every index type returns
+        :class:`Filters`); a filter that allows few vectors (at most 4,096, or at most 10% of the
+        index when they fit in 32 MiB of float32: 65,536 at 128-d, 6,553 at 1280-d) is answered by
+        an exact scan of a cached float copy of the allowed vectors, so every index type returns
         ``min(k, allowed products)`` results. ``params`` sets ``nprobe`` or ``efSearch``; a row an
         approximate search leaves short is searched again wider, then exactly.
 
@@ -236,12 +287,16 @@ class ProductIndex:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise InvalidRequestError(f"k must be an integer of at least 1, not {k!r}")
         if aggregate not in AGGREGATES:
-            raise InvalidRequestError(f"aggregate must be one of {list(AGGREGATES)}, not {aggregate!r}")
+            raise InvalidRequestError(
+                f"aggregate must be one of {list(AGGREGATES)}, not {aggregate!r}"
+            )
         if not isinstance(top_m, (int, np.integer)) or isinstance(top_m, bool) or top_m < 1:
             raise InvalidRequestError(f"top_m must be an integer of at least 1, not {top_m!r}")
         if filters is not None and not isinstance(filters, Filters):
             raise InvalidRequestError(f"filters must be a Filters, not {type(filters).__name__}")
-        allowed = None if allowed is None else ({allowed} if isinstance(allowed, str) else set(allowed))
+        allowed = (
+            None if allowed is None else ({allowed} if isinstance(allowed, str) else set(allowed))
+        )
         with self._lock.read():
             chosen = self._selection(filters, allowed)
             products = chosen.selection.products if chosen else len(self._map)
@@ -259,14 +314,18 @@ class ProductIndex:
 
     def _selection(self, filters: Filters | None, allowed: set[str] | None) -> "_Chosen | None":
         """What a search may return, or ``None`` for every live vector with no selector needed."""
-        if allowed is None and (filters is None or not filters.active) and not len(self._map.tombstones):
+        if (
+            allowed is None
+            and (filters is None or not filters.active)
+            and not len(self._map.tombstones)
+        ):
             return None
         key = (filters if filters is not None and filters.active else None, self._map.version)
         if allowed is None:
             hit = self._cache.get(key)
             if hit is not None:
                 return hit
-        chosen = _Chosen(self._map.select(filters, allowed), self.dim)
+        chosen = _Chosen(self._map.select(filters, allowed), self.dim, self._map.vectors)
         if allowed is None:
             self._cache.put(key, chosen)
         return chosen
@@ -303,7 +362,7 @@ class ProductIndex:
         best_s = np.full((len(q), 0), -np.inf, np.float32)
         best_l = np.zeros((len(q), 0), np.int64)
         for s in range(0, len(labels), 65_536):
-            part = labels[s:s + 65_536]
+            part = labels[s : s + 65_536]
             flat = faiss.IndexFlat(self.dim, METRICS[self.metric])
             flat.add(self.index.reconstruct_batch(part))
             D, I = flat.search(q, min(fetch, len(part)))
@@ -331,19 +390,21 @@ class ProductIndex:
             else:
                 total: dict[int, float] = {}
                 seen: dict[int, int] = {}
-                for row, s in zip(hit_rows.tolist(), hit_scores.tolist()):
+                for row, s in zip(hit_rows.tolist(), hit_scores.tolist(), strict=True):
                     if seen.get(row, 0) < top_m:
                         seen[row] = seen.get(row, 0) + 1
                         total[row] = total.get(row, 0.0) + s
                 ranked = sorted(total.items(), key=lambda t: -t[1])[:k]
                 picked = np.array([t[0] for t in ranked], np.int64)
                 best = np.array([t[1] for t in ranked], np.float32)
-            out_s[r, :len(best)] = best
+            out_s[r, : len(best)] = best
             out_ids.append([self._map.id_of_row(int(i)) for i in picked])
         return out_s, out_ids
 
     def _search_params(self, selector, nprobe: int, ef: int):
-        inner = faiss.downcast_index(self.index.index if isinstance(self.index, faiss.IndexIDMap2) else self.index)
+        inner = faiss.downcast_index(
+            self.index.index if isinstance(self.index, faiss.IndexIDMap2) else self.index
+        )
         base = inner.base_index if isinstance(inner, faiss.IndexRefine) else inner
         if isinstance(base, faiss.IndexPreTransform):
             base = faiss.downcast_index(base.index)
@@ -357,11 +418,15 @@ class ProductIndex:
         try:
             x = np.asarray(embeddings, dtype=np.float32)
         except (TypeError, ValueError):
-            raise InvalidRequestError(f"embeddings must be numbers, not {type(embeddings).__name__}") from None
+            raise InvalidRequestError(
+                f"embeddings must be numbers, not {type(embeddings).__name__}"
+            ) from None
         if x.ndim == 1:
             x = x[None, :]
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise InvalidRequestError(f"embeddings must have shape (n, {self.dim}), not {np.shape(embeddings)}")
+            raise InvalidRequestError(
+                f"embeddings must have shape (n, {self.dim}), not {np.shape(embeddings)}"
+            )
         if not np.isfinite(x).all():
             raise InvalidRequestError("embeddings hold NaN or inf")
         return np.ascontiguousarray(x)
@@ -372,9 +437,16 @@ class ProductIndex:
             ids, arrays = self._map.to_arrays()
             arrays["signatures"] = persistence.signatures(self.index, arrays["labels"])
             blob = faiss.serialize_index(self.index).tobytes()
-        header = dict(encoder=self.encoder, dim=self.dim, metric=self.metric, factory=self.factory, count=len(ids),
-                      vectors=len(arrays["labels"]), faiss_version=faiss.__version__,
-                      catalog_fingerprint=self.catalog_fingerprint)
+        header = dict(
+            encoder=self.encoder,
+            dim=self.dim,
+            metric=self.metric,
+            factory=self.factory,
+            count=len(ids),
+            vectors=len(arrays["labels"]),
+            faiss_version=faiss.__version__,
+            catalog_fingerprint=self.catalog_fingerprint,
+        )
         return persistence.pack(header, ids, arrays, blob)
 
     def manifest(self) -> IndexManifest:
@@ -390,27 +462,43 @@ class ProductIndex:
         return persistence.save(path if path is not None else self.path, self._pack()[1])
 
     def close(self) -> None:
-        """Nothing to release (the :class:`~image_search.stores.VectorStore` protocol asks for it)."""
+        """Nothing to release (the :class:`~image_search.stores.VectorStore` protocol has it)."""
 
     @classmethod
-    def load(cls, path: str | Path, encoder: str | None = None, dim: int | None = None, metric: str | None = None,
-             max_bytes: int = persistence.MAX_INDEX_BYTES) -> "ProductIndex":
+    def load(
+        cls,
+        path: str | Path,
+        encoder: str | None = None,
+        dim: int | None = None,
+        metric: str | None = None,
+        max_bytes: int = persistence.MAX_INDEX_BYTES,
+    ) -> "ProductIndex":
         """Read an index saved by :meth:`save`, refusing one that is damaged, larger than
         ``max_bytes``, not a regular file, or built with another encoder, dimension or metric than
         those given. The checks detect damage, not tampering: never load an index file from an
         untrusted source. Chapter 08."""
         stored = persistence.load(path, max_bytes)
         m = stored.manifest
-        for what, want, got in (("encoder", encoder, m.encoder), ("dim", dim, m.dim), ("metric", metric, m.metric)):
+        for what, want, got in (
+            ("encoder", encoder, m.encoder),
+            ("dim", dim, m.dim),
+            ("metric", metric, m.metric),
+        ):
             if want is not None and want != got:
-                raise IndexMismatchError(f"{path} was built with {what} {got!r}, not {want!r}: rebuild the index")
+                raise IndexMismatchError(
+                    f"{path} was built with {what} {got!r}, not {want!r}: rebuild the index"
+                )
         if m.metric not in METRICS or not isinstance(m.dim, int) or m.dim <= 0:
-            raise IndexMismatchError(f"{path}: the manifest's metric {m.metric!r} or dim {m.dim!r} is invalid")
+            raise IndexMismatchError(
+                f"{path}: the manifest's metric {m.metric!r} or dim {m.dim!r} is invalid"
+            )
         try:
             idmap = IdMap.from_arrays(stored.ids, stored.arrays)
         except (ValueError, KeyError, IndexError) as e:
             raise IndexMismatchError(f"{path} is inconsistent: {e}; rebuild the index") from None
-        faiss_index = persistence.deserialize(stored.blob, m.dim, idmap.vectors + len(idmap.tombstones), path)
+        faiss_index = persistence.deserialize(
+            stored.blob, m.dim, idmap.vectors + len(idmap.tombstones), path
+        )
         index = cls(m.dim, m.encoder, m.factory, m.metric, faiss_index=faiss_index)
         index._map, index.catalog_fingerprint, index.path = idmap, m.catalog_fingerprint, Path(path)
         index._verify(path, m, stored.arrays)
@@ -421,12 +509,17 @@ class ProductIndex:
         m = self._map
         problem = None
         if self.index.metric_type != METRICS[manifest.metric]:
-            problem = f"the FAISS index uses metric {self.index.metric_type}, the manifest says {manifest.metric!r}"
+            problem = (
+                f"the FAISS index uses metric {self.index.metric_type}, "
+                f"the manifest says {manifest.metric!r}"
+            )
         elif self.index.d != self.dim:
             problem = f"the FAISS index has dimension {self.index.d}, the manifest says {self.dim}"
         elif manifest.count != len(m) or manifest.vectors != m.vectors:
-            problem = (f"the manifest counts {manifest.count} products and {manifest.vectors} vectors, "
-                       f"the id map {len(m)} and {m.vectors}")
+            problem = (
+                f"the manifest counts {manifest.count} products and {manifest.vectors} vectors, "
+                f"the id map {len(m)} and {m.vectors}"
+            )
         elif self.removal != "tombstone" and len(m.tombstones):
             problem = "tombstones in an index that deletes physically"
         else:
@@ -434,8 +527,14 @@ class ProductIndex:
             if not np.array_equal(stored, np.union1d(m.live_labels(), m.tombstones)):
                 problem = "the FAISS ids do not match the product ids"
             elif len(arrays["signatures"]) != len(arrays["labels"]) or not np.allclose(
-                    persistence.signatures(self.index, arrays["labels"]), arrays["signatures"], rtol=0, atol=1e-5):
-                problem = "the id map does not bind each product to its stored vectors (swapped labels?)"
+                persistence.signatures(self.index, arrays["labels"]),
+                arrays["signatures"],
+                rtol=0,
+                atol=1e-5,
+            ):
+                problem = (
+                    "the id map does not bind each product to its stored vectors (swapped labels?)"
+                )
         if problem:
             raise IndexMismatchError(f"{path} is inconsistent: {problem}; rebuild the index")
 
@@ -445,9 +544,11 @@ class _Chosen:
     """A cached selection: the allowed labels' mask, FAISS selector and, for an exact search, a
     FAISS Flat index holding a float copy of the allowed vectors."""
 
-    def __init__(self, selection: Selection, dim: int) -> None:
+    def __init__(self, selection: Selection, dim: int, vectors: int) -> None:
         self.selection = selection
-        self.exact = selection.vectors <= max(EXACT_MAX_VECTORS, EXACT_MAX_BYTES // (4 * dim))
+        self.exact = selection.vectors <= max(
+            EXACT_MAX_VECTORS, min(EXACT_MAX_BYTES // (4 * dim), int(EXACT_MAX_FRACTION * vectors))
+        )
         self._bits = self._selector = self._labels = self._flat = None
         self._lock = threading.Lock()
 
@@ -463,7 +564,9 @@ class _Chosen:
                 self._selector = faiss.IDSelectorBitmap(len(self._bits), faiss.swig_ptr(self._bits))
             return self._selector
 
-    def flat(self, index: faiss.Index, metric: int, cache: "_SelectionCache") -> tuple[faiss.Index, np.ndarray]:
+    def flat(
+        self, index: faiss.Index, metric: int, cache: "_SelectionCache"
+    ) -> tuple[faiss.Index, np.ndarray]:
         """A Flat index of the allowed vectors (row ``i`` is label ``labels()[i]``)."""
         with self._lock:
             if self._flat is None:
@@ -498,7 +601,9 @@ class _SelectionCache:
 
     def put(self, key, chosen: _Chosen) -> None:
         with self._lock:
-            stale = [k for k in self._items if k[1] != key[1]]  # another index version: never hit again
+            stale = [
+                k for k in self._items if k[1] != key[1]
+            ]  # another index version: never hit again
             for k in stale:
                 del self._items[k]
             self._items[key] = chosen
@@ -511,13 +616,15 @@ class _SelectionCache:
 
     def _evict(self) -> None:
         while len(self._items) > self._entries or (
-                len(self._items) > 1 and sum(c.nbytes for c in self._items.values()) > self._budget):
+            len(self._items) > 1 and sum(c.nbytes for c in self._items.values()) > self._budget
+        ):
             self._items.popitem(last=False)
 
 
 class _ReadWriteLock:
     """Many searches at once, or one writer: a writer waits for running searches and new searches
-    wait for a waiting writer (FAISS is safe for concurrent readers, not for a reader and a writer)."""
+    wait for a waiting writer (FAISS is safe for concurrent readers, not for a reader and a
+    writer)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -557,11 +664,14 @@ class _ReadWriteLock:
 def _native_ids(inner) -> bool:
     """IVF indexes (optionally behind a pre-transform such as OPQ) keep and remove their own ids."""
     top = faiss.downcast_index(inner)
-    return isinstance(top, (faiss.IndexIVF, faiss.IndexPreTransform)) and faiss.try_extract_index_ivf(inner) is not None
+    return (
+        isinstance(top, (faiss.IndexIVF, faiss.IndexPreTransform))
+        and faiss.try_extract_index_ivf(inner) is not None
+    )
 
 
 def _parts(index) -> Iterator:
-    """The FAISS indexes nested in ``index`` (id map, pre-transform, refine, HNSW storage), downcast."""
+    """The FAISS indexes nested in ``index`` (id map, pre-transform, refine, HNSW storage)."""
     part = faiss.downcast_index(index)
     yield part
     for attr in ("index", "base_index", "refine_index", "storage"):
@@ -575,8 +685,9 @@ def _last_line(e: BaseException) -> str:
     return text.splitlines()[-1][:200] if text else type(e).__name__
 
 
-def synthetic_embeddings(real: np.ndarray, n: int, noise: float = 0.5, seed: int = 0,
-                         batch: int = 65_536) -> np.ndarray:
+def synthetic_embeddings(
+    real: np.ndarray, n: int, noise: float = 0.5, seed: int = 0, batch: int = 65_536
+) -> np.ndarray:
     """``n`` unit vectors drawn to match the distribution of ``real`` embeddings, for scale tests.
 
     Each is a random real vector plus Gaussian noise shaped like the real data's spread (its
@@ -585,7 +696,9 @@ def synthetic_embeddings(real: np.ndarray, n: int, noise: float = 0.5, seed: int
     """
     real = np.asarray(real, dtype=np.float32)
     if real.ndim != 2 or len(real) < 2:
-        raise ValueError(f"need a 2-D array of at least two real embeddings, not shape {real.shape}")
+        raise ValueError(
+            f"need a 2-D array of at least two real embeddings, not shape {real.shape}"
+        )
     rng = np.random.default_rng(seed)
     centred = real - real.mean(axis=0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
@@ -595,5 +708,5 @@ def synthetic_embeddings(real: np.ndarray, n: int, noise: float = 0.5, seed: int
         b = min(batch, n - start)
         z = rng.standard_normal((b, len(scale)), dtype=np.float32) * scale
         x = real[rng.integers(0, len(real), b)] + z @ vt
-        out[start:start + b] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[start : start + b] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out

@@ -7,6 +7,7 @@ images are embedded, and a re-index changes only the products whose photos or at
 load the encoder once: on a local Ray runtime by default, on a cluster when ``ray_address`` is given
 (every node then needs this package and the model weights installed).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .catalog import Catalog
-from .encoders import Encoder, EmbeddingCache, file_checksum, load_encoder
+from .encoders import EmbeddingCache, Encoder, file_checksum, load_encoder
 from .errors import InvalidRequestError
 from .stores import BackendUnavailableError, VectorStore, catalog_fingerprint, product_digest
 from .stores.filters import Attributes
@@ -30,16 +31,22 @@ ENGINES = ("local", "ray")
 class IndexReport:
     """What an :func:`index_catalog` run did."""
 
-    products: int   # in the store afterwards
-    added: int      # products new to the store
-    updated: int    # products whose photos or attributes changed
-    removed: int    # products no longer in the catalog
-    embedded: int   # images actually embedded (the rest came from the embedding cache)
+    products: int  # in the store afterwards
+    added: int  # products new to the store
+    updated: int  # products whose photos or attributes changed
+    removed: int  # products no longer in the catalog
+    embedded: int  # images actually embedded (the rest came from the embedding cache)
 
 
-def embed_paths(encoder: Encoder, paths: Sequence[str | Path], engine: str = "local",
-                ray_address: str | None = None, batch_size: int = 16, actors: int = 2,
-                progress: bool = False) -> tuple[np.ndarray, int]:
+def embed_paths(
+    encoder: Encoder,
+    paths: Sequence[str | Path],
+    engine: str = "local",
+    ray_address: str | None = None,
+    batch_size: int = 16,
+    actors: int = 2,
+    progress: bool = False,
+) -> tuple[np.ndarray, int]:
     """Embeddings of image files, ``(len(paths), dim)``, and how many were computed: the rest come
     from the embedding cache. ``engine="ray"`` embeds the missing ones with Ray Data (``actors``
     actors of one CPU and one thread each). Chapter 12."""
@@ -53,7 +60,9 @@ def embed_paths(encoder: Encoder, paths: Sequence[str | Path], engine: str = "lo
         computed.append(len(todo))
         if engine == "local":
             return encoder.encode_images(todo, batch_size=batch_size, progress=progress)
-        return ray_embed(encoder.name, todo, address=ray_address, batch_size=batch_size, actors=actors)
+        return ray_embed(
+            encoder.name, todo, address=ray_address, batch_size=batch_size, actors=actors
+        )
 
     x = EmbeddingCache(encoder.name, encoder.dim).fetch([file_checksum(p) for p in paths], compute)
     return x, sum(computed)
@@ -67,11 +76,20 @@ class _Embed:
 
     def __call__(self, batch: dict) -> dict:
         paths = [str(p) for p in batch["path"]]
-        return {"row": batch["row"], "embedding": self.encoder.encode_images(paths, batch_size=len(paths))}
+        return {
+            "row": batch["row"],
+            "embedding": self.encoder.encode_images(paths, batch_size=len(paths)),
+        }
 
 
-def ray_embed(encoder: str, paths: Sequence[str | Path], address: str | None = None, batch_size: int = 16,
-              actors: int = 2, num_cpus: int = 2) -> np.ndarray:
+def ray_embed(
+    encoder: str,
+    paths: Sequence[str | Path],
+    address: str | None = None,
+    batch_size: int = 16,
+    actors: int = 2,
+    num_cpus: int = 2,
+) -> np.ndarray:
     """Embed image files with Ray Data: ``map_batches`` over a pool of ``actors`` that each hold the
     encoder (loaded by name). Starts a local Ray runtime (``num_cpus``, no dashboard) unless Ray is
     already running or ``address`` names a cluster, and shuts down only what it started. An
@@ -79,7 +97,9 @@ def ray_embed(encoder: str, paths: Sequence[str | Path], address: str | None = N
     try:
         import ray
     except ImportError:
-        raise BackendUnavailableError("the ray engine needs Ray Data: pip install 'ray[data]==2.60.0'") from None
+        raise BackendUnavailableError(
+            "the ray engine needs Ray Data: pip install 'ray[data]==2.60.0'"
+        ) from None
     if not paths:
         raise InvalidRequestError("no images to embed")
     if address not in (None, "auto", "local"):
@@ -88,22 +108,39 @@ def ray_embed(encoder: str, paths: Sequence[str | Path], address: str | None = N
     if started:
         logging.getLogger("ray").setLevel(logging.ERROR)
         try:
-            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                     logging_level="ERROR", log_to_driver=False)
+            ray.init(
+                address=address,
+                num_cpus=None if address else num_cpus,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
         except Exception as e:  # Ray raises bare Exception when its node does not come up in time
-            hint = "" if address else " (its agents must start within 15 s: is the machine overloaded?)"
-            raise BackendUnavailableError(f"cannot start or join Ray at {address or 'a local runtime'}{hint}: "
-                                          f"{_one_line(e)}") from None
+            hint = (
+                ""
+                if address
+                else " (its agents must start within 15 s: is the machine overloaded?)"
+            )
+            raise BackendUnavailableError(
+                f"cannot start or join Ray at {address or 'a local runtime'}{hint}: {_one_line(e)}"
+            ) from None
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ds = ray.data.from_items([{"row": i, "path": str(p)} for i, p in enumerate(paths)])
-        ds = ds.map_batches(_Embed, fn_constructor_kwargs={"encoder": encoder}, batch_size=batch_size,
-                            concurrency=actors, num_cpus=1)
+        ds = ds.map_batches(
+            _Embed,
+            fn_constructor_kwargs={"encoder": encoder},
+            batch_size=batch_size,
+            concurrency=actors,
+            num_cpus=1,
+        )
         rows = ds.take_all()
     except Exception as e:  # a worker's error arrives wrapped in Ray's exception types
         cause = getattr(e, "cause", None) or e
-        raise InvalidRequestError(f"Ray embedding failed: {type(cause).__name__}: {_one_line(cause)}") from None
+        raise InvalidRequestError(
+            f"Ray embedding failed: {type(cause).__name__}: {_one_line(cause)}"
+        ) from None
     finally:
         if started:
             ray.shutdown()
@@ -113,16 +150,24 @@ def ray_embed(encoder: str, paths: Sequence[str | Path], address: str | None = N
     return out
 
 
-def index_catalog(store: VectorStore, catalog: Catalog, encoder: Encoder,
-                  photos: Callable[[str], Sequence[Path]] | None = None, engine: str = "local",
-                  ray_address: str | None = None, progress: bool = True) -> IndexReport:
+def index_catalog(
+    store: VectorStore,
+    catalog: Catalog,
+    encoder: Encoder,
+    photos: Callable[[str], Sequence[Path]] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> IndexReport:
     """Bring ``store`` up to date with the catalog: remove products no longer there, (re-)embed and
     add the products whose photos or attributes changed (by digest), record the catalog
     fingerprint and save. ``photos(product_id)`` lists a product's images (default: its shop
     photo). Chapter 12."""
     if store.encoder != encoder.name or store.dim != encoder.dim:
-        raise InvalidRequestError(f"the store holds {store.encoder} ({store.dim}-d) vectors, "
-                                  f"not {encoder.name} ({encoder.dim}-d)")
+        raise InvalidRequestError(
+            f"the store holds {store.encoder} ({store.dim}-d) vectors, "
+            f"not {encoder.name} ({encoder.dim}-d)"
+        )
     photos = photos or (lambda pid: [catalog.icon_path(pid)])
     paths = {pid: [Path(p) for p in photos(pid)] for pid in catalog.ids}
     sums = {pid: [file_checksum(p) for p in ps] for pid, ps in paths.items()}
@@ -135,15 +180,22 @@ def index_catalog(store: VectorStore, catalog: Catalog, encoder: Encoder,
     redo = set(changed) | set(new)
     todo = [pid for pid in catalog.ids if pid in redo]
     owners = [pid for pid in todo for _ in paths[pid]]
-    if owners and not getattr(store, "is_trained", True):  # an empty IVF/PQ FAISS index: enough to train?
+    if owners and not getattr(
+        store, "is_trained", True
+    ):  # an empty IVF/PQ FAISS index: enough to train?
         store.check_training_size(len(owners))  # before minutes of embedding
     store.remove(gone + changed)
     embedded = 0
     if owners:
-        x, embedded = embed_paths(encoder, [p for pid in todo for p in paths[pid]], engine, ray_address,
-                                  progress=progress)
-        store.add(owners, x, Attributes.from_catalog(catalog, owners), [wanted[pid] for pid in owners])
-    store.catalog_fingerprint = catalog_fingerprint(catalog, [p for pid in catalog.ids for p in paths[pid]])
+        x, embedded = embed_paths(
+            encoder, [p for pid in todo for p in paths[pid]], engine, ray_address, progress=progress
+        )
+        store.add(
+            owners, x, Attributes.from_catalog(catalog, owners), [wanted[pid] for pid in owners]
+        )
+    store.catalog_fingerprint = catalog_fingerprint(
+        catalog, [p for pid in catalog.ids for p in paths[pid]]
+    )
     store.save()
     return IndexReport(len(store), len(new), len(changed), len(gone), embedded)
 
@@ -158,7 +210,9 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
-        raise BackendUnavailableError(f"no Ray cluster answers at {address}: {e.strerror or e}") from None
+        raise BackendUnavailableError(
+            f"no Ray cluster answers at {address}: {e.strerror or e}"
+        ) from None
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,5 +1,6 @@
 """Filters that scale (chapter 12): vectorised masks over attribute columns, FAISS bitmap selectors
 cached per Filters, and min(k, allowed) results from every index type, however selective."""
+
 from __future__ import annotations
 
 import itertools
@@ -7,12 +8,11 @@ import itertools
 import faiss
 import numpy as np
 import pytest
+from conftest import unit_vectors
 
 from image_search import Filters, InvalidRequestError, ProductIndex
 from image_search.__main__ import _parser
 from image_search.stores.filters import Attributes
-
-from conftest import unit_vectors
 
 CATEGORIES = ("rare", "some", "half", "rest")
 
@@ -22,8 +22,13 @@ def synthetic_attributes(n: int, seed: int = 0) -> Attributes:
     rng = np.random.default_rng(seed)
     u = rng.random(n)
     category = np.select([u < 0.005, u < 0.055, u < 0.555], ["rare", "some", "half"], "rest")
-    return Attributes(category, np.where(rng.random(n) < 0.3, "chair", "lamp"), rng.uniform(5, 500, n).round(2),
-                      rng.random(n) < 0.7, np.ones(n, bool))
+    return Attributes(
+        category,
+        np.where(rng.random(n) < 0.3, "chair", "lamp"),
+        rng.uniform(5, 500, n).round(2),
+        rng.random(n) < 0.7,
+        np.ones(n, bool),
+    )
 
 
 def brute_force(x, attrs, q, f, k):
@@ -35,13 +40,23 @@ def brute_force(x, attrs, q, f, k):
 
 # ------------------------------------------------------------------ the Filters value
 def test_filters_normalise_and_refuse_bad_values():
-    assert Filters(categories=["Kitchen"] * 20_000).categories == ("Kitchen",)  # a set: copies cost nothing
+    assert Filters(categories=["Kitchen"] * 20_000).categories == (
+        "Kitchen",
+    )  # a set: copies cost nothing
     assert Filters(types="chair").types == ("chair",)
     assert Filters(types=("lamp", "chair", "lamp")).types == ("chair", "lamp")
     assert Filters(types=("chair",)).active and not Filters().active
-    for bad in (dict(types=()), dict(types=("",)), dict(types=(3,)), dict(types=5), dict(categories=[None]),
-                dict(min_price=-1), dict(max_price=float("nan")), dict(in_stock="yes"),
-                dict(min_price=10, max_price=5)):
+    for bad in (
+        dict(types=()),
+        dict(types=("",)),
+        dict(types=(3,)),
+        dict(types=5),
+        dict(categories=[None]),
+        dict(min_price=-1),
+        dict(max_price=float("nan")),
+        dict(in_stock="yes"),
+        dict(min_price=10, max_price=5),
+    ):
         with pytest.raises(InvalidRequestError):
             Filters(**bad)
 
@@ -55,21 +70,29 @@ def test_unknown_categories_and_types_are_refused_by_the_catalog_check(catalog):
     many = Filters(categories=tuple(f"C{i}" for i in range(20_000)))
     with pytest.raises(InvalidRequestError) as e:
         many.check(catalog)
-    assert "19995 more" in str(e.value) and len(str(e.value)) < 400  # the message stays one short line
+    assert (
+        "19995 more" in str(e.value) and len(str(e.value)) < 400
+    )  # the message stays one short line
 
 
 def test_vectorised_mask_equals_the_scalar_rule_on_the_catalog(catalog):
     attrs = Attributes.from_catalog(catalog)
     cats = catalog.categories
     prices = [None, 50.0, 150.0, 400.0]
-    for c, lo, hi, stock in itertools.product([None, cats[:1], cats[1:4]], prices, prices, [None, True, False]):
+    for c, lo, hi, stock in itertools.product(
+        [None, cats[:1], cats[1:4]], prices, prices, [None, True, False]
+    ):
         if lo is not None and hi is not None and lo > hi:
             continue
         f = Filters(categories=c, min_price=lo, max_price=hi, in_stock=stock)
         want = np.array([f.accepts(p) for p in catalog.products])
         np.testing.assert_array_equal(attrs.mask(f), want)
         allowed = f.allowed_ids(catalog)
-        assert allowed is None if not f.active else allowed == [p.id for p in catalog.products if f.accepts(p)]
+        assert (
+            allowed is None
+            if not f.active
+            else allowed == [p.id for p in catalog.products if f.accepts(p)]
+        )
 
 
 def test_unknown_attributes_pass_no_active_filter():
@@ -80,12 +103,28 @@ def test_unknown_attributes_pass_no_active_filter():
 
 
 def test_twenty_thousand_category_flags_collapse_before_argparse():
-    args = _parser().parse_args(["search", "x.jpg", *["--category", "Kitchen"] * 20_000, "--category=Office",
-                                 "--type", "chair", "--type=chair"])
+    args = _parser().parse_args(
+        [
+            "search",
+            "x.jpg",
+            *["--category", "Kitchen"] * 20_000,
+            "--category=Office",
+            "--type",
+            "chair",
+            "--type=chair",
+        ]
+    )
     assert args.category == ["Kitchen", "Office"] and args.type == ["chair"]
-    with pytest.raises(SystemExit):  # 20,000 different names: refused in one pass, not parsed for 40 s
-        _parser().parse_args(["search", "x.jpg", *itertools.chain.from_iterable(
-            ("--category", f"C{i}") for i in range(20_000))])
+    with pytest.raises(
+        SystemExit
+    ):  # 20,000 different names: refused in one pass, not parsed for 40 s
+        _parser().parse_args(
+            [
+                "search",
+                "x.jpg",
+                *itertools.chain.from_iterable(("--category", f"C{i}") for i in range(20_000)),
+            ]
+        )
 
 
 # ------------------------------------------------------------------ filtered search in FAISS
@@ -110,12 +149,15 @@ def built(data):
         if factory not in cache:
             cache[factory] = build(factory, x, attrs)
         return cache[factory]
+
     return get
 
 
 @pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat", "HNSW16", "IVF64,PQ8x4np"])
 @pytest.mark.parametrize("category", ["rare", "some"])
-def test_selective_filters_return_min_k_allowed_results_on_every_index_type(data, built, factory, category):
+def test_selective_filters_return_min_k_allowed_results_on_every_index_type(
+    data, built, factory, category
+):
     faiss.omp_set_num_threads(1)
     x, attrs, q = data
     index = built(factory)
@@ -123,7 +165,9 @@ def test_selective_filters_return_min_k_allowed_results_on_every_index_type(data
     n_allowed = int(attrs.mask(f).sum())
     assert (70 < n_allowed < 130) if category == "rare" else (900 < n_allowed < 1100)  # 0.5% and 5%
     for k in (10, n_allowed + 5):
-        scores, got = index.search(q, k, f, params={"nprobe": 1, "efSearch": 16})  # the narrowest search
+        scores, got = index.search(
+            q, k, f, params={"nprobe": 1, "efSearch": 16}
+        )  # the narrowest search
         assert all(len(row) == min(k, n_allowed) for row in got), factory
         ok = {f"p{i}" for i in np.flatnonzero(attrs.mask(f))}
         assert all(set(row) <= ok for row in got)
@@ -138,7 +182,9 @@ def test_selective_filters_return_min_k_allowed_results_on_every_index_type(data
 
 
 @pytest.mark.parametrize("factory", ["IVF64,Flat", "HNSW16"])
-def test_broad_filter_rows_an_ann_search_leaves_short_are_searched_wider(data, factory, monkeypatch):
+def test_broad_filter_rows_an_ann_search_leaves_short_are_searched_wider(
+    data, factory, monkeypatch
+):
     """Half the products, all on one side of a hyperplane, queried from the other side with one
     probed list: the first ANN pass finds few allowed vectors, the retry fills every row."""
     x, attrs, _ = data
@@ -148,7 +194,9 @@ def test_broad_filter_rows_an_ann_search_leaves_short_are_searched_wider(data, f
     q = -np.abs(unit_vectors(20, 32, seed=9))  # pointing south
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     f = Filters(categories=("north",))
-    monkeypatch.setattr("image_search.indexer.EXACT_MAX_BYTES", 0)  # no float copy: the ANN search with a bitmap
+    monkeypatch.setattr(
+        "image_search.indexer.EXACT_MAX_BYTES", 0
+    )  # no float copy: the ANN search with a bitmap
     assert int(attrs.mask(f).sum()) > 4096 and not index._selection(f, None).exact
     calls = []
     real = index._faiss_search
@@ -165,7 +213,9 @@ def test_selections_are_cached_per_filters_and_dropped_on_change(data):
     f = Filters(categories=("half",))
     index.search(q[:1], 5, f)
     first = index._selection(f, None)
-    assert index._selection(Filters(categories=["half", "half"]), None) is first  # equal Filters, one entry
+    assert (
+        index._selection(Filters(categories=["half", "half"]), None) is first
+    )  # equal Filters, one entry
     assert index._selection(Filters(categories=("rest",)), None) is not first
     index.add(["new"], x[2000], attrs.take(np.array([0])))
     assert index._selection(f, None) is not first  # the index changed: a fresh selection

@@ -1,7 +1,9 @@
-"""Offline indexing (chapter 12): embeddings come from the cache when an image is unchanged, Ray Data
-embeds exactly what the single process does, and a bad Ray address fails fast."""
+"""Offline indexing (chapter 12): embeddings come from the cache when an image is unchanged, Ray
+Data embeds exactly what the single process does, and a bad Ray address fails fast."""
+
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -17,20 +19,27 @@ from image_search.stores import BackendUnavailableError, open_store
 def test_only_new_or_changed_images_are_embedded(catalog, tmp_path):
     from image_search.encoders import ColourHistogramEncoder
 
+    from PIL import Image
+
     enc = ColourHistogramEncoder()
-    paths = []
+    paths, marker = [], tuple(os.urandom(3))  # images no earlier test has put in the session's cache
     for pid in catalog.ids[:6]:
         paths.append(tmp_path / f"{pid}.png")
-        paths[-1].write_bytes(catalog.icon_path(pid).read_bytes())
+        img = Image.open(catalog.icon_path(pid)).convert("RGB")
+        img.putpixel((1, 1), marker)
+        img.save(paths[-1])
     x, computed = embed_paths(enc, paths[:4])
     x_again, again = embed_paths(enc, paths)
     assert again == 2 and np.array_equal(x_again[:4], x)  # the two new images only
     from PIL import Image
+
     img = Image.open(paths[0]).convert("RGB")
     img.putpixel((5, 5), (255, 0, 255))
     img.save(paths[0])  # a seller uploads a new photo: new checksum
     _, changed = embed_paths(enc, paths)
-    assert changed == 1 and file_checksum(paths[0]) in EmbeddingCache(enc.name, enc.dim).get([file_checksum(paths[0])])
+    assert changed == 1 and file_checksum(paths[0]) in EmbeddingCache(enc.name, enc.dim).get(
+        [file_checksum(paths[0])]
+    )
     with pytest.raises(InvalidRequestError, match="engine"):
         embed_paths(enc, paths, engine="spark")
 
@@ -45,7 +54,9 @@ def test_index_catalog_reports_what_it_did(catalog, tmp_path):
     again = index_catalog(store, catalog, enc, progress=False)
     assert (again.added, again.updated, again.removed, again.embedded) == (0, 0, 0, 0)
     assert (tmp_path / "c.index").exists() and store.catalog_fingerprint
-    ivf = open_store("faiss", tmp_path / "ivf.index", enc.name, enc.dim, factory="IVF4096,Flat", create=True)
+    ivf = open_store(
+        "faiss", tmp_path / "ivf.index", enc.name, enc.dim, factory="IVF4096,Flat", create=True
+    )
     with pytest.raises(InvalidRequestError, match="at least 4,096 training vectors, got 618"):
         index_catalog(ivf, catalog, enc, progress=False)
 
@@ -55,8 +66,12 @@ def test_a_ray_address_nobody_answers_is_refused_within_seconds(catalog):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t = time.perf_counter()
-    with pytest.raises(BackendUnavailableError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
-        ray_embed("colour-histogram", [catalog.icon_path(catalog.ids[0])], address=f"127.0.0.1:{port}")
+    with pytest.raises(
+        BackendUnavailableError, match=f"no Ray cluster answers at 127.0.0.1:{port}"
+    ):
+        ray_embed(
+            "colour-histogram", [catalog.icon_path(catalog.ids[0])], address=f"127.0.0.1:{port}"
+        )
     assert time.perf_counter() - t < 10
     with pytest.raises(InvalidRequestError, match="host:port"):
         ray_embed("colour-histogram", [catalog.icon_path(catalog.ids[0])], address="not an address")

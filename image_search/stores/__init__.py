@@ -3,7 +3,7 @@
 One protocol, :class:`VectorStore`, covers what the searcher and the indexing pipeline need; three
 engines implement it:
 
-* ``faiss``: :class:`~image_search.indexer.ProductIndex`, in memory, saved to one file (the default);
+* ``faiss``: :class:`~image_search.indexer.ProductIndex`, in memory, saved to one file (default);
 * ``qdrant``: :class:`~image_search.stores.qdrant.QdrantStore`, Qdrant's local mode in a folder, or
   a Qdrant server at an ``http(s)://`` URL;
 * ``milvus``: :class:`~image_search.stores.milvus.MilvusStore`, a Milvus Lite ``.db`` file, or a
@@ -13,6 +13,7 @@ Every engine stores one vector per photo with the product's id, filterable attri
 applies :class:`Filters` inside its own search (a FAISS bitmap, a Qdrant payload filter, a Milvus
 expression: never by over-fetching) and returns distinct products, each scored by its best photo.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,25 +46,39 @@ class VectorStore(Protocol):
     metric: str
     catalog_fingerprint: str
 
-    def __len__(self) -> int: ...             # products
+    def __len__(self) -> int: ...  # products
     def __contains__(self, product_id: object) -> bool: ...
     @property
     def ids(self) -> list[str]: ...
     @property
     def vector_count(self) -> int: ...
-    def add(self, ids: Sequence[str], embeddings: np.ndarray, attributes: Attributes | None = None,
-            digests: Sequence[str] | None = None) -> None: ...
+    def add(
+        self,
+        ids: Sequence[str],
+        embeddings: np.ndarray,
+        attributes: Attributes | None = None,
+        digests: Sequence[str] | None = None,
+    ) -> None: ...
     def remove(self, ids: Iterable[str]) -> int: ...
-    def search(self, query_embeddings: np.ndarray, k: int, filters: Filters | None = None
-               ) -> tuple[np.ndarray, list[list[str]]]: ...
+    def search(
+        self, query_embeddings: np.ndarray, k: int, filters: Filters | None = None
+    ) -> tuple[np.ndarray, list[list[str]]]: ...
     def vectors(self, ids: Sequence[str]) -> np.ndarray: ...
     def digests(self) -> dict[str, str]: ...
     def save(self, path: str | Path | None = None) -> object: ...
     def close(self) -> None: ...
 
 
-def open_store(kind: str, location: str | Path, encoder: str, dim: int, metric: str = "ip",
-               factory: str = "Flat", create: bool = False, timeout: float = 10.0) -> VectorStore:
+def open_store(
+    kind: str,
+    location: str | Path,
+    encoder: str,
+    dim: int,
+    metric: str = "ip",
+    factory: str = "Flat",
+    create: bool = False,
+    timeout: float = 10.0,
+) -> VectorStore:
     """Open (or with ``create``, start empty) the store of ``kind`` at ``location``: an index file
     (faiss), a folder or ``http(s)://`` URL (qdrant), a ``.db`` file or ``http(s)://`` URI
     (milvus). A store built with another encoder, dimension or metric is refused; a missing client
@@ -103,7 +118,7 @@ def representatives(vectors: np.ndarray, groups: Sequence[int]) -> np.ndarray:
     out = np.empty((len(groups), vectors.shape[1]), np.float32)
     start = 0
     for row, n in enumerate(groups):
-        v = vectors[start:start + n]
+        v = vectors[start : start + n]
         start += n
         if n == 1:
             out[row] = v[0]
@@ -117,8 +132,14 @@ def product_digest(checksums: Sequence[str], attributes: Attributes, row: int) -
     """What a product's entry in a store depends on: its photos' checksums and its attributes. An
     incremental re-index re-embeds a product whose digest changed. Chapter 12."""
     a = attributes
-    part = [list(checksums), str(a.category[row]), str(a.type[row]), float(a.price[row]), bool(a.in_stock[row]),
-            bool(a.known[row])]
+    part = [
+        list(checksums),
+        str(a.category[row]),
+        str(a.type[row]),
+        float(a.price[row]),
+        bool(a.in_stock[row]),
+        bool(a.known[row]),
+    ]
     return hashlib.sha256(json.dumps(part).encode()).hexdigest()[:32]
 
 
@@ -131,8 +152,14 @@ def catalog_fingerprint(catalog: Catalog, paths: Sequence[str | Path] | None = N
     paths = paths if paths is not None else [catalog.icon_path(i) for i in catalog.ids]
     attrs = Attributes.from_catalog(catalog)
     h = hashlib.sha256()
-    for part in (catalog.ids, [file_checksum(p) for p in paths], attrs.category.tolist(), attrs.type.tolist(),
-                 attrs.price.tolist(), attrs.in_stock.tolist()):
+    for part in (
+        catalog.ids,
+        [file_checksum(p) for p in paths],
+        attrs.category.tolist(),
+        attrs.type.tolist(),
+        attrs.price.tolist(),
+        attrs.in_stock.tolist(),
+    ):
         h.update(json.dumps(part).encode())
     return h.hexdigest()
 
@@ -145,23 +172,35 @@ def check_queries(query_embeddings: np.ndarray, k: int, dim: int) -> np.ndarray:
         raise InvalidRequestError(f"k must be an integer of at least 1, not {k!r}")
     q = np.asarray(query_embeddings, dtype=np.float32) if np.ndim(query_embeddings) else None
     if q is None or q.ndim not in (1, 2) or q.shape[-1] != dim or not np.isfinite(q).all():
-        raise InvalidRequestError(f"query embeddings must be finite, of shape (n, {dim}), not {np.shape(query_embeddings)}")
+        raise InvalidRequestError(
+            f"query embeddings must be finite, of shape (n, {dim}), "
+            f"not {np.shape(query_embeddings)}"
+        )
     return np.ascontiguousarray(q[None, :] if q.ndim == 1 else q)
 
 
-def check_batch(ids: Sequence[str], embeddings: np.ndarray, dim: int, attributes: Attributes | None,
-                digests: Sequence[str] | None) -> tuple[list[str], np.ndarray, Attributes, list[str]]:
-    """Validate an ``add``: one id, attribute row and digest per finite ``dim``-wide embedding row."""
+def check_batch(
+    ids: Sequence[str],
+    embeddings: np.ndarray,
+    dim: int,
+    attributes: Attributes | None,
+    digests: Sequence[str] | None,
+) -> tuple[list[str], np.ndarray, Attributes, list[str]]:
+    """Validate an ``add``: one id, attribute row and digest per finite ``dim``-wide row."""
     from ..errors import InvalidRequestError
 
     ids = [ids] if isinstance(ids, str) else list(ids)
     try:
         x = np.asarray(embeddings, dtype=np.float32)
     except (TypeError, ValueError):
-        raise InvalidRequestError(f"embeddings must be numbers, not {type(embeddings).__name__}") from None
+        raise InvalidRequestError(
+            f"embeddings must be numbers, not {type(embeddings).__name__}"
+        ) from None
     x = x[None, :] if x.ndim == 1 else x
     if x.ndim != 2 or x.shape[1] != dim:
-        raise InvalidRequestError(f"embeddings must have shape (n, {dim}), not {np.shape(embeddings)}")
+        raise InvalidRequestError(
+            f"embeddings must have shape (n, {dim}), not {np.shape(embeddings)}"
+        )
     if not np.isfinite(x).all():
         raise InvalidRequestError("embeddings hold NaN or inf")
     if len(ids) != len(x):
@@ -177,5 +216,14 @@ def check_batch(ids: Sequence[str], embeddings: np.ndarray, dim: int, attributes
     return ids, np.ascontiguousarray(x), attributes, digests
 
 
-__all__ = ["STORES", "VectorStore", "BackendUnavailableError", "open_store", "catalog_fingerprint", "product_digest",
-           "representatives", "Attributes", "Filters"]
+__all__ = [
+    "STORES",
+    "VectorStore",
+    "BackendUnavailableError",
+    "open_store",
+    "catalog_fingerprint",
+    "product_digest",
+    "representatives",
+    "Attributes",
+    "Filters",
+]

@@ -4,6 +4,7 @@ A store keeps each product's filterable attributes (category, type, price, stock
 vectors and turns a :class:`Filters` into an allow-list inside the engine: a FAISS bitmap, a Qdrant
 payload filter or a Milvus expression. Chapter 02 defines the filters; chapter 12 scales them.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,9 @@ def _names(value, field: str) -> tuple[str, ...] | None:
         return None
     if isinstance(value, str):
         value = (value,)
-    if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(c, str) and c for c in value):
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(c, str) and c for c in value
+    ):
         shown = repr(value) if len(repr(value)) < 120 else repr(value)[:117] + "..."
         raise InvalidRequestError(f"{field} must be names (non-empty strings), not {shown}")
     if not value:
@@ -50,28 +53,45 @@ class Filters:
         object.__setattr__(self, "types", _names(self.types, "types"))
         for name in ("min_price", "max_price"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_))
-                                  or not math.isfinite(v) or v < 0):
+            if v is not None and (
+                not isinstance(v, numbers.Real)
+                or isinstance(v, (bool, np.bool_))
+                or not math.isfinite(v)
+                or v < 0
+            ):
                 raise InvalidRequestError(f"{name} must be a finite number ≥ 0, not {v!r}")
         if self.in_stock is not None:
             if not isinstance(self.in_stock, (bool, np.bool_)):
-                raise InvalidRequestError(f"in_stock must be True, False or None, not {self.in_stock!r}")
+                raise InvalidRequestError(
+                    f"in_stock must be True, False or None, not {self.in_stock!r}"
+                )
             object.__setattr__(self, "in_stock", bool(self.in_stock))
-        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
-            raise InvalidRequestError(f"price range is inverted: min_price {self.min_price} > max_price {self.max_price}")
+        if (
+            self.min_price is not None
+            and self.max_price is not None
+            and self.min_price > self.max_price
+        ):
+            raise InvalidRequestError(
+                f"price range is inverted: min_price {self.min_price} > max_price {self.max_price}"
+            )
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.categories, self.types, self.min_price, self.max_price, self.in_stock))
+        return any(
+            v is not None
+            for v in (self.categories, self.types, self.min_price, self.max_price, self.in_stock)
+        )
 
     def check(self, catalog: Catalog) -> None:
-        """Refuse categories or types the catalog does not have (a typo would silently match nothing)."""
+        """Refuse categories or types the catalog lacks (a typo would silently match nothing)."""
         for field, known in (("categories", catalog.categories), ("types", catalog.types)):
             asked = getattr(self, field)
             unknown = sorted(set(asked) - set(known)) if asked is not None else []
             if unknown:
                 more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-                raise InvalidRequestError(f"unknown {field} {unknown[:5]}{more}; known: {list(known)}")
+                raise InvalidRequestError(
+                    f"unknown {field} {unknown[:5]}{more}; known: {list(known)}"
+                )
 
     def allowed_ids(self, catalog: Catalog) -> list[str] | None:
         """Ids of the catalog's products that pass, or ``None`` when nothing is filtered."""
@@ -83,11 +103,13 @@ class Filters:
 
     def accepts(self, p: Product) -> bool:
         """Whether one product passes (the scalar version of :meth:`Attributes.mask`)."""
-        return ((self.categories is None or p.category in self.categories)
-                and (self.types is None or p.type in self.types)
-                and (self.min_price is None or p.price >= self.min_price)
-                and (self.max_price is None or p.price <= self.max_price)
-                and (self.in_stock is None or p.in_stock == self.in_stock))
+        return (
+            (self.categories is None or p.category in self.categories)
+            and (self.types is None or p.type in self.types)
+            and (self.min_price is None or p.price >= self.min_price)
+            and (self.max_price is None or p.price <= self.max_price)
+            and (self.in_stock is None or p.in_stock == self.in_stock)
+        )
 
 
 @dataclass(frozen=True)
@@ -104,11 +126,18 @@ class Attributes:
 
     def __post_init__(self) -> None:
         n = len(self.known)
-        for name, dtype in (("category", str), ("type", str), ("price", np.float64), ("in_stock", bool),
-                            ("known", bool)):
+        for name, dtype in (
+            ("category", str),
+            ("type", str),
+            ("price", np.float64),
+            ("in_stock", bool),
+            ("known", bool),
+        ):
             col = np.asarray(getattr(self, name), dtype=dtype)
             if col.shape != (n,):
-                raise InvalidRequestError(f"attribute column {name} has shape {col.shape}, expected ({n},)")
+                raise InvalidRequestError(
+                    f"attribute column {name} has shape {col.shape}, expected ({n},)"
+                )
             object.__setattr__(self, name, col)
 
     def __len__(self) -> int:
@@ -117,9 +146,13 @@ class Attributes:
     @classmethod
     def of(cls, products: Iterable[Product | None]) -> "Attributes":
         """The attributes of products (``None`` for a product whose attributes are unknown)."""
-        rows = [(p.category, p.type, p.price, p.in_stock, True) if p is not None else ("", "", np.nan, False, False)
-                for p in products]
-        cols = list(zip(*rows)) if rows else [(), (), (), (), ()]
+        rows = [
+            (p.category, p.type, p.price, p.in_stock, True)
+            if p is not None
+            else ("", "", np.nan, False, False)
+            for p in products
+        ]
+        cols = list(zip(*rows, strict=True)) if rows else [(), (), (), (), ()]
         return cls(*(np.array(c) for c in cols)) if rows else cls.unknown(0)
 
     @classmethod
@@ -132,11 +165,22 @@ class Attributes:
 
     @classmethod
     def unknown(cls, n: int) -> "Attributes":
-        return cls(np.full(n, "", dtype=str), np.full(n, "", dtype=str), np.full(n, np.nan),
-                   np.zeros(n, bool), np.zeros(n, bool))
+        return cls(
+            np.full(n, "", dtype=str),
+            np.full(n, "", dtype=str),
+            np.full(n, np.nan),
+            np.zeros(n, bool),
+            np.zeros(n, bool),
+        )
 
     def take(self, rows: np.ndarray) -> "Attributes":
-        return Attributes(self.category[rows], self.type[rows], self.price[rows], self.in_stock[rows], self.known[rows])
+        return Attributes(
+            self.category[rows],
+            self.type[rows],
+            self.price[rows],
+            self.in_stock[rows],
+            self.known[rows],
+        )
 
     def mask(self, filters: Filters) -> np.ndarray:
         """Which rows pass ``filters`` (vectorised: one numpy pass per active field)."""
@@ -158,8 +202,14 @@ class Attributes:
 
     def rows(self) -> list[dict]:
         """One payload dict per known row (what Qdrant and Milvus store beside a vector)."""
-        return [{"category": str(c), "type": str(t), "price": float(p), "in_stock": bool(s)} if k else {}
-                for c, t, p, s, k in zip(self.category, self.type, self.price, self.in_stock, self.known)]
+        return [
+            {"category": str(c), "type": str(t), "price": float(p), "in_stock": bool(s)}
+            if k
+            else {}
+            for c, t, p, s, k in zip(
+                self.category, self.type, self.price, self.in_stock, self.known, strict=True
+            )
+        ]
 
 
 __all__ = ["Filters", "Attributes"]

@@ -8,6 +8,7 @@ The checksum and the signatures detect *damage* (a truncated copy, a flipped bit
 two labels), not *tampering*: whoever can write the file can recompute them. Never load an index
 file from an untrusted source.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,9 +27,20 @@ from ..errors import IndexMismatchError
 from ..paths import atomic_write, read_regular
 
 FORMAT_VERSION = 2
-MAX_INDEX_BYTES = 16 * 2 ** 30  # refuse larger files rather than exhaust memory
-ARRAYS = ("photos", "labels", "next_label", "tombstones", "category", "type", "price", "in_stock", "known",
-          "digest", "signatures")
+MAX_INDEX_BYTES = 16 * 2**30  # refuse larger files rather than exhaust memory
+ARRAYS = (
+    "photos",
+    "labels",
+    "next_label",
+    "tombstones",
+    "category",
+    "type",
+    "price",
+    "in_stock",
+    "known",
+    "digest",
+    "signatures",
+)
 MEMBERS = ("manifest.json", "ids.json", *(f"{a}.npy" for a in ARRAYS), "index.faiss")
 
 
@@ -41,11 +53,11 @@ class IndexManifest:
     dim: int
     metric: str
     factory: str
-    count: int           # products
-    vectors: int         # vectors (a product has one per photo)
+    count: int  # products
+    vectors: int  # vectors (a product has one per photo)
     faiss_version: str
     catalog_fingerprint: str  # of the catalog it indexes ("" when not built from one)
-    checksum: str        # SHA-256 of every other member: detects damage, not tampering
+    checksum: str  # SHA-256 of every other member: detects damage, not tampering
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,7 @@ class IndexFile:
 
 
 def checksum(members: dict[str, bytes | memoryview]) -> str:
-    """SHA-256 over every member but the manifest, in a fixed order, each with its name and length."""
+    """SHA-256 over every member but the manifest, in a fixed order, with names and lengths."""
     h = hashlib.sha256()
     for name in MEMBERS[1:]:
         data = members[name]
@@ -68,8 +80,9 @@ def checksum(members: dict[str, bytes | memoryview]) -> str:
     return h.hexdigest()
 
 
-def pack(header: dict, ids: list[str], arrays: dict[str, np.ndarray], blob: bytes
-         ) -> tuple[IndexManifest, dict[str, bytes]]:
+def pack(
+    header: dict, ids: list[str], arrays: dict[str, np.ndarray], blob: bytes
+) -> tuple[IndexManifest, dict[str, bytes]]:
     """The members of an index file and its manifest (built once); ``header`` holds the manifest's
     fields but the format version and the checksum."""
     members: dict[str, bytes] = {"ids.json": json.dumps(ids).encode()}
@@ -87,6 +100,7 @@ def save(path: str | Path, members: dict[str, bytes]) -> Path:
     """Write the members of an index file as one uncompressed zip, atomically
     (:func:`image_search.paths.atomic_write`: a device or FIFO target is refused, the old file
     survives any failure). Returns the path written."""
+
     def write(f) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
             for name in MEMBERS:
@@ -108,10 +122,14 @@ def load(path: str | Path, max_bytes: int = MAX_INDEX_BYTES) -> IndexFile:
             raise ValueError(f"manifest fields {sorted(raw) if isinstance(raw, dict) else raw!r}")
         manifest = IndexManifest(**raw)
     except (ValueError, TypeError) as e:
-        raise IndexMismatchError(f"{path} is not a readable index file (bad manifest: {e})") from None
+        raise IndexMismatchError(
+            f"{path} is not a readable index file (bad manifest: {e})"
+        ) from None
     if manifest.format_version != FORMAT_VERSION:
-        raise IndexMismatchError(f"{path}: format version {manifest.format_version}, expected {FORMAT_VERSION}: "
-                                 "rebuild the index")
+        raise IndexMismatchError(
+            f"{path}: format version {manifest.format_version}, expected {FORMAT_VERSION}: "
+            "rebuild the index"
+        )
     if checksum(members) != manifest.checksum:
         raise IndexMismatchError(f"{path} is corrupted: checksum mismatch")
     try:
@@ -134,20 +152,26 @@ def _members(data: bytes, path) -> dict[str, memoryview]:
         raise IndexMismatchError(f"{path} is not a readable index file ({e})") from None
     names = [i.filename for i in infos]
     if sorted(names) != sorted(MEMBERS):
-        raise IndexMismatchError(f"{path} is not an index file of format {FORMAT_VERSION}: members {names[:12]}")
+        raise IndexMismatchError(
+            f"{path} is not an index file of format {FORMAT_VERSION}: members {names[:12]}"
+        )
     out, view = {}, memoryview(data)
     for info in infos:
         if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
-            raise IndexMismatchError(f"{path}: compressed member {info.filename} (never written by save; a zip bomb?)")
+            raise IndexMismatchError(
+                f"{path}: compressed member {info.filename} (never written by save; a zip bomb?)"
+            )
         off = info.header_offset
-        if off + 30 > len(data) or data[off:off + 4] != b"PK\x03\x04":
+        if off + 30 > len(data) or data[off : off + 4] != b"PK\x03\x04":
             raise IndexMismatchError(f"{path}: member {info.filename} points outside the file")
         name_len, extra_len = struct.unpack_from("<HH", data, off + 26)
         start = off + 30 + name_len + extra_len
         if start + info.file_size > len(data):
-            raise IndexMismatchError(f"{path}: member {info.filename} declares {info.file_size:,} bytes, "
-                                     f"more than the file holds")
-        out[info.filename] = view[start:start + info.file_size]
+            raise IndexMismatchError(
+                f"{path}: member {info.filename} declares {info.file_size:,} bytes, "
+                f"more than the file holds"
+            )
+        out[info.filename] = view[start : start + info.file_size]
     return out
 
 
@@ -163,9 +187,11 @@ def _npy(buf: memoryview, name: str) -> np.ndarray:
         raise ValueError(f"{name}.npy has npy version {version}")
     if len(shape) != 1 or dtype.kind not in "iufbU" or dtype.hasobject:
         raise ValueError(f"{name}.npy holds {dtype} of shape {shape}, expected a 1-D array")
-    body = buf[f.tell():]
+    body = buf[f.tell() :]
     if shape[0] * dtype.itemsize != len(body):
-        raise ValueError(f"{name}.npy declares {shape[0]:,} x {dtype.itemsize} bytes but holds {len(body):,}")
+        raise ValueError(
+            f"{name}.npy declares {shape[0]:,} x {dtype.itemsize} bytes but holds {len(body):,}"
+        )
     return np.frombuffer(body, dtype=dtype).copy()
 
 
@@ -182,18 +208,27 @@ def deserialize(blob: memoryview, dim: int, vectors_stored: int, path) -> faiss.
     fourcc = bytes(blob[:4])
     d, ntotal = struct.unpack_from("<iq", blob, 4)
     if d != dim or ntotal != vectors_stored:
-        raise IndexMismatchError(f"{path} is inconsistent: the FAISS header ({fourcc!r}) declares {ntotal:,} vectors "
-                                 f"of dimension {d}, the manifest {vectors_stored:,} of dimension {dim}")
+        raise IndexMismatchError(
+            f"{path} is inconsistent: the FAISS header ({fourcc!r}) declares {ntotal:,} vectors "
+            f"of dimension {d}, the manifest {vectors_stored:,} of dimension {dim}"
+        )
     if ntotal > len(blob):
-        raise IndexMismatchError(f"{path}: the FAISS header declares {ntotal:,} vectors in {len(blob):,} bytes")
+        raise IndexMismatchError(
+            f"{path}: the FAISS header declares {ntotal:,} vectors in {len(blob):,} bytes"
+        )
     with _LIMITS:  # process-wide FAISS settings: set, read, restore under one lock
-        before = faiss.get_deserialization_vector_byte_limit(), faiss.get_deserialization_loop_limit()
+        before = (
+            faiss.get_deserialization_vector_byte_limit(),
+            faiss.get_deserialization_loop_limit(),
+        )
         faiss.set_deserialization_vector_byte_limit(len(blob) + 64)
         faiss.set_deserialization_loop_limit(len(blob) + 64)
         try:
             return faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
         except (RuntimeError, MemoryError) as e:
-            raise IndexMismatchError(f"{path} is not a readable index file ({_last_line(e)})") from None
+            raise IndexMismatchError(
+                f"{path} is not a readable index file ({_last_line(e)})"
+            ) from None
         finally:
             faiss.set_deserialization_vector_byte_limit(before[0])
             faiss.set_deserialization_loop_limit(before[1])
@@ -206,7 +241,9 @@ def stored_labels(index: faiss.Index) -> np.ndarray:
         return faiss.vector_to_array(index.id_map).astype(np.int64)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
-        raise IndexMismatchError(f"unexpected FAISS index type {type(faiss.downcast_index(index)).__name__}")
+        raise IndexMismatchError(
+            f"unexpected FAISS index type {type(faiss.downcast_index(index)).__name__}"
+        )
     lists = ivf.invlists
     out = []
     for lst in range(ivf.nlist):
@@ -226,8 +263,8 @@ def signatures(index: faiss.Index, labels: np.ndarray, batch: int = 65_536) -> n
     direction = np.random.default_rng(20_260_608).standard_normal(index.d)
     out = np.empty(len(labels), np.float64)
     for s in range(0, len(labels), batch):
-        x = index.reconstruct_batch(np.ascontiguousarray(labels[s:s + batch], dtype=np.int64))
-        out[s:s + batch] = x.astype(np.float64) @ direction
+        x = index.reconstruct_batch(np.ascontiguousarray(labels[s : s + batch], dtype=np.int64))
+        out[s : s + batch] = x.astype(np.float64) @ direction
     return out
 
 
@@ -236,5 +273,15 @@ def _last_line(e: BaseException) -> str:
     return text.splitlines()[-1][:200] if text else type(e).__name__
 
 
-__all__ = ["FORMAT_VERSION", "IndexManifest", "IndexFile", "pack", "save", "load", "deserialize", "stored_labels",
-           "signatures", "checksum"]
+__all__ = [
+    "FORMAT_VERSION",
+    "IndexManifest",
+    "IndexFile",
+    "pack",
+    "save",
+    "load",
+    "deserialize",
+    "stored_labels",
+    "signatures",
+    "checksum",
+]
