@@ -106,25 +106,9 @@ def ray_embed(
         _check_reachable(address)
     started = not ray.is_initialized()
     if started:
-        logging.getLogger("ray").setLevel(logging.ERROR)
-        try:
-            ray.init(
-                address=address,
-                num_cpus=None if address else num_cpus,
-                include_dashboard=False,
-                logging_level="ERROR",
-                log_to_driver=False,
-            )
-        except Exception as e:  # Ray raises bare Exception when its node does not come up in time
-            hint = (
-                ""
-                if address
-                else " (its agents must start within 15 s: is the machine overloaded?)"
-            )
-            raise BackendUnavailableError(
-                f"cannot start or join Ray at {address or 'a local runtime'}{hint}: {_one_line(e)}"
-            ) from None
+        _start_ray(ray, address, num_cpus)
     try:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ds = ray.data.from_items([{"row": i, "path": str(p)} for i, p in enumerate(paths)])
@@ -148,6 +132,29 @@ def ray_embed(
     for r in rows:
         out[int(r["row"])] = r["embedding"]
     return out
+
+
+def _start_ray(ray, address: str | None, num_cpus: int, attempts: int = 3) -> None:
+    """``ray.init``, retried for a local runtime: on a loaded machine Ray's agents can miss the
+    raylet's fixed 15 s start-up window, and a second try starts faster (warm file cache)."""
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    for _attempt in range(1 if address else attempts):
+        try:
+            ray.init(
+                address=address,
+                num_cpus=None if address else num_cpus,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
+            return
+        except Exception as e:  # Ray raises bare Exception when its node does not come up in time
+            ray.shutdown()
+            error = e
+    where = address or f"a local runtime ({attempts} tries; its agents must start within 15 s)"
+    raise BackendUnavailableError(
+        f"cannot start or join Ray at {where}: {_one_line(error)}"
+    ) from None
 
 
 def index_catalog(
