@@ -53,9 +53,8 @@ class ProductIndex:
         if not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise InvalidRequestError(f"dim must be a positive integer, not {dim!r}")
         self.dim, self.encoder, self.factory, self.metric = int(dim), encoder, factory, metric
-        self.catalog_fingerprint = (
-            ""  # of the catalog it indexes, set by build_index; saved in the manifest
-        )
+        # of the catalog it indexes: set by build_index and index_catalog, saved in the manifest
+        self.catalog_fingerprint = ""
         self.path: Path | None = None  # the file it was loaded from or is saved to by default
         if faiss_index is None:
             try:

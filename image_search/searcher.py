@@ -19,7 +19,7 @@ from .images import ImageLike, load_image
 from .indexer import ProductIndex
 from .paths import cache_dir, safe_name
 from .reranker import Reranker, RerankConfig
-from .stores import catalog_fingerprint
+from .stores import VectorStore, catalog_fingerprint
 from .stores.filters import Attributes, Filters
 
 MAX_K = 1000
@@ -113,9 +113,10 @@ class SearchResults:
 
 
 class Searcher:
-    """Image in, ranked products out. Build one with :meth:`from_catalog`. Chapter 09."""
+    """Image in, ranked products out. Build one with :meth:`from_catalog`, or over any
+    :class:`~image_search.stores.VectorStore` (FAISS, Qdrant, Milvus). Chapter 09."""
 
-    def __init__(self, index: ProductIndex, catalog: Catalog, encoder: Encoder,
+    def __init__(self, index: VectorStore, catalog: Catalog, encoder: Encoder,
                  reranker: Reranker | None = None, candidates: int = 50) -> None:
         if index.encoder != encoder.name or index.dim != encoder.dim:
             raise ValueError(f"index was built with {index.encoder} ({index.dim}-d), not {encoder.name} ({encoder.dim}-d)")
