@@ -199,10 +199,14 @@ def main() -> None:
     )
     ap.add_argument("--ray-images", type=int, default=96, help="images embedded in section 3")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--ray-only", action="store_true", help="only section 3")
     args = ap.parse_args()
     header(f"bench_stores: the catalog, {args.n:,} synthetic vectors ({args.dim}-d), Ray Data")
 
     catalog, _, icons, train, test, _ = real_embeddings()
+    if args.ray_only:
+        table(ray_section(catalog, args.ray_images), "3. Embedding shop photos: one process vs Ray Data")
+        return
     attrs = Attributes.from_catalog(catalog)
     cats = catalog.categories
     filters = {
