@@ -146,10 +146,32 @@ class QdrantStore:
         return self._count(self._m.Filter(must=[self._is("photo", 0)]))
 
     def __contains__(self, product_id: object) -> bool:
-        return (
-            isinstance(product_id, str)
-            and self._count(self._m.Filter(must=[self._is("product", product_id)])) > 0
-        )
+        return isinstance(product_id, str) and bool(self._present([product_id]))
+
+    def _present(self, products: Sequence[str]) -> list[str]:
+        """Which of ``products`` the store holds: a lookup of their first photos' point ids (a
+        ``MatchAny`` filter would test every point against the whole list in local mode)."""
+        out = []
+        for s in range(0, len(products), _BATCH):
+            keys = [_key(pid, 0) for pid in products[s : s + _BATCH]]
+            out += [
+                p.payload["product"]
+                for p in self.client.retrieve(self.collection, keys, with_payload=["product"])
+            ]
+        return out
+
+    def _points(self, products: Sequence[str]) -> list:
+        """The points of ``products`` (every photo), looked up by id."""
+        out = []
+        keys = [_key(pid, j) for pid in products for j in range(self.max_photos)]
+        for s in range(0, len(keys), _BATCH):
+            out += self.client.retrieve(
+                self.collection,
+                keys[s : s + _BATCH],
+                with_payload=["product", "photo"],
+                with_vectors=True,
+            )
+        return out
 
     @property
     def vector_count(self) -> int:
@@ -195,25 +217,11 @@ class QdrantStore:
         """Add products, one point per row (repeat an id for each photo); a product already present
         is an error."""
         ids, x, attributes, digests = check_batch(ids, embeddings, self.dim, attributes, digests)
-        products = (
-            list(dict.fromkeys(ids)) if self._count() else []
-        )  # an empty store holds none of them
-        for s in range(0, len(products), _BATCH):
-            present = [
-                p.payload["product"]
-                for p in self.client.scroll(
-                    self.collection,
-                    scroll_filter=self._m.Filter(
-                        must=[self._is("product", products[s : s + _BATCH])]
-                    ),
-                    limit=5,
-                    with_payload=["product"],
-                )[0]
-            ]
-            if present:
-                raise InvalidRequestError(
-                    f"ids already in the store (use update): {sorted(set(present))[:5]}"
-                )
+        present = self._present(list(dict.fromkeys(ids))) if self._count() else []
+        if present:
+            raise InvalidRequestError(
+                f"ids already in the store (use update): {sorted(present)[:5]}"
+            )
         first = {pid: j for j, pid in reversed(list(enumerate(ids)))}
         rows, photo, seen = attributes.rows(), [], {}
         for pid in ids:
@@ -223,12 +231,8 @@ class QdrantStore:
             {"product": pid, "photo": j, "digest": digests[first[pid]], **rows[first[pid]]}
             for pid, j in zip(ids, photo, strict=True)
         ]
-        keys = [
-            str(uuid.uuid5(_NAMESPACE, f"{pid}\0{j}")) for pid, j in zip(ids, photo, strict=True)
-        ]
-        if (
-            max(seen.values()) > self.max_photos
-        ):  # an upper bound of photos per product (the over-fetch)
+        keys = [_key(pid, j) for pid, j in zip(ids, photo, strict=True)]
+        if max(seen.values()) > self.max_photos:  # an upper bound of photos per product
             self.max_photos = max(seen.values())
             self.client.update_collection(
                 self.collection, metadata=self._metadata(self.catalog_fingerprint)
@@ -247,20 +251,16 @@ class QdrantStore:
     def remove(self, ids: Iterable[str]) -> int:
         """Remove products (all their photos); returns how many were present."""
         ids = [ids] if isinstance(ids, str) else list(dict.fromkeys(ids))
-        removed = 0
-        for s in range(0, len(ids), _BATCH):
-            flt = self._m.Filter(must=[self._is("product", ids[s : s + _BATCH])])
-            n = self._count(
-                self._m.Filter(
-                    must=[self._is("product", ids[s : s + _BATCH]), self._is("photo", 0)]
-                )
-            )
-            if n:
+        present = self._present(ids)
+        if present:
+            keys = [p.id for p in self._points(present)]
+            for s in range(0, len(keys), _BATCH):
                 self.client.delete(
-                    self.collection, points_selector=self._m.FilterSelector(filter=flt), wait=True
+                    self.collection,
+                    points_selector=self._m.PointIdsList(points=keys[s : s + _BATCH]),
+                    wait=True,
                 )
-                removed += n
-        return removed
+        return len(present)
 
     def update(
         self,
@@ -277,13 +277,8 @@ class QdrantStore:
         """One representative vector per product (mean of its photos, renormalised)."""
         ids = list(ids)
         got: dict[str, list[tuple[int, list[float]]]] = {}
-        for s in range(0, len(ids), _BATCH):
-            for p in self._scroll(
-                self._m.Filter(must=[self._is("product", ids[s : s + _BATCH])]),
-                vectors=True,
-                fields=("product", "photo"),
-            ):
-                got.setdefault(p.payload["product"], []).append((p.payload["photo"], p.vector))
+        for p in self._points(list(dict.fromkeys(ids))):
+            got.setdefault(p.payload["product"], []).append((p.payload["photo"], p.vector))
         missing = [i for i in ids if i not in got]
         if missing:
             raise KeyError(f"unknown product id: {missing[0]!r}")
@@ -360,6 +355,11 @@ class QdrantStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _key(product_id: str, photo: int) -> str:
+    """The point id of a product's photo (a UUID derived from both)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{product_id}\0{photo}"))
 
 
 def _one_line(e: BaseException) -> str:
