@@ -15,7 +15,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .catalog import Catalog, Product, load_catalog, load_catalog_csv
 from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, l2_normalize, load_encoder
-from .errors import (CatalogError, ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
+from .errors import (BackendUnavailableError, CatalogError, ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
                      ModelUnavailableError, UnsafePathError)
 from .images import load_image
 from .indexer import ProductIndex
@@ -24,7 +24,7 @@ from .searcher import Filters, SearchRequest, SearchResults, Searcher, Timings, 
 from . import text, training  # noqa: E402,F401 (register the "minilm-lit" and "lit" encoders)
 
 __version__ = "0.1.0"
-__all__ = ["Catalog", "Product", "load_catalog", "load_catalog_csv", "CatalogError", "DEFAULT_ENCODER", "Encoder", "encode_paths", "l2_normalize",
+__all__ = ["Catalog", "Product", "load_catalog", "load_catalog_csv", "CatalogError", "BackendUnavailableError", "DEFAULT_ENCODER", "Encoder", "encode_paths", "l2_normalize",
            "load_encoder", "ImageSearchError", "IndexMismatchError", "InvalidImageError", "InvalidRequestError",
            "ModelUnavailableError", "UnsafePathError", "load_image", "ProductIndex", "Reranker", "RerankConfig", "Filters",
            "SearchRequest", "SearchResults", "Searcher", "Timings", "build_index"]

@@ -8,7 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ImageSearchError
+from .errors import ImageSearchError, InvalidRequestError
+
+
+REPEATABLE = ("--category", "--type")  # set-valued filter flags
+MAX_REPEATED = 1000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -16,27 +20,74 @@ class _Parser(argparse.ArgumentParser):
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         raise SystemExit(2)
 
+    def parse_known_args(self, args=None, namespace=None):
+        args = _collapse_repeats(self, sys.argv[1:] if args is None else list(args))
+        return super().parse_known_args(args, namespace)
+
+
+def _collapse_repeats(parser: _Parser, args: list[str]) -> list[str]:
+    """Drop repeated ``--category V`` / ``--type V`` pairs (they name a set) and refuse more than
+    :data:`MAX_REPEATED` distinct values, before argparse sees them: its parsing time grows with the
+    square of the number of flags (20,000 ``--category`` flags took 15 s)."""
+    out: list[str] = []
+    seen: dict[str, set[str]] = {flag: set() for flag in REPEATABLE}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok == "--":
+            out.extend(args[i:])
+            break
+        flag, value, width = tok, None, 1
+        if tok in REPEATABLE and i + 1 < len(args):
+            value, width = args[i + 1], 2
+        elif tok.split("=", 1)[0] in REPEATABLE and "=" in tok:
+            flag, value = tok.split("=", 1)
+        if value is None or value not in seen[flag]:
+            out.extend(args[i:i + width])
+            if value is not None:
+                seen[flag].add(value)
+                if len(seen[flag]) > MAX_REPEATED:
+                    parser.error(f"more than {MAX_REPEATED} different {flag} values")
+        i += width
+    return out
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--store`` and ``--store-uri`` (``index``, ``search``, and any command that opens the index)."""
+    parser.add_argument("--store", choices=("faiss", "qdrant", "milvus"), default="faiss",
+                        help="vector store (default: faiss)")
+    parser.add_argument("--store-uri", default=None,
+                        help="qdrant: a folder or http(s):// URL; milvus: a .db file or http(s):// URI; faiss: an "
+                             "index file (default: in the cache folder)")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m image_search", description="Visual product search over the book's catalog.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     enc = dict(default="efficientnet-lite0", help="encoder name (default: efficientnet-lite0)")
 
-    ix = sub.add_parser("index", help="build and save the catalog index")
+    ix = sub.add_parser("index", help="build or update the catalog index (incremental)")
     ix.add_argument("--encoder", **enc)
     ix.add_argument("--factory", default="Flat", help="FAISS factory string (default: Flat)")
-    ix.add_argument("--out", type=Path, default=None, help="index file (default: in the cache folder)")
+    ix.add_argument("--out", type=Path, default=None, help="FAISS index file (default: in the cache folder)")
+    ix.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="embed in this process or with Ray Data (default: local)")
+    ix.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray runtime)")
+    ix.add_argument("--rebuild", action="store_true", help="start from an empty index instead of updating it")
+    add_store_arguments(ix)
 
     s = sub.add_parser("search", help="search the catalog with an image file")
     s.add_argument("image", type=Path)
     s.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
-    s.add_argument("--category", action="append", default=None, help="only this category (repeatable)")
+    s.add_argument("--category", action="append", default=None, help="only this room category (repeatable)")
+    s.add_argument("--type", action="append", default=None, help="only this product type, e.g. chair (repeatable)")
     s.add_argument("--min-price", type=float, default=None)
     s.add_argument("--max-price", type=float, default=None)
     s.add_argument("--in-stock", action="store_true", help="only products in stock")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--encoder", **enc)
-    s.add_argument("--index", type=Path, default=None, help="index file (default: the cached catalog index)")
+    s.add_argument("--index", type=Path, default=None, help="FAISS index file (default: the cached catalog index)")
+    add_store_arguments(s)
 
     v = sub.add_parser("serve", help="serve search over HTTP with a web page (chapter 08)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -50,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--timeout-s", type=float, default=10.0, help="time budget of one search (default: 10; 504 after)")
     v.add_argument("--queue", type=int, default=64, help="photos that may wait for the encoder (default: 64; 503 above)")
     v.add_argument("--cors-origin", action="append", default=[], help="allow this origin (repeatable; default: CORS off)")
+    add_store_arguments(v)
 
     d = sub.add_parser("demo", help="evaluate on held-out customer photos and write a result grid")
     d.add_argument("--encoder", **enc)
@@ -57,24 +109,105 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat", rebuild: bool = False):
+def _location(store: str, encoder_name: str, uri: str | Path | None) -> tuple[str | Path, bool]:
+    """Where a store lives, and whether the user chose it (else it is the cached default)."""
+    from .paths import cache_dir, safe_name
+    from .searcher import default_index_path
+
+    if uri is not None:
+        return (Path(uri) if store == "faiss" else str(uri)), True
+    if store == "faiss":
+        return default_index_path(encoder_name), False
+    folder = cache_dir() / "stores"
+    return (folder / "qdrant" if store == "qdrant" else folder / f"milvus-{safe_name(encoder_name)}.db"), False
+
+
+def _open(store: str, location, encoder, factory: str = "Flat", fresh: bool = False):
+    """The store at ``location``; ``None`` when there is none yet (or a damaged cached one)."""
+    from .errors import IndexMismatchError
+    from .stores import open_store
+
+    if fresh:
+        return None
+    try:
+        found = open_store(store, location, encoder.name, encoder.dim)
+    except FileNotFoundError:
+        return None
+    if store == "faiss" and found.factory != factory:
+        return None
+    return found
+
+
+def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat", rebuild: bool = False,
+              store: str = "faiss", store_uri: str | None = None, engine: str = "local",
+              ray_address: str | None = None):
+    """A searcher over the catalog in a vector store: the store the user named (``index_path`` for
+    FAISS, or ``store_uri``; refused when missing, damaged, built with another encoder or for
+    another catalog), or the cached default store, updated automatically (incrementally) when it
+    is missing, damaged or stale. ``rebuild``: start the store from empty. Returns the searcher
+    and the store's location."""
     from .catalog import load_catalog
     from .encoders import load_encoder
-    from .indexer import ProductIndex
-    from .searcher import Searcher, build_index, default_index_path
+    from .errors import IndexMismatchError
+    from .pipeline import index_catalog
+    from .searcher import Searcher
+    from .stores import catalog_fingerprint, open_store
 
     catalog, encoder = load_catalog(), load_encoder(encoder_name)
-    path = index_path or default_index_path(encoder_name)
-    if path.exists() and not rebuild:
-        index = ProductIndex.load(path, encoder=encoder.name, dim=encoder.dim)
-    else:
-        if index_path is not None and not rebuild:
-            command = f"python -m image_search index --out {index_path}"
-            raise FileNotFoundError(errno.ENOENT, f"no index file (build one with `{command}`)",
-                                    str(index_path))
-        index = build_index(catalog, encoder, factory, progress=True)
-        index.save(path)
-    return Searcher(index, catalog, encoder), path
+    location, explicit = _location(store, encoder_name, index_path if index_path is not None else store_uri)
+    if explicit and store == "faiss" and not Path(location).exists():
+        command = f"python -m image_search index --out {location}"
+        raise FileNotFoundError(errno.ENOENT, f"no index file (build one with `{command}`)", str(location))
+    try:
+        opened = _open(store, location, encoder, factory, fresh=rebuild)
+    except IndexMismatchError as e:
+        if explicit:
+            raise
+        sys.stderr.write(f"rebuilding the cached index: {_one_line(e)}\n")
+        opened = None
+    if opened is None and explicit and not rebuild:
+        raise InvalidRequestError(f"no {store} index of {encoder_name} at {location}: build it with "
+                                  f"`python -m image_search index --store {store} --store-uri {location}`")
+    if opened is not None and opened.catalog_fingerprint != catalog_fingerprint(catalog):
+        if explicit:
+            opened.close()
+            raise IndexMismatchError(
+                f"{location} was built for another catalog (its products, images or attributes differ "
+                f"from {catalog.root}): update it with `python -m image_search index --store {store} "
+                f"--store-uri {location}`")
+        sys.stderr.write("updating the cached index: the catalog changed since it was built\n")
+        index_catalog(opened, catalog, encoder, engine=engine, ray_address=ray_address)
+    if opened is None:
+        opened = open_store(store, location, encoder.name, encoder.dim, factory=factory, create=True)
+        index_catalog(opened, catalog, encoder, engine=engine, ray_address=ray_address)
+    return Searcher(opened, catalog, encoder), location
+
+
+def _index(args: argparse.Namespace) -> int:
+    """``index``: bring the store up to date with the catalog, embedding only what changed."""
+    from .catalog import load_catalog
+    from .encoders import load_encoder
+    from .errors import IndexMismatchError
+    from .pipeline import index_catalog
+    from .stores import open_store
+
+    catalog, encoder = load_catalog(), load_encoder(args.encoder)
+    location, _ = _location(args.store, args.encoder, args.out if args.out is not None else args.store_uri)
+    try:
+        store = _open(args.store, location, encoder, args.factory, fresh=args.rebuild)
+    except IndexMismatchError as e:  # a damaged or incompatible index at the target: replaced
+        sys.stderr.write(f"rebuilding: {_one_line(e)}\n")
+        store = None
+    if store is None:
+        store = open_store(args.store, location, encoder.name, encoder.dim, factory=args.factory, create=True)
+    try:
+        report = index_catalog(store, catalog, encoder, engine=args.engine, ray_address=args.ray_address)
+    finally:
+        store.close()
+    kind = f"{encoder.dim}-d, {args.factory}" if args.store == "faiss" else f"{encoder.dim}-d, {args.store}"
+    print(f"indexed {report.products} products with {args.encoder} ({kind}) -> {location}: {report.added} added, "
+          f"{report.updated} updated, {report.removed} removed, {report.embedded} images embedded ({args.engine})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,9 +259,7 @@ def _run(args: argparse.Namespace) -> int:
     from .searcher import Filters
 
     if args.command == "index":
-        searcher, path = _searcher(args.encoder, args.out, args.factory, rebuild=True)
-        print(f"indexed {len(searcher.index)} products with {args.encoder} ({searcher.index.dim}-d, {args.factory}) -> {path}")
-        return 0
+        return _index(args)
     if args.command == "search":
         import dataclasses
         import time
@@ -137,12 +268,13 @@ def _run(args: argparse.Namespace) -> int:
         from .searcher import SearchRequest
 
         filters = Filters(categories=tuple(args.category) if args.category else None, min_price=args.min_price,
-                          max_price=args.max_price, in_stock=True if args.in_stock else None)
+                          max_price=args.max_price, in_stock=True if args.in_stock else None,
+                          types=tuple(args.type) if args.type else None)
         t0 = time.perf_counter()
         image = load_image(args.image)  # a bad upload or argument fails before any model is loaded
         decode_ms = (time.perf_counter() - t0) * 1000.0
         SearchRequest(image=image, k=args.k, filters=filters)
-        searcher, _ = _searcher(args.encoder, args.index)
+        searcher, _ = _searcher(args.encoder, args.index, store=args.store, store_uri=args.store_uri)
         res = searcher.search(image, k=args.k, filters=filters)
         t = dataclasses.replace(res.timings, decode_ms=decode_ms + res.timings.decode_ms)  # the file's decode counts
         if args.json:
@@ -160,7 +292,8 @@ def _run(args: argparse.Namespace) -> int:
                              max_upload_mb=args.max_upload_mb, timeout_s=args.timeout_s, queue=args.queue,
                              cors_origins=tuple(args.cors_origin))  # bad settings and a busy port fail
         sock = listen_socket(args.host, args.port)                  # before the model loads
-        run_server(_searcher(args.encoder, args.index)[0], config, args.host, sock=sock)
+        searcher, _ = _searcher(args.encoder, args.index, store=args.store, store_uri=args.store_uri)
+        run_server(searcher, config, args.host, sock=sock)
         return 0
     from .demo import run_demo
 

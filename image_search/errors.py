@@ -30,3 +30,8 @@ class ModelUnavailableError(ImageSearchError, RuntimeError):
 class UnsafePathError(ImageSearchError, OSError):
     """A path the package was asked to read or write is not a regular file (a FIFO, a device, a
     directory, a symlink loop) or is too large: refused rather than hang, exhaust memory, or replace it."""
+
+
+class BackendUnavailableError(ImageSearchError, RuntimeError):
+    """A vector store or a compute engine (Ray) cannot be used: its library is not installed, or
+    its server or cluster does not answer."""

@@ -5,74 +5,25 @@ Chapter 02 defines the request/response contract; chapter 09 builds the searcher
 from __future__ import annotations
 
 import itertools
-import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .catalog import Catalog, Product, load_catalog
-from .encoders import DEFAULT_ENCODER, Encoder, cache_dir, encode_paths, load_encoder
+from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, load_encoder
 from .errors import InvalidImageError, InvalidRequestError
 from .images import ImageLike, load_image
 from .indexer import ProductIndex
+from .paths import cache_dir, safe_name
 from .reranker import Reranker, RerankConfig
+from .stores import VectorStore, catalog_fingerprint
+from .stores.filters import Attributes, Filters
 
 MAX_K = 1000
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Attribute pre-filters, applied inside the ANN search (chapter 02)."""
-
-    categories: tuple[str, ...] | None = None
-    min_price: float | None = None
-    max_price: float | None = None
-    in_stock: bool | None = None
-
-    def __post_init__(self) -> None:
-        cats = self.categories
-        if cats is not None:
-            if isinstance(cats, str):
-                cats = (cats,)
-            if not isinstance(cats, (list, tuple, set, frozenset)) or not all(isinstance(c, str) and c for c in cats):
-                raise InvalidRequestError(f"categories must be category names (strings), not {cats!r}")
-            if not cats:
-                raise InvalidRequestError("categories is empty: give at least one category, or None for all")
-            object.__setattr__(self, "categories", tuple(sorted(set(cats))))
-        for name in ("min_price", "max_price"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_))
-                                  or not math.isfinite(v) or v < 0):
-                raise InvalidRequestError(f"{name} must be a finite number ≥ 0, not {v!r}")
-        if self.in_stock is not None and not isinstance(self.in_stock, (bool, np.bool_)):
-            raise InvalidRequestError(f"in_stock must be True, False or None, not {self.in_stock!r}")
-        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
-            raise InvalidRequestError(f"price range is inverted: min_price {self.min_price} > max_price {self.max_price}")
-
-    @property
-    def active(self) -> bool:
-        return any(v is not None for v in (self.categories, self.min_price, self.max_price, self.in_stock))
-
-    def allowed_ids(self, catalog: Catalog) -> list[str] | None:
-        """Ids of products that pass, or ``None`` when nothing is filtered."""
-        if not self.active:
-            return None
-        if self.categories is not None:
-            unknown = sorted(set(self.categories) - set(catalog.categories))
-            if unknown:
-                raise InvalidRequestError(f"unknown categories {unknown}; known: {list(catalog.categories)}")
-        return [p.id for p in catalog.products if self.accepts(p)]
-
-    def accepts(self, p: Product) -> bool:
-        return ((self.categories is None or p.category in self.categories)
-                and (self.min_price is None or p.price >= self.min_price)
-                and (self.max_price is None or p.price <= self.max_price)
-                and (self.in_stock is None or p.in_stock == self.in_stock))
 
 
 @dataclass(frozen=True)
@@ -167,13 +118,17 @@ class SearchResults:
 
 
 class Searcher:
-    """Image in, ranked products out. Build one with :meth:`from_catalog`. Chapter 09."""
+    """Image in, ranked products out. Build one with :meth:`from_catalog`, or over any
+    :class:`~image_search.stores.VectorStore` (FAISS, Qdrant, Milvus). Chapter 09."""
 
-    def __init__(self, index: ProductIndex, catalog: Catalog, encoder: Encoder,
+    def __init__(self, index: VectorStore, catalog: Catalog, encoder: Encoder,
                  reranker: Reranker | None = None, candidates: int = 50) -> None:
         if index.encoder != encoder.name or index.dim != encoder.dim:
             raise ValueError(f"index was built with {index.encoder} ({index.dim}-d), not {encoder.name} ({encoder.dim}-d)")
         self.index, self.catalog, self.encoder = index, catalog, encoder
+        if isinstance(index, ProductIndex) and not index.has_attributes:  # filters need them
+            ids = index.ids
+            index.set_attributes(ids, Attributes.from_catalog(catalog, ids))
         self.reranker = reranker or Reranker(catalog)
         self.candidates = candidates
 
@@ -216,8 +171,8 @@ class Searcher:
         if request.user_vector is not None and request.user_vector.shape[0] != self.index.dim:
             raise InvalidRequestError(f"user_vector must have {self.index.dim} values, not {request.user_vector.shape[0]}")
         t2 = time.perf_counter()
-        allowed = request.filters.allowed_ids(self.catalog)
-        scores, ids = self.index.search(query[None, :], max(request.k, self.candidates), allowed=allowed)
+        request.filters.check(self.catalog)
+        scores, ids = self.index.search(query[None, :], max(request.k, self.candidates), filters=request.filters)
         t3 = time.perf_counter()
         ranked = self.reranker.rerank(ids[0], scores[0], self.index.vectors(ids[0]), request.k, request.user_vector)
         t4 = time.perf_counter()
@@ -245,14 +200,14 @@ class Searcher:
         if isinstance(images, (str, Path, bytes, bytearray)) or (isinstance(images, np.ndarray) and images.ndim != 4) \
                 or not hasattr(images, "__iter__"):
             raise InvalidRequestError(f"images must be a list or iterable of images, not one {type(images).__name__}")
-        allowed = filters.allowed_ids(self.catalog)
+        filters.check(self.catalog)
         items, out = iter(images), []
         while chunk := list(itertools.islice(items, batch_size)):
-            out += self._search_chunk(chunk, len(out), k, allowed, batch_size, errors)
+            out += self._search_chunk(chunk, len(out), k, filters, batch_size, errors)
             del chunk  # before the next chunk is read
         return out
 
-    def _search_chunk(self, chunk: list, start: int, k: int, allowed: list[str] | None, batch_size: int,
+    def _search_chunk(self, chunk: list, start: int, k: int, filters: Filters, batch_size: int,
                       errors: str) -> list[SearchResults]:
         """One chunk of :meth:`search_batch`; its decoded images are released when it returns."""
         decoded, decode_ms, failed = [], [], {}
@@ -271,7 +226,7 @@ class Searcher:
             queries = self.encoder.encode_images(decoded, batch_size=batch_size)
             del decoded
             t2 = time.perf_counter()
-            scores, ids = self.index.search(queries, max(k, self.candidates), allowed=allowed)
+            scores, ids = self.index.search(queries, max(k, self.candidates), filters=filters)
             t3 = time.perf_counter()
             rows, embed_ms, ann_ms = zip(ids, scores), (t2 - t1) * 1000.0 / n, (t3 - t2) * 1000.0 / n
         out = []
@@ -288,20 +243,29 @@ class Searcher:
         return out
 
 
-def build_index(catalog: Catalog, encoder: Encoder, factory: str = "Flat", progress: bool = True) -> ProductIndex:
-    """Embed every product's shop photo (cached by checksum) into a new :class:`ProductIndex`. Chapter 09."""
-    paths = [catalog.icon_path(i) for i in catalog.ids]
-    embeddings = encode_paths(encoder, paths, progress=progress)
+def build_index(catalog: Catalog, encoder: Encoder, factory: str = "Flat", progress: bool = True,
+                photos: Callable[[str], Sequence[Path]] | None = None) -> ProductIndex:
+    """Embed every product's photos (cached by checksum) into a new :class:`ProductIndex` with the
+    catalog's filterable attributes and fingerprint. ``photos(product_id)`` lists a product's
+    images (default: its shop photo, ``catalog.icon_path``). Chapter 09."""
+    photos = photos or (lambda pid: [catalog.icon_path(pid)])
+    owners, paths = [], []
+    for pid in catalog.ids:
+        for path in photos(pid):
+            owners.append(pid)
+            paths.append(Path(path))
     index = ProductIndex(encoder.dim, encoder.name, factory=factory)
-    index.add(catalog.ids, embeddings)
+    index.check_training_size(len(paths))  # before minutes of embedding
+    embeddings = encode_paths(encoder, paths, progress=progress)
+    index.add(owners, embeddings, Attributes.from_catalog(catalog, owners))
+    index.catalog_fingerprint = catalog_fingerprint(catalog, paths)
     return index
 
 
 def default_index_path(encoder_name: str = DEFAULT_ENCODER) -> Path:
     """Where the CLI keeps the catalog index of an encoder."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder_name)
-    return cache_dir() / "indexes" / f"catalog-{safe}.index"
+    return cache_dir() / "indexes" / f"catalog-{safe_name(encoder_name)}.index"
 
 
 __all__ = ["Filters", "SearchRequest", "SearchResults", "Searcher", "Timings", "build_index",
-           "default_index_path", "InvalidImageError"]
+           "catalog_fingerprint", "default_index_path", "InvalidImageError"]

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from image_search import IndexMismatchError, InvalidRequestError, ProductIndex
+from image_search import Filters, ImageSearchError, IndexMismatchError, InvalidRequestError, ProductIndex
+from image_search.stores import persistence
+from image_search.stores.filters import Attributes
 
 from conftest import unit_vectors
 
@@ -90,6 +92,7 @@ def test_mismatched_or_damaged_index_is_refused(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Reliability (chapter 02): the id <-> vector mapping stays exact, damaged files are refused.
+import io
 import json
 import zipfile
 
@@ -202,10 +205,10 @@ def test_ivf_vectors_and_removal_keep_ids_exact():
 def test_failed_operations_leave_the_mapping_intact():
     index, ids, x = make()
     before = index.ids
-    with pytest.raises(ValueError, match="duplicate"):
-        index.update(["p1", "p1"], x[:2])   # validated before anything is removed
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(InvalidRequestError):  # validated before anything is removed
         index.update(["p1", "p2"], np.full((2, 32), np.nan, np.float32))
+    with pytest.raises(InvalidRequestError, match="Attributes with 2 rows"):
+        index.update(["p1", "p2"], x[:2], Attributes.unknown(3))
     with pytest.raises(ValueError):
         index.update(["p1", "p2"], x[:3])
     with pytest.raises(ValueError):
@@ -233,55 +236,225 @@ def test_metric_mismatch_is_refused(tmp_path):
     assert ProductIndex.load(path, encoder="enc", dim=8, metric="l2").metric == "l2"
 
 
-def _rewrite(path, out, manifest_changes=None, ids_changes=None, blob=None, recompute=True, compress=False):
+def _members(path):
     with zipfile.ZipFile(path) as z:
-        manifest, ids, old_blob = json.loads(z.read("manifest.json")), json.loads(z.read("ids.json")), z.read("index.faiss")
+        return {name: z.read(name) for name in z.namelist()}
+
+
+def _array(members, name):
+    return np.load(io.BytesIO(members[f"{name}.npy"]), allow_pickle=False)
+
+
+def _npy(a):
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _rewrite(path, out, manifest_changes=None, arrays=None, members=None, blob=None, recompute=True,
+             compress=False):
+    """A copy of an index file with some parts changed (and, unless told, a recomputed checksum)."""
+    m = _members(path)
+    for name, value in (arrays or {}).items():
+        m[f"{name}.npy"] = _npy(value)
+    m.update(members or {})
+    if blob is not None:
+        m["index.faiss"] = blob
+    manifest = json.loads(m["manifest.json"])
     manifest.update(manifest_changes or {})
-    ids.update(ids_changes or {})
-    ids_bytes, blob = json.dumps(ids, sort_keys=True).encode(), blob if blob is not None else old_blob
     if recompute:
-        manifest["checksum"] = ProductIndex._checksum(blob, ids_bytes)
+        manifest["checksum"] = persistence.checksum(m)
+    m["manifest.json"] = json.dumps(manifest).encode()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
-        z.writestr("manifest.json", json.dumps(manifest))
-        z.writestr("ids.json", ids_bytes)
-        z.writestr("index.faiss", blob)
+        for name, data in m.items():
+            z.writestr(name, data)
     return out
 
 
-def test_tampered_files_are_refused_even_with_a_valid_checksum(tmp_path):
-    index, ids, _ = make(n=50)
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW8"])
+def test_tampered_files_are_refused_even_with_a_valid_checksum(tmp_path, factory):
+    index, ids, _ = make(n=50, factory=factory)
     path = index.save(tmp_path / "a.index")
-    labels = json.loads(zipfile.ZipFile(path).read("ids.json"))["labels"]
-    swapped_out = dict(labels)
-    swapped_out["zzz"] = swapped_out.pop("p0") + 1000  # a label FAISS does not hold
-    duplicate = dict(labels, p1=labels["p2"])
-    other = ProductIndex(50 // 5 * 4, "test-encoder")  # a FAISS blob of another dimension (40)
+    m = _members(path)
+    labels = _array(m, "labels")
+    swapped, duplicate, outside = labels.copy(), labels.copy(), labels.copy()
+    swapped[[3, 7]] = swapped[[7, 3]]  # p3 and p7 trade vectors: same sets, wrong answers
+    duplicate[1] = duplicate[2]
+    outside[0] = 1000
+    other = ProductIndex(40, "test-encoder", factory=factory)  # a FAISS blob of another dimension
     other.add(ids, unit_vectors(50, 40))
-    l2 = ProductIndex(32, "test-encoder", metric="l2")
+    l2 = ProductIndex(32, "test-encoder", factory=factory, metric="l2")
     l2.add(ids, unit_vectors(50, 32))
+    huge = m["labels.npy"].replace(b"(50,)", b"(99999999999,)")  # an npy header declaring 800 GB
     cases = {
         "bad checksum": dict(manifest_changes={"count": 49}, recompute=False),
         "wrong count": dict(manifest_changes={"count": 49}),
-        "ids not in FAISS": dict(ids_changes={"labels": swapped_out}),
-        "two ids, one label": dict(ids_changes={"labels": duplicate}),
+        "wrong vector count": dict(manifest_changes={"vectors": 51}),
+        "swapped labels": dict(arrays={"labels": swapped}),
+        "ids not in FAISS": dict(arrays={"labels": outside}),
+        "two ids, one label": dict(arrays={"labels": duplicate}),
+        "ids and labels of different lengths": dict(members={"ids.json": json.dumps(ids[:49]).encode()}),
+        "duplicate product ids": dict(members={"ids.json": json.dumps(ids[:49] + ids[:1]).encode()}),
+        "float labels": dict(arrays={"labels": labels.astype(np.float64)}),
+        "npy header declaring 800 GB": dict(members={"labels.npy": huge}),
+        "object array": dict(members={"labels.npy": b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, "
+                                                   b"'shape': (50,), }" + b" " * 50 + b"\n" + b"\0" * 400}),
         "other dimension": dict(blob=faiss.serialize_index(other.index).tobytes()),
         "other metric inside": dict(blob=faiss.serialize_index(l2.index).tobytes()),
         "not a FAISS blob": dict(blob=b"\0" * 100),
-        "unknown format": dict(manifest_changes={"format_version": 99}),
+        "truncated FAISS blob": dict(blob=m["index.faiss"][:-40]),
+        "unknown format": dict(manifest_changes={"format_version": 1}),
         "compressed (zip bomb)": dict(compress=True),
-        "manifest missing a key": dict(manifest_changes={"extra": 1}),
+        "manifest with an extra key": dict(manifest_changes={"extra": 1}),
+        "signatures of other vectors": dict(arrays={"signatures": _array(m, "signatures")[::-1].copy()}),
     }
     for name, kw in cases.items():
         bad = _rewrite(path, tmp_path / "bad.index", **kw)
         with pytest.raises(IndexMismatchError):
             ProductIndex.load(bad)
-        # the same file without the change loads: the test is of the change, not of _rewrite
+            pytest.fail(f"{name}: accepted")
+    # the same file without a change loads: each case tests its change, not _rewrite
     assert len(ProductIndex.load(_rewrite(path, tmp_path / "ok.index"))) == 50
     for junk in (b"", b"PK\x03\x04" + b"\0" * 50, b"not a zip at all", b"{}"):
         (tmp_path / "junk.index").write_bytes(junk)
         with pytest.raises(IndexMismatchError):
             ProductIndex.load(tmp_path / "junk.index")
-    with pytest.raises(IndexMismatchError):
+    with pytest.raises(ImageSearchError):
         ProductIndex.load(tmp_path)  # a folder
     with pytest.raises(FileNotFoundError):
         ProductIndex.load(tmp_path / "missing.index")
+
+
+def test_crafted_faiss_sizes_are_refused_before_faiss_allocates(tmp_path, monkeypatch):
+    """A crafted IVF file (20 KB) declaring a huge number of lists took 55 s and 13.6 GB: FAISS now
+    reads under limits equal to the blob's length, and the header is checked first."""
+    index, ids, _ = make(n=50, factory="IVF4,Flat")
+    path = index.save(tmp_path / "ivf.index")
+    blob = bytearray(_members(path)["index.faiss"])
+    at = blob.index(b"ilar") + 4
+    blob[at:at + 8] = (10 ** 8).to_bytes(8, "little")  # nlist of the inverted lists: 100 million
+    seen = []
+    real = faiss.deserialize_index
+
+    def spy(data):
+        seen.append((faiss.get_deserialization_loop_limit(), faiss.get_deserialization_vector_byte_limit()))
+        return real(data)
+    monkeypatch.setattr(faiss, "deserialize_index", spy)
+    with pytest.raises(IndexMismatchError, match="limit"):
+        ProductIndex.load(_rewrite(path, tmp_path / "crafted.index", blob=bytes(blob)))
+    assert seen and all(limit <= len(blob) + 64 for pair in seen for limit in pair)
+    assert faiss.get_deserialization_loop_limit() == 0  # restored afterwards
+    header = bytearray(_members(path)["index.faiss"])
+    header[8:16] = (10 ** 12).to_bytes(8, "little")  # ntotal in the FAISS header
+    with pytest.raises(IndexMismatchError, match="declares"):
+        ProductIndex.load(_rewrite(path, tmp_path / "ntotal.index", blob=bytes(header)))
+    assert len(seen) == 1  # refused from the header: FAISS never read it
+
+
+def test_a_member_declared_larger_than_the_file_is_refused(tmp_path):
+    index, _, _ = make(n=20)
+    data = bytearray(index.save(tmp_path / "a.index").read_bytes())
+    at = data.index(b"PK\x01\x02")  # the first central directory entry: its sizes at +20 and +24
+    data[at + 20:at + 28] = (10 ** 9).to_bytes(4, "little") * 2
+    (tmp_path / "big.index").write_bytes(bytes(data))
+    with pytest.raises(IndexMismatchError, match="more than the file holds|not a readable"):
+        ProductIndex.load(tmp_path / "big.index")
+
+
+# ---------------------------------------------------------------------------------------------
+# Several vectors (photos) per product (issue 12 part 3).
+def multi(n_products=300, dim=16, seed=0, max_photos=5):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, max_photos + 1, n_products)
+    owners = [f"p{i}" for i, c in enumerate(counts) for _ in range(c)]
+    return owners, unit_vectors(len(owners), dim, seed=seed + 1), counts
+
+
+def brute_force_products(owners, x, q, k, how="max", top_m=2, allowed=None):
+    sims = q @ x.T
+    out = []
+    for row in sims:
+        per: dict[str, list[float]] = {}
+        for pid, s in zip(owners, row.tolist()):
+            if allowed is None or pid in allowed:
+                per.setdefault(pid, []).append(s)
+        score = {p: max(v) if how == "max" else sum(sorted(v, reverse=True)[:top_m]) for p, v in per.items()}
+        out.append(sorted(score, key=lambda p: -score[p])[:k])
+    return out
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat"])
+def test_max_over_photos_is_exact_against_brute_force(factory):
+    owners, x, counts = multi()
+    index = ProductIndex(16, "enc", factory=factory)
+    index.add(owners, x)
+    assert len(index) == 300 and index.vector_count == len(owners)
+    q = unit_vectors(40, 16, seed=9)
+    fetched = []
+    real = index._faiss_search
+    index._faiss_search = lambda qq, kk, p: fetched.append(kk) or real(qq, kk, p)
+    scores, got = index.search(q, 10, params={"nprobe": 8})  # nprobe = nlist: IVF is exact too
+    assert got == brute_force_products(owners, x, q, 10)
+    assert fetched == [10 * counts.max()]  # over-fetch: k x the most photos any product has, no more
+    sims = q @ x.T
+    best = {pid: sims[:, [j for j, o in enumerate(owners) if o == pid]].max(axis=1) for pid in set(owners)}
+    np.testing.assert_allclose(scores, [[best[p][r] for p in row] for r, row in enumerate(got)], atol=1e-5)
+
+
+def test_sum_of_top_m_photos_and_filters_per_product():
+    owners, x, counts = multi(n_products=40)
+    q = unit_vectors(10, 16, seed=3)
+    index = ProductIndex(16, "enc")
+    products = list(dict.fromkeys(owners))
+    stock = {p: i % 3 == 0 for i, p in enumerate(products)}
+    attrs = Attributes(np.full(len(owners), "c"), np.full(len(owners), ""), np.full(len(owners), 1.0),
+                       [stock[o] for o in owners], np.ones(len(owners), bool))
+    index.add(owners, x, attrs)
+    # 40 products x at most 5 photos: k=40 fetches every vector, so the sum of the top 2 is exact here
+    assert index.search(q, 40, aggregate="sum", top_m=2)[1] == brute_force_products(owners, x, q, 40, "sum", 2)
+    in_stock = {p for p, s in stock.items() if s}
+    _, got = index.search(q, 5, Filters(in_stock=True))
+    assert got == brute_force_products(owners, x, q, 5, allowed=in_stock)
+    _, got = index.search(q, 100, Filters(in_stock=True))
+    assert all(sorted(row) == sorted(in_stock) for row in got)  # each product once, all that qualify
+    for bad in (dict(aggregate="mean"), dict(top_m=0), dict(top_m=1.5)):
+        with pytest.raises(InvalidRequestError):
+            index.search(q, 5, **bad)
+
+
+def test_add_update_remove_and_vectors_work_per_product(tmp_path):
+    owners, x, counts = multi(n_products=30)
+    index = ProductIndex(16, "enc")
+    index.add(owners, x)
+    with pytest.raises(InvalidRequestError, match="already"):
+        index.add(["new", "new", "p3"], x[:3])  # p3 is present: nothing of the batch is added
+    assert "new" not in index and index.vector_count == len(owners)
+    rows = [j for j, o in enumerate(owners) if o == "p4"]
+    mean = x[rows].mean(axis=0)
+    np.testing.assert_allclose(index.vectors(["p4"])[0], mean / np.linalg.norm(mean) if len(rows) > 1 else x[rows[0]],
+                               atol=1e-6)
+    index.update(["p4"], x[0])  # all of p4's photos replaced by one
+    assert index.vector_count == len(owners) - len(rows) + 1
+    np.testing.assert_array_equal(index.vectors(["p4"]), x[:1])
+    assert index.remove(["p5", "p5", "ghost"]) == 1
+    assert index.vector_count == len(owners) - len(rows) + 1 - int(counts[5])
+    _, got = index.search(x, 30)
+    assert all("p5" not in row and len(row) == len(set(row)) for row in got)
+    loaded = ProductIndex.load(index.save(tmp_path / "m.index"))
+    assert loaded.ids == index.ids and loaded.vector_count == index.vector_count
+    assert loaded.search(x[:20], 7)[1] == index.search(x[:20], 7)[1]
+    with pytest.raises(KeyError, match="ghost"):
+        index.vectors(["p1", "ghost"])
+
+
+def test_build_index_indexes_several_photos_per_product(catalog):
+    from image_search.encoders import ColourHistogramEncoder
+    from image_search.searcher import Searcher, build_index
+
+    enc = ColourHistogramEncoder()
+    index = build_index(catalog, enc, progress=False,
+                        photos=lambda pid: [catalog.icon_path(pid), catalog.view_paths(pid)[0]])
+    assert len(index) == len(catalog) and index.vector_count == 2 * len(catalog) and index.has_attributes
+    view = catalog.view_paths(catalog.ids[7])[0]
+    res = Searcher(index, catalog, enc).search(view, k=5)
+    assert res.ids[0] == catalog.ids[7] and len(set(res.ids)) == 5  # its own photo is indexed: found first, once

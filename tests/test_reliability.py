@@ -22,6 +22,7 @@ from PIL import Image
 import image_search
 from image_search import (Filters, ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
                           ProductIndex, SearchRequest, Searcher)
+from image_search.errors import UnsafePathError
 from image_search.__main__ import main as cli_main
 from image_search.encoders import ColourHistogramEncoder
 from image_search.images import decode_bytes
@@ -275,29 +276,47 @@ def _temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("fail_at", ["writestr", "fsync", "replace"])
-def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
-    import zipfile
-
+def _old_and_new(tmp_path):
     old = ProductIndex(16, "enc")
     old.add([f"old{i}" for i in range(30)], unit_vectors(30, 16))
     path = old.save(tmp_path / "catalog.index")
     new = ProductIndex(16, "enc")
     new.add([f"new{i}" for i in range(40)], unit_vectors(40, 16, seed=1))
+    return old, new, path
+
+
+@pytest.mark.parametrize("fail_at", ["manifest", "ids", "labels", "index.faiss", "after the last member",
+                                     "fsync", "check before rename", "replace"])
+def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
+    """Deterministic fault injection at each step of a save: the old file survives, complete and
+    verified, and no temporary file is left behind."""
+    import zipfile
+
+    from image_search import paths
+
+    old, new, path = _old_and_new(tmp_path)
 
     def boom(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    if fail_at == "writestr":  # fail after the manifest and ids are written, before the vectors
+    members = {"manifest": "manifest.json", "ids": "ids.json", "labels": "labels.npy", "index.faiss": "index.faiss"}
+    if fail_at in members:  # the write callback fails part-way through the zip
         real = zipfile.ZipFile.writestr
 
         def partial(self, name, data, *a, **kw):
-            if name == "index.faiss":
+            if name == members[fail_at]:
                 boom()
             return real(self, name, data, *a, **kw)
         monkeypatch.setattr(zipfile.ZipFile, "writestr", partial)
+    elif fail_at == "after the last member":  # writing the zip's central directory
+        monkeypatch.setattr(zipfile.ZipFile, "_write_end_record", boom)
     elif fail_at == "fsync":
         monkeypatch.setattr(os, "fsync", boom)
+    elif fail_at == "check before rename":  # the target was swapped for something else meanwhile
+        calls = []
+        real_check = paths.check_write_target
+        monkeypatch.setattr(paths, "check_write_target",
+                            lambda p: real_check(p) if not calls.append(p) and len(calls) == 1 else boom())
     else:
         monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="simulated"):
@@ -308,34 +327,137 @@ def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
 
 
 def test_killing_a_process_mid_save_keeps_the_previous_index(tmp_path):
+    """One real ``kill -9``, at a known point: the child stops inside the write of the FAISS blob
+    and tells the parent, which kills it (no polling, no race)."""
     path = tmp_path / "big.index"
     code = f"""
-import numpy as np, sys
+import sys, time, zipfile
+import numpy as np
 from image_search import ProductIndex
-x = np.random.default_rng(0).normal(size=(100_000, 64)).astype(np.float32)
-index = ProductIndex(64, "enc")
+x = np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float32)
+index = ProductIndex(16, "enc")
 index.add([f"p{{i}}" for i in range(len(x))], x)
 index.save(r"{path}")
-print("saved", flush=True)
-for i in range(1000):
-    index.remove([f"p{{i}}"])
-    index.save(r"{path}")
+real = zipfile.ZipFile.writestr
+def stall(self, name, data, *a, **kw):
+    if name == "index.faiss":
+        print("writing", flush=True)
+        time.sleep(120)
+    return real(self, name, data, *a, **kw)
+zipfile.ZipFile.writestr = stall
+index.remove(["p0"])
+index.save(r"{path}")
 """
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "saved"
-        deadline = time.time() + 60
-        while not _temp_files(tmp_path) and time.time() < deadline:  # wait until a save is under way
-            time.sleep(0.002)
-        assert _temp_files(tmp_path), "never caught a save in progress"
+        assert proc.stdout.readline().strip() == "writing"  # mid-save: the temporary file exists
+        assert len(_temp_files(tmp_path)) == 1
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
-    index = ProductIndex.load(path, encoder="enc", dim=64)  # the last complete save, checksum verified
-    assert 99_000 < len(index) <= 100_000
+    index = ProductIndex.load(path, encoder="enc", dim=16)  # the last complete save, checksum verified
+    assert len(index) == 2000 and "p0" in index
     # a hard kill cannot clean up: its temp file is left under a name load() never reads
     assert all(p.name.startswith(".big.index.") for p in _temp_files(tmp_path))
+
+
+# ------------------------------------------------------------------ index files (issue 19: 1, 2, 4, 6, 11)
+def test_index_save_refuses_devices_and_fifos_and_honours_the_umask(tmp_path):
+    index = _old_and_new(tmp_path)[0]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    targets = [fifo, tmp_path]
+    try:
+        os.mknod(tmp_path / "devnull", 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+        targets.append(tmp_path / "devnull")
+    except PermissionError:  # not root: the FIFO and the folder still show it
+        pass
+    for target in targets:
+        with pytest.raises(UnsafePathError, match="not a regular file|directory|FIFO|device"):
+            index.save(target)
+    assert Path(fifo).is_fifo() and _temp_files(tmp_path) == []
+    if len(targets) == 3:
+        assert (tmp_path / "devnull").is_char_device()
+    old = os.umask(0o027)
+    try:
+        path = index.save(tmp_path / "umask.index")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640  # 0666 minus the umask, not mkstemp's 0600
+
+
+def test_index_load_refuses_fifos_devices_and_oversized_files_at_once(tmp_path):
+    import threading
+
+    index, _, path = _old_and_new(tmp_path)
+    fifo = tmp_path / "fifo.index"
+    os.mkfifo(fifo)
+    (tmp_path / "zero.index").symlink_to("/dev/zero")
+    outcome = {}
+
+    def load_all():  # in a thread: a regression would hang on the FIFO or grow on /dev/zero
+        for name in (fifo, "/dev/zero", tmp_path / "zero.index"):
+            try:
+                ProductIndex.load(name)
+                outcome[str(name)] = "loaded"
+            except UnsafePathError as e:
+                outcome[str(name)] = str(e)
+    worker = threading.Thread(target=load_all, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive() and len(outcome) == 3, outcome
+    assert all("not a regular file" in v for v in outcome.values()), outcome
+    with pytest.raises(UnsafePathError, match="limit"):
+        ProductIndex.load(path, max_bytes=1000)
+
+
+def test_factory_needing_more_training_vectors_says_how_many(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, "index", "--encoder", "colour-histogram", "--factory", "IVF4096,PQ64",
+                           "--out", tmp_path / "x.index")
+    assert rc == 1 and "at least 4,096 training vectors, got 618" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(InvalidRequestError, match="at least 256 training vectors"):
+        ProductIndex(16, "e", "PQ4").train(unit_vectors(100, 16))
+
+
+def _subset_catalog(catalog, folder: Path, n: int) -> Path:
+    """A catalog folder with the first ``n`` products (images shared through symlinks)."""
+    folder.mkdir()
+    lines = (catalog.root / "products.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (folder / "products.csv").write_text("".join(lines[: n + 1]), encoding="utf-8")
+    for sub in ("icons", "views"):
+        (folder / sub).symlink_to(catalog.root / sub)
+    return folder
+
+
+def test_a_stale_cached_index_is_rebuilt_and_a_stale_explicit_one_refused(capsys, tmp_path, monkeypatch,
+                                                                           catalog, hist_index):
+    rc, _, _ = run_cli(capsys, "index", "--encoder", "colour-histogram")  # the cached default index
+    assert rc == 0
+    monkeypatch.setenv("IMAGE_SEARCH_CATALOG", str(_subset_catalog(catalog, tmp_path / "small", 200)))
+    image = catalog.icon_path(catalog.ids[300])  # a product the small catalog does not have
+    rc, out, err = run_cli(capsys, "search", image, "-k", "200", "--json", "--encoder", "colour-histogram")
+    assert rc == 0 and "updating the cached index: the catalog changed" in err
+    import json
+    assert {r["id"] for r in json.loads(out)["results"]} == set(catalog.ids[:200])  # never an unknown id
+    rc, out, err = run_cli(capsys, "search", image, "--encoder", "colour-histogram", "--index", hist_index)
+    assert rc == 1 and "built for another catalog" in err and len(err.strip().splitlines()) == 1
+    rc, out, err = run_cli(capsys, "search", image, "--encoder", "colour-histogram")  # rebuilt once, now current
+    assert rc == 0 and "updating" not in err
+
+
+def test_concurrent_saves_to_one_path_leave_one_complete_index(tmp_path):
+    indexes = []
+    for seed in range(4):
+        ix = ProductIndex(16, "enc")
+        ix.add([f"s{seed}-{i}" for i in range(200)], unit_vectors(200, 16, seed=seed))
+        indexes.append(ix)
+    path = tmp_path / "shared.index"
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            list(pool.map(lambda ix: ix.save(path), indexes))
+    loaded = ProductIndex.load(path)
+    assert any(loaded.ids == ix.ids for ix in indexes) and _temp_files(tmp_path) == []
 
 
 # ------------------------------------------------------------------ concurrency
@@ -356,6 +478,43 @@ def test_concurrent_index_searches_match_serial(factory):
     serial = [one(j) for j in jobs]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one, jobs)) == serial
+
+
+def test_searches_overlap_inside_faiss_and_writers_wait_for_them():
+    """Two searches are inside FAISS at the same moment (a barrier both must reach: it breaks
+    after 10 s if searches were serialised), return what serial searches return, and an ``add``
+    issued meanwhile waits until both have finished."""
+    import threading
+
+    x = unit_vectors(300, 16)
+    index = ProductIndex(16, "enc", factory="HNSW8")
+    index.add([f"p{i}" for i in range(300)], x)
+    serial = [index.search(x[i], 5) for i in range(2)]
+    both_inside = threading.Barrier(3, timeout=10)
+    release = threading.Event()
+    real = index._faiss_search
+
+    def instrumented(q, k, params):
+        both_inside.wait()
+        assert release.wait(10)
+        return real(q, k, params)
+    index._faiss_search = instrumented
+    with ThreadPoolExecutor(3) as pool:
+        searches = [pool.submit(index.search, x[i], 5) for i in range(2)]
+        both_inside.wait()  # both searches are in FAISS now
+        writer = pool.submit(index.add, ["late"], x[0])
+        deadline = time.time() + 10
+        while index._lock._writers_waiting == 0 and time.time() < deadline:
+            time.sleep(0.001)
+        assert index._lock._writers_waiting == 1 and "late" not in index  # the writer waits
+        release.set()
+        got = [f.result(timeout=10) for f in searches]
+        writer.result(timeout=10)
+    index._faiss_search = real
+    assert "late" in index
+    for (s1, i1), (s2, i2) in zip(got, serial):
+        assert i1 == i2
+        np.testing.assert_array_equal(s1, s2)
 
 
 def test_concurrent_searcher_queries_match_serial(searcher, catalog):
@@ -470,6 +629,7 @@ def test_every_documented_error_is_an_image_search_error(tmp_path, monkeypatch):
         "ModelUnavailableError": lambda: image_search.load_encoder("open_clip:ViT-B-32/laion2b_s34b_b79k"),
         "UnsafePathError": lambda: image_search.paths.atomic_write_bytes("/dev/null", b"x"),
         "CatalogError": lambda: image_search.load_catalog_csv(_empty_csv(tmp_path), tmp_path),
+        "BackendUnavailableError": lambda: image_search.stores.open_store("qdrant", "http://127.0.0.1:9", "x", 4),
     }
     assert declared - {"ImageSearchError"} == set(triggers), "give each error class in errors.py a trigger here"
     for name in sorted(declared):
