@@ -15,20 +15,24 @@ import pandas as pd
 
 from .catalog import Catalog, Product, load_catalog
 from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, load_encoder
-from .errors import InvalidImageError, InvalidRequestError
+from .errors import IndexMismatchError, InvalidImageError, InvalidRequestError
 from .images import ImageLike, load_image
 from .indexer import ProductIndex
 from .paths import cache_dir, safe_name
+from .rejection import Rejector
 from .reranker import Reranker, RerankConfig
 from .stores import VectorStore, catalog_fingerprint
 from .stores.filters import Attributes, Filters
+from .text import DEFAULT_ALPHA, check_text, compose_query
 
 MAX_K = 1000
 
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """One query: an image (path, bytes, PIL image or array) or a precomputed embedding. Chapter 02."""
+    """One query: an image (path, bytes, PIL image or array), a text, both (a composed query: the
+    photo changed as the text says, e.g. "in green"), or a precomputed embedding. ``alpha`` weighs
+    the text of a composed query (default: the encoder's). Chapter 02."""
 
     image: ImageLike | None = None
     embedding: np.ndarray | None = None
@@ -36,10 +40,20 @@ class SearchRequest:
     filters: Filters = field(default_factory=Filters)
     user_vector: np.ndarray | None = None
     crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) px of the decoded image
+    text: str | None = None
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
-        if (self.image is None) == (self.embedding is None):
-            raise InvalidRequestError("give exactly one of image or embedding")
+        if self.embedding is not None and (self.image is not None or self.text is not None):
+            raise InvalidRequestError("give an embedding alone, or an image and/or a text, not both")
+        if self.embedding is None and self.image is None and self.text is None:
+            raise InvalidRequestError("give an image, a text, both, or an embedding")
+        if self.text is not None:
+            object.__setattr__(self, "text", check_text(self.text))
+        if self.alpha is not None:
+            if self.image is None or self.text is None:
+                raise InvalidRequestError("alpha weighs the text of a composed query: give an image and a text")
+            compose_query(np.ones(1, np.float32), np.ones(1, np.float32), self.alpha)  # validates alpha
         if self.crop is not None:
             object.__setattr__(self, "crop", _check_crop(self.crop, self.image is not None))
         if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or not 1 <= self.k <= MAX_K:
@@ -98,21 +112,26 @@ class Timings:
 class SearchResults:
     """Ranked products for one query, with their scores and the time each stage took.
 
-    ``error`` is set only by :meth:`Searcher.search_batch` with ``errors="report"``: the image
-    could not be decoded, the reason is there and the result has no products."""
+    ``box`` is the region of the photo that was searched (``left, top, right, bottom`` pixels of
+    the decoded image), ``None`` for the whole photo. ``no_match`` says why there are no products
+    when the searcher's rejector found no confident match (chapter 10). ``error`` is set only by
+    :meth:`Searcher.search_batch` with ``errors="report"``: the image could not be decoded, the
+    reason is there and the result has no products."""
 
     ids: tuple[str, ...]
     scores: np.ndarray
     products: tuple[Product, ...]
     timings: Timings
     error: str | None = None
+    box: tuple[int, int, int, int] | None = None
+    no_match: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def table(self) -> pd.DataFrame:
-        """The results as a table: rank, id, name, category, price, in stock, score."""
-        return pd.DataFrame([{"rank": r + 1, "id": p.id, "name": p.name, "category": p.category,
+        """The results as a table: rank, id, name, type, category, price, in stock, score."""
+        return pd.DataFrame([{"rank": r + 1, "id": p.id, "name": p.name, "type": p.type, "category": p.category,
                               "price": p.price, "in_stock": p.in_stock, "score": round(float(s), 4)}
                              for r, (p, s) in enumerate(zip(self.products, self.scores))])
 
@@ -122,10 +141,13 @@ class Searcher:
     :class:`~image_search.stores.VectorStore` (FAISS, Qdrant, Milvus). Chapter 09."""
 
     def __init__(self, index: VectorStore, catalog: Catalog, encoder: Encoder,
-                 reranker: Reranker | None = None, candidates: int = 50) -> None:
+                 reranker: Reranker | None = None, candidates: int = 50, rejector: Rejector | None = None) -> None:
         if index.encoder != encoder.name or index.dim != encoder.dim:
-            raise ValueError(f"index was built with {index.encoder} ({index.dim}-d), not {encoder.name} ({encoder.dim}-d)")
-        self.index, self.catalog, self.encoder = index, catalog, encoder
+            raise IndexMismatchError(f"index was built with {index.encoder} ({index.dim}-d), "
+                                     f"not {encoder.name} ({encoder.dim}-d)")
+        if rejector is not None and rejector.encoder not in ("", encoder.name):
+            raise InvalidRequestError(f"the rejector was calibrated for {rejector.encoder}, not {encoder.name}")
+        self.index, self.catalog, self.encoder, self.rejector = index, catalog, encoder, rejector
         if isinstance(index, ProductIndex) and not index.has_attributes:  # filters need them
             ids = index.ids
             index.set_attributes(ids, Attributes.from_catalog(catalog, ids))
@@ -144,41 +166,73 @@ class Searcher:
 
     def search(self, image: ImageLike | None = None, k: int = 10, filters: Filters | None = None,
                embedding: np.ndarray | None = None, user_vector: np.ndarray | None = None,
-               crop: tuple[int, int, int, int] | None = None) -> SearchResults:
-        """Search with one image (optionally a ``crop`` box of it) or a precomputed embedding."""
-        return self.run(SearchRequest(image=image, embedding=embedding, k=k,
-                                      filters=filters or Filters(), user_vector=user_vector, crop=crop))
+               crop: tuple[int, int, int, int] | None = None, text: str | None = None,
+               alpha: float | None = None) -> SearchResults:
+        """Search with an image (optionally a ``crop`` box of it), a ``text``, both (a composed
+        query), or a precomputed embedding. Text needs an encoder with a text tower
+        (``minilm-lit``, chapter 06)."""
+        return self.run(SearchRequest(image=image, embedding=embedding, k=k, filters=filters or Filters(),
+                                      user_vector=user_vector, crop=crop, text=text, alpha=alpha))
 
     def run(self, request: SearchRequest) -> SearchResults:
         """Answer a validated :class:`SearchRequest`."""
         t0 = time.perf_counter()
+        box = None
+        t1 = t0
         if request.image is not None:
             image = load_image(request.image)
-            if request.crop is not None:
-                if request.crop[2] > image.width or request.crop[3] > image.height:
-                    raise InvalidRequestError(f"crop {request.crop} reaches outside the decoded "
-                                              f"{image.width}x{image.height} image")
-                image = image.crop(request.crop)
+            image, box = self._region(image, request.crop)
             t1 = time.perf_counter()
-            query = self.encoder.encode_images([image])[0]
-        else:
-            t1 = time.perf_counter()
-            query = request.embedding
-            if query.shape[0] != self.index.dim:
-                raise InvalidRequestError(f"embedding must have {self.index.dim} values, not {query.shape[0]}")
-            query = query / float(np.abs(query).max())  # first to [-1, 1]: huge values cannot overflow the norm
-            query = query / float(np.linalg.norm(query))
+        query = self._query(request, image if request.image is not None else None)
         if request.user_vector is not None and request.user_vector.shape[0] != self.index.dim:
             raise InvalidRequestError(f"user_vector must have {self.index.dim} values, not {request.user_vector.shape[0]}")
         t2 = time.perf_counter()
         request.filters.check(self.catalog)
         scores, ids = self.index.search(query[None, :], max(request.k, self.candidates), filters=request.filters)
         t3 = time.perf_counter()
+        ms = 1000.0
+        why = self._no_match(scores[0][: len(ids[0])]) if request.image is not None and request.text is None else None
+        if why is not None:
+            return SearchResults((), np.zeros(0, np.float32), (), Timings((t1 - t0) * ms, (t2 - t1) * ms,
+                                                                          (t3 - t2) * ms), box=box, no_match=why)
         ranked = self.reranker.rerank(ids[0], scores[0], self.index.vectors(ids[0]), request.k, request.user_vector)
         t4 = time.perf_counter()
-        ms = 1000.0
         return SearchResults(ranked.ids, ranked.scores, tuple(self.catalog[i] for i in ranked.ids),
-                             Timings((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t4 - t3) * ms))
+                             Timings((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t4 - t3) * ms), box=box)
+
+    def _region(self, image, crop) -> tuple[object, tuple[int, int, int, int] | None]:
+        """The part of a decoded photo to search: the caller's ``crop`` box, else the whole photo."""
+        if crop is None:
+            return image, None
+        if crop[2] > image.width or crop[3] > image.height:
+            raise InvalidRequestError(f"crop {crop} reaches outside the decoded {image.width}x{image.height} image")
+        return image.crop(crop), crop
+
+    def _query(self, request: SearchRequest, image) -> np.ndarray:
+        """The query vector of a request: an image's, a text's, both composed, or the embedding given."""
+        if request.embedding is not None:
+            query = request.embedding
+            if query.shape[0] != self.index.dim:
+                raise InvalidRequestError(f"embedding must have {self.index.dim} values, not {query.shape[0]}")
+            query = query / float(np.abs(query).max())  # first to [-1, 1]: huge values cannot overflow the norm
+            return query / float(np.linalg.norm(query))
+        image_vector = self.encoder.encode_images([image])[0] if image is not None else None
+        if request.text is None:
+            return image_vector
+        if not hasattr(self.encoder, "encode_texts"):
+            raise InvalidRequestError(f"the {self.encoder.name} encoder has no text tower: search text with "
+                                      f"the minilm-lit encoder")
+        text_vector = self.encoder.encode_texts([request.text])[0]
+        if image_vector is None:
+            return text_vector
+        alpha = request.alpha if request.alpha is not None else getattr(self.encoder, "alpha", DEFAULT_ALPHA)
+        return compose_query(image_vector, text_vector, alpha)
+
+    def _no_match(self, ann_scores: np.ndarray) -> str | None:
+        """The rejector's reason when an image query has no confident match (chapter 10), else ``None``."""
+        if self.rejector is None or len(ann_scores) < self.rejector.min_scores:
+            return None
+        return self.rejector.reason(ann_scores)
 
     def search_batch(self, images: Iterable[ImageLike], k: int = 10, filters: Filters | None = None,
                      batch_size: int = 32, errors: str = "raise") -> list[SearchResults]:
@@ -235,6 +289,10 @@ class Searcher:
                 out.append(SearchResults((), np.zeros(0, np.float32), (), Timings(ms), error=failed[i]))
                 continue
             row_ids, row_scores = next(rows)
+            why = self._no_match(row_scores[: len(row_ids)])
+            if why is not None:
+                out.append(SearchResults((), np.zeros(0, np.float32), (), Timings(ms, embed_ms, ann_ms), no_match=why))
+                continue
             t4 = time.perf_counter()
             r = self.reranker.rerank(row_ids, row_scores, self.index.vectors(row_ids), k)
             products = tuple(self.catalog[p] for p in r.ids)

@@ -228,3 +228,54 @@ def test_a_single_image_is_not_mistaken_for_a_batch(searcher, catalog):
     assert searcher.search_batch([], k=2) == []
     stacked = np.stack([np.asarray(Image.open(path).convert("RGB"))] * 3)  # (n, H, W, 3) is a batch
     assert [r.ids for r in searcher.search_batch(stacked, k=2)] == [searcher.search(path, k=2).ids] * 3
+
+
+def test_text_needs_an_encoder_with_a_text_tower(searcher, catalog):
+    with pytest.raises(InvalidRequestError, match="no text tower"):
+        searcher.search(text="a green armchair", k=3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(), "give an image, a text"),
+    (dict(embedding=np.ones(4), text="chair"), "embedding alone"),
+    (dict(text=""), "empty"),
+    (dict(text="x" * 5000), "limit"),
+    (dict(text="chair", alpha=1.0), "composed query"),
+])
+def test_bad_text_requests_are_refused(kwargs, match):
+    with pytest.raises(InvalidRequestError, match=match):
+        SearchRequest(**kwargs)
+
+
+def test_text_and_composed_queries_search_the_joint_space(catalog):
+    from image_search import load_encoder
+
+    enc = load_encoder("minilm-lit")
+    s = Searcher.from_catalog(enc, catalog=catalog, progress=False)
+    beds = s.search(text="a bed to sleep in", k=5)
+    assert sum(p.type == "bed" for p in beds.products) >= 3
+    chair = next(p for p in catalog.products if p.type == "chair")
+    photo = catalog.icon_path(chair.id)
+    alone, composed = s.search(photo, k=5), s.search(photo, text="a lamp", k=5)
+    assert composed.ids != alone.ids and any(p.type == "lamp" for p in composed.products)
+    assert s.search(photo, text="a lamp", alpha=0.0, k=5).ids == alone.ids  # alpha 0: the photo alone
+
+
+def test_a_rejector_turns_a_weak_match_into_no_match(searcher, catalog):
+    from image_search.rejection import Rejector
+
+    strict = Rejector(("top1",), (1.0,), 0.0, (0.0,), (1.0,), threshold=2.0, encoder=searcher.encoder.name)
+    s = Searcher(searcher.index, catalog, searcher.encoder, rejector=strict)
+    res = s.search(catalog.icon_path(catalog.ids[0]), k=3)
+    assert len(res) == 0 and res.no_match
+    assert len(s.search(embedding=searcher.index.vectors([catalog.ids[0]])[0], k=3)) == 3  # embeddings: never
+    assert all(r.no_match for r in s.search_batch([catalog.icon_path(i) for i in catalog.ids[:3]], k=3))
+    with pytest.raises(InvalidRequestError, match="calibrated for"):
+        Searcher(searcher.index, catalog, searcher.encoder, rejector=Rejector(
+            ("top1",), (1.0,), 0.0, (0.0,), (1.0,), threshold=0.5, encoder="another"))
+
+
+def test_the_crop_is_reported_as_the_searched_box(searcher, catalog):
+    res = searcher.search(catalog.icon_path(catalog.ids[0]), k=3, crop=(0, 0, 64, 64))
+    assert res.box == (0, 0, 64, 64)
+    assert searcher.search(catalog.icon_path(catalog.ids[0]), k=3).box is None
