@@ -10,6 +10,8 @@ from pathlib import Path
 
 from .errors import ImageSearchError, InvalidRequestError
 
+TEXT_ENCODER = "minilm-lit"  # the encoder of text searches (chapter 06)
+
 
 REPEATABLE = ("--category", "--type")  # set-valued filter flags
 MAX_REPEATED = 1000
@@ -61,10 +63,21 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
                              "index file (default: in the cache folder)")
 
 
+def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--catalog CSV --images DIR``: a shop's own catalog instead of the book's (README: "Your own
+    catalog")."""
+    parser.add_argument("--catalog", type=Path, default=None,
+                        help="a shop's own products CSV (id, name; optional category, type, price, in_stock, "
+                             "brand, images); default: the book's catalog")
+    parser.add_argument("--images", type=Path, default=None, help="the folder of that catalog's photos")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m image_search", description="Visual product search over the book's catalog.")
+    from .encoders import DEFAULT_ENCODER
+
+    p = _Parser(prog="python -m image_search", description="Visual product search over a product catalog.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    enc = dict(default="efficientnet-lite0", help="encoder name (default: efficientnet-lite0)")
+    enc = dict(default=DEFAULT_ENCODER, help=f"encoder name (default: {DEFAULT_ENCODER})")
 
     ix = sub.add_parser("index", help="build or update the catalog index (incremental)")
     ix.add_argument("--encoder", **enc)
@@ -75,9 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray runtime)")
     ix.add_argument("--rebuild", action="store_true", help="start from an empty index instead of updating it")
     add_store_arguments(ix)
+    add_catalog_arguments(ix)
 
-    s = sub.add_parser("search", help="search the catalog with an image file")
-    s.add_argument("image", type=Path)
+    s = sub.add_parser("search", help="search the catalog with a photo, a text, or both")
+    s.add_argument("image", type=Path, nargs="?", default=None, help="a photo (optional with --text)")
+    s.add_argument("--text", default=None,
+                   help="a text query, e.g. 'a green armchair'; with a photo: how to change it, e.g. 'in black'")
+    s.add_argument("--alpha", type=float, default=None, help="weight of --text in a photo + text query")
     s.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
     s.add_argument("--category", action="append", default=None, help="only this room category (repeatable)")
     s.add_argument("--type", action="append", default=None, help="only this product type, e.g. chair (repeatable)")
@@ -85,9 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-price", type=float, default=None)
     s.add_argument("--in-stock", action="store_true", help="only products in stock")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.add_argument("--encoder", **enc)
+    s.add_argument("--encoder", default=None,
+                   help=f"encoder name (default: {DEFAULT_ENCODER}; with --text: {TEXT_ENCODER})")
     s.add_argument("--index", type=Path, default=None, help="FAISS index file (default: the cached catalog index)")
     add_store_arguments(s)
+    add_catalog_arguments(s)
 
     v = sub.add_parser("serve", help="serve search over HTTP with a web page (chapter 08)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -101,25 +120,38 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--timeout-s", type=float, default=10.0, help="time budget of one search (default: 10; 504 after)")
     v.add_argument("--queue", type=int, default=64, help="photos that may wait for the encoder (default: 64; 503 above)")
     v.add_argument("--cors-origin", action="append", default=[], help="allow this origin (repeatable; default: CORS off)")
+    v.add_argument("--text-encoder", default=TEXT_ENCODER,
+                   help=f"encoder of text and photo + text searches (default: {TEXT_ENCODER}; 'none': off)")
     add_store_arguments(v)
+    add_catalog_arguments(v)
 
     d = sub.add_parser("demo", help="evaluate on held-out customer photos and write a result grid")
     d.add_argument("--encoder", **enc)
+    d.add_argument("--index", type=Path, default=None, help="FAISS index file (default: the cached catalog index)")
     d.add_argument("--out", type=Path, default=Path("demo_results.png"), help="result grid PNG (default: ./demo_results.png)")
+    add_store_arguments(d)
+    add_catalog_arguments(d)
     return p
 
 
-def _location(store: str, encoder_name: str, uri: str | Path | None) -> tuple[str | Path, bool]:
-    """Where a store lives, and whether the user chose it (else it is the cached default)."""
+def _location(store: str, encoder_name: str, uri: str | Path | None, catalog=None) -> tuple[str | Path, bool]:
+    """Where a store lives, and whether the user chose it (else it is the cached default, one per
+    encoder and catalog: the book's, or a shop's own CSV)."""
+    import hashlib
+
+    from .catalog import DEFAULT_ROOT
     from .paths import cache_dir, safe_name
     from .searcher import default_index_path
 
     if uri is not None:
         return (Path(uri) if store == "faiss" else str(uri)), True
+    name = encoder_name
+    if catalog is not None and Path(catalog.root).resolve() != DEFAULT_ROOT.resolve():
+        name += "-shop-" + hashlib.sha256(str(Path(catalog.root).resolve()).encode()).hexdigest()[:10]
     if store == "faiss":
-        return default_index_path(encoder_name), False
+        return default_index_path(name), False
     folder = cache_dir() / "stores"
-    return (folder / "qdrant" if store == "qdrant" else folder / f"milvus-{safe_name(encoder_name)}.db"), False
+    return (folder / f"qdrant-{safe_name(name)}" if store == "qdrant" else folder / f"milvus-{safe_name(name)}.db"), False
 
 
 def _open(store: str, location, encoder, factory: str = "Flat", fresh: bool = False):
@@ -140,7 +172,7 @@ def _open(store: str, location, encoder, factory: str = "Flat", fresh: bool = Fa
 
 def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat", rebuild: bool = False,
               store: str = "faiss", store_uri: str | None = None, engine: str = "local",
-              ray_address: str | None = None):
+              ray_address: str | None = None, catalog=None):
     """A searcher over the catalog in a vector store: the store the user named (``index_path`` for
     FAISS, or ``store_uri``; refused when missing, damaged, built with another encoder or for
     another catalog), or the cached default store, updated automatically (incrementally) when it
@@ -153,8 +185,8 @@ def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat",
     from .searcher import Searcher
     from .stores import catalog_fingerprint, open_store
 
-    catalog, encoder = load_catalog(), load_encoder(encoder_name)
-    location, explicit = _location(store, encoder_name, index_path if index_path is not None else store_uri)
+    catalog, encoder = catalog or load_catalog(), load_encoder(encoder_name)
+    location, explicit = _location(store, encoder_name, index_path if index_path is not None else store_uri, catalog)
     if explicit and store == "faiss" and not Path(location).exists():
         command = f"python -m image_search index --out {location}"
         raise FileNotFoundError(errno.ENOENT, f"no index file (build one with `{command}`)", str(location))
@@ -173,8 +205,8 @@ def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat",
             opened.close()
             raise IndexMismatchError(
                 f"{location} was built for another catalog (its products, images or attributes differ "
-                f"from {catalog.root}): update it with `python -m image_search index --store {store} "
-                f"--store-uri {location}`")
+                f"from {catalog.root}; a shop's own catalog needs --catalog and --images): update it with "
+                f"`python -m image_search index --store {store} --store-uri {location}`")
         sys.stderr.write("updating the cached index: the catalog changed since it was built\n")
         index_catalog(opened, catalog, encoder, engine=engine, ray_address=ray_address)
     if opened is None:
@@ -185,14 +217,13 @@ def _searcher(encoder_name: str, index_path: Path | None, factory: str = "Flat",
 
 def _index(args: argparse.Namespace) -> int:
     """``index``: bring the store up to date with the catalog, embedding only what changed."""
-    from .catalog import load_catalog
     from .encoders import load_encoder
     from .errors import IndexMismatchError
     from .pipeline import index_catalog
     from .stores import open_store
 
-    catalog, encoder = load_catalog(), load_encoder(args.encoder)
-    location, _ = _location(args.store, args.encoder, args.out if args.out is not None else args.store_uri)
+    catalog, encoder = _catalog(args), load_encoder(args.encoder)
+    location, _ = _location(args.store, args.encoder, args.out if args.out is not None else args.store_uri, catalog)
     try:
         store = _open(args.store, location, encoder, args.factory, fresh=args.rebuild)
     except IndexMismatchError as e:  # a damaged or incompatible index at the target: replaced
@@ -256,35 +287,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .searcher import Filters
-
     if args.command == "index":
         return _index(args)
     if args.command == "search":
-        import dataclasses
-        import time
-
-        from .images import load_image
-        from .searcher import SearchRequest
-
-        filters = Filters(categories=tuple(args.category) if args.category else None, min_price=args.min_price,
-                          max_price=args.max_price, in_stock=True if args.in_stock else None,
-                          types=tuple(args.type) if args.type else None)
-        t0 = time.perf_counter()
-        image = load_image(args.image)  # a bad upload or argument fails before any model is loaded
-        decode_ms = (time.perf_counter() - t0) * 1000.0
-        SearchRequest(image=image, k=args.k, filters=filters)
-        searcher, _ = _searcher(args.encoder, args.index, store=args.store, store_uri=args.store_uri)
-        res = searcher.search(image, k=args.k, filters=filters)
-        t = dataclasses.replace(res.timings, decode_ms=decode_ms + res.timings.decode_ms)  # the file's decode counts
-        if args.json:
-            print(json.dumps({"results": res.table().to_dict(orient="records"),
-                              "timings_ms": {"decode": t.decode_ms, "embed": t.embed_ms, "ann": t.ann_ms,
-                                             "rerank": t.rerank_ms, "total": t.total_ms}}, indent=1))
-        else:
-            print(res.table().to_string(index=False) if len(res) else "no products match the filters")
-            print(f"\n{t.total_ms:.1f} ms: decode {t.decode_ms:.1f}, embed {t.embed_ms:.1f}, ANN {t.ann_ms:.2f}, re-rank {t.rerank_ms:.2f}")
-        return 0
+        return _search(args)
+    catalog = _catalog(args)
     if args.command == "serve":
         from .serve import ServeConfig, listen_socket, run_server
 
@@ -292,13 +299,87 @@ def _run(args: argparse.Namespace) -> int:
                              max_upload_mb=args.max_upload_mb, timeout_s=args.timeout_s, queue=args.queue,
                              cors_origins=tuple(args.cors_origin))  # bad settings and a busy port fail
         sock = listen_socket(args.host, args.port)                  # before the model loads
-        searcher, _ = _searcher(args.encoder, args.index, store=args.store, store_uri=args.store_uri)
-        run_server(searcher, config, args.host, sock=sock)
+        searcher, _ = _searcher(args.encoder, args.index, store=args.store, store_uri=args.store_uri, catalog=catalog)
+        text = None
+        if args.text_encoder.lower() != "none":
+            text = searcher if args.text_encoder == args.encoder else _searcher(args.text_encoder, None,
+                                                                                catalog=catalog)[0]
+        run_server(searcher, config, args.host, sock=sock, text_searcher=text)
         return 0
     from .demo import run_demo
 
-    print(run_demo(args.encoder, out=args.out))
+    searcher, _ = _searcher(args.encoder, args.index, store=args.store, store_uri=args.store_uri, catalog=catalog)
+    print(run_demo(args.encoder, out=args.out, searcher=searcher))
     return 0
+
+
+def _catalog(args: argparse.Namespace):
+    """The book's catalog, or the shop's own given by ``--catalog CSV --images DIR``."""
+    from .catalog import load_catalog, load_catalog_csv
+
+    if (args.catalog is None) != (args.images is None):
+        raise InvalidRequestError("give --catalog and --images together (a products CSV and its photo folder)")
+    return load_catalog() if args.catalog is None else load_catalog_csv(args.catalog, args.images, progress=True)
+
+
+def _search(args: argparse.Namespace) -> int:
+    """``search``: a photo, a text, or both; a table or strict JSON."""
+    import dataclasses
+    import time
+
+    from .images import load_image
+    from .searcher import Filters, SearchRequest
+
+    if args.image is None and args.text is None:
+        raise InvalidRequestError("give a photo, --text, or both")
+    filters = Filters(categories=tuple(args.category) if args.category else None, min_price=args.min_price,
+                      max_price=args.max_price, in_stock=True if args.in_stock else None,
+                      types=tuple(args.type) if args.type else None)
+    image, decode_ms = None, 0.0
+    if args.image is not None:
+        t0 = time.perf_counter()
+        image = load_image(args.image)  # a bad upload or argument fails before any model is loaded
+        decode_ms = (time.perf_counter() - t0) * 1000.0
+    SearchRequest(image=image, text=args.text, alpha=args.alpha, k=args.k, filters=filters)
+    encoder = args.encoder or (TEXT_ENCODER if args.text is not None else None)
+    searcher, _ = _searcher(encoder or _default_encoder(), args.index, store=args.store, store_uri=args.store_uri,
+                            catalog=_catalog(args))
+    res = searcher.search(image, k=args.k, filters=filters, text=args.text, alpha=args.alpha)
+    t = dataclasses.replace(res.timings, decode_ms=decode_ms + res.timings.decode_ms)  # the file's decode counts
+    if args.json:
+        print(json.dumps(_strict({"results": res.table().to_dict(orient="records"), "box": res.box,
+                                  "no_match": res.no_match,
+                                  "timings_ms": {"decode": t.decode_ms, "embed": t.embed_ms, "ann": t.ann_ms,
+                                                 "rerank": t.rerank_ms, "total": t.total_ms}}),
+                         indent=1, allow_nan=False))
+    else:
+        if res.no_match:
+            print(f"no confident match: {res.no_match}")
+        else:
+            print(res.table().to_string(index=False) if len(res) else "no products match the filters")
+        where = f" (searched the box {res.box})" if res.box else ""
+        print(f"\n{t.total_ms:.1f} ms: decode {t.decode_ms:.1f}, embed {t.embed_ms:.1f}, ANN {t.ann_ms:.2f}, "
+              f"re-rank {t.rerank_ms:.2f}{where}")
+    return 0
+
+
+def _strict(value):
+    """``value`` with every NaN or infinite float as ``None``: JSON has no NaN (an unknown price)."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _default_encoder() -> str:
+    from .encoders import DEFAULT_ENCODER
+
+    return DEFAULT_ENCODER
 
 
 if __name__ == "__main__":

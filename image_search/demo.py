@@ -13,6 +13,7 @@ import numpy as np
 from .encoders import DEFAULT_ENCODER
 from .evaluation import evaluate, median_timings
 from .metrics import RetrievalReport
+from .paths import atomic_write
 from .searcher import Searcher, Timings
 
 
@@ -26,6 +27,8 @@ class DemoReport:
     n_timed: int
     grid_path: Path | None
 
+    queries: str = "held-out customer photos"
+
     def headline(self) -> str:
         """Recall@1, Recall@10 and (when the catalog has product types) type precision@10."""
         r = self.report
@@ -33,7 +36,7 @@ class DemoReport:
         if 10 in r.type_precision:
             line += (f", type P@10 {r.type_precision[10]:.3f}"
                      f" (ceiling {r.type_precision_ceiling[10]:.3f})")
-        return line + f" on {r.n_queries} held-out customer photos"
+        return line + f" on {r.n_queries} {self.queries}"
 
     def __str__(self) -> str:
         m = self.median
@@ -44,11 +47,17 @@ class DemoReport:
 
 
 def run_demo(encoder: str = DEFAULT_ENCODER, out: Path | None = None, n_timed: int = 50,
-             n_grid: int = 6, progress: bool = True) -> DemoReport:
-    """Index the catalog, evaluate on the test split's customer photos, time single queries,
-    and (with ``out``) save a result grid PNG. Chapter 09."""
-    searcher = Searcher.from_catalog(encoder, progress=progress)
+             n_grid: int = 6, progress: bool = True, searcher: Searcher | None = None) -> DemoReport:
+    """Index the catalog (or use ``searcher``), evaluate on the test split's customer photos, time
+    single queries, and (with ``out``) save a result grid PNG. A shop's own catalog has no customer
+    photos: its products' catalogue photos are the queries then, a sanity check (each should find
+    itself first). Chapter 09."""
+    searcher = searcher or Searcher.from_catalog(encoder, progress=progress)
     paths, true_ids = searcher.catalog.queries("test")
+    what = "held-out customer photos"
+    if not paths:
+        true_ids = searcher.catalog.ids
+        paths, what = [searcher.catalog.icon_path(i) for i in true_ids], "catalogue photos (a sanity check)"
     report, results = evaluate(searcher, paths, true_ids, progress=progress)
     rng = np.random.default_rng(0)
     timed = [paths[i] for i in rng.choice(len(paths), size=min(n_timed, len(paths)), replace=False)]
@@ -63,11 +72,8 @@ def run_demo(encoder: str = DEFAULT_ENCODER, out: Path | None = None, n_timed: i
         pick = rng.choice(len(paths), size=min(n_grid, len(paths)), replace=False)
         fig = result_grid([paths[i] for i in pick], [results[i] for i in pick], searcher.catalog,
                           [true_ids[i] for i in pick])
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
-        grid_path = out
-    return DemoReport(searcher.encoder.name, report, median, len(timed), grid_path)
+        grid_path = atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
+    return DemoReport(searcher.encoder.name, report, median, len(timed), grid_path, what)
 
 
 __all__ = ["DemoReport", "run_demo"]

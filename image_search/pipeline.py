@@ -21,7 +21,7 @@ import numpy as np
 from .catalog import Catalog
 from .encoders import EmbeddingCache, Encoder, file_checksum, load_encoder
 from .errors import InvalidRequestError
-from .stores import BackendUnavailableError, VectorStore, catalog_fingerprint, product_digest
+from .stores import BackendUnavailableError, VectorStore, catalog_fingerprint, indexed_photos, product_digest
 from .stores.filters import Attributes
 
 ENGINES = ("local", "ray")
@@ -168,14 +168,14 @@ def index_catalog(
 ) -> IndexReport:
     """Bring ``store`` up to date with the catalog: remove products no longer there, (re-)embed and
     add the products whose photos or attributes changed (by digest), record the catalog
-    fingerprint and save. ``photos(product_id)`` lists a product's images (default: its shop
-    photo). Chapter 12."""
+    fingerprint and save. ``photos(product_id)`` lists a product's images (default:
+    :func:`~image_search.stores.indexed_photos`, every shop photo). Chapter 12."""
     if store.encoder != encoder.name or store.dim != encoder.dim:
         raise InvalidRequestError(
             f"the store holds {store.encoder} ({store.dim}-d) vectors, "
             f"not {encoder.name} ({encoder.dim}-d)"
         )
-    photos = photos or (lambda pid: [catalog.icon_path(pid)])
+    photos = photos or (lambda pid: indexed_photos(catalog, pid))
     paths = {pid: [Path(p) for p in photos(pid)] for pid in catalog.ids}
     sums = {pid: [file_checksum(p) for p in ps] for pid, ps in paths.items()}
     attrs = Attributes.from_catalog(catalog)

@@ -21,7 +21,7 @@ from .indexer import ProductIndex
 from .paths import cache_dir, safe_name
 from .rejection import Rejector
 from .reranker import Reranker, RerankConfig
-from .stores import VectorStore, catalog_fingerprint
+from .stores import VectorStore, catalog_fingerprint, indexed_photos
 from .stores.filters import Attributes, Filters
 from .text import DEFAULT_ALPHA, check_text, compose_query
 
@@ -191,7 +191,7 @@ class Searcher:
         scores, ids = self.index.search(query[None, :], max(request.k, self.candidates), filters=request.filters)
         t3 = time.perf_counter()
         ms = 1000.0
-        why = self._no_match(scores[0][: len(ids[0])]) if request.image is not None and request.text is None else None
+        why = self._no_match(scores[0][: len(ids[0])]) if request.text is None else None
         if why is not None:
             return SearchResults((), np.zeros(0, np.float32), (), Timings((t1 - t0) * ms, (t2 - t1) * ms,
                                                                           (t3 - t2) * ms), box=box, no_match=why)
@@ -229,7 +229,9 @@ class Searcher:
         return compose_query(image_vector, text_vector, alpha)
 
     def _no_match(self, ann_scores: np.ndarray) -> str | None:
-        """The rejector's reason when an image query has no confident match (chapter 10), else ``None``."""
+        """The rejector's reason when a photo's query (an image, or the embedding of one) has no
+        confident match (chapter 10), else ``None``. Text queries are never rejected: the rejector
+        was calibrated on photos."""
         if self.rejector is None or len(ann_scores) < self.rejector.min_scores:
             return None
         return self.rejector.reason(ann_scores)
@@ -305,8 +307,8 @@ def build_index(catalog: Catalog, encoder: Encoder, factory: str = "Flat", progr
                 photos: Callable[[str], Sequence[Path]] | None = None) -> ProductIndex:
     """Embed every product's photos (cached by checksum) into a new :class:`ProductIndex` with the
     catalog's filterable attributes and fingerprint. ``photos(product_id)`` lists a product's
-    images (default: its shop photo, ``catalog.icon_path``). Chapter 09."""
-    photos = photos or (lambda pid: [catalog.icon_path(pid)])
+    images (default: :func:`~image_search.stores.indexed_photos`, every shop photo). Chapter 09."""
+    photos = photos or (lambda pid: indexed_photos(catalog, pid))
     owners, paths = [], []
     for pid in catalog.ids:
         for path in photos(pid):

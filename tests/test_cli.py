@@ -110,3 +110,46 @@ def test_the_package_s_own_errors_are_user_errors(monkeypatch, capsys):
     monkeypatch.setenv("IMAGE_SEARCH_DEBUG", "1")           # no traceback even when debugging
     rc, _, err = cli(capsys, "demo")
     assert (rc, err) == (1, "error: k must be an integer from 1 to 1000\n")
+
+
+def _shop_catalog(catalog, folder, prices=None):
+    """A shop's own catalog (CSV + photo folder) made of a few of the book's products."""
+    import shutil
+
+    images = folder / "photos"
+    images.mkdir(parents=True)
+    rows = ["id,name,type,price"]
+    for n, pid in enumerate(catalog.ids[:12]):
+        shutil.copy(catalog.icon_path(pid), images / f"item{n}.png")
+        price = "" if prices is None else prices[n % len(prices)]
+        rows.append(f"item{n},{catalog[pid].name},{catalog[pid].type},{price}")
+    (folder / "products.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder / "products.csv", images
+
+
+def test_a_shops_own_catalog_is_indexed_and_searched(catalog, capsys, tmp_path):
+    csv, images = _shop_catalog(catalog, tmp_path, prices=["", "12.50"])
+    out_index = tmp_path / "shop.index"
+    rc, out, err = cli(capsys, "index", "--catalog", csv, "--images", images, "--out", out_index,
+                       "--encoder", "colour-histogram")
+    assert rc == 0 and "indexed 12 products" in out, err
+    rc, out, err = cli(capsys, "search", images / "item3.png", "-k", "3", "--json", "--encoder", "colour-histogram",
+                       "--index", out_index, "--catalog", csv, "--images", images)
+    assert rc == 0, err
+    results = json.loads(out)["results"]  # strict JSON: an unknown price is null, never NaN
+    assert results[0]["id"] == "item3" and "NaN" not in out
+    assert any(r["price"] is None for r in results) or all(r["price"] == 12.5 for r in results)
+    rc, out, err = cli(capsys, "search", images / "item3.png", "--encoder", "colour-histogram", "--index", out_index)
+    assert rc == 1 and "another catalog" in err and "--catalog" in err  # the book's catalog is not the shop's
+    rc, out, err = cli(capsys, "search", images / "item3.png", "--catalog", csv)
+    assert rc == 1 and "--catalog and --images together" in err
+
+
+def test_text_search_from_the_command_line(capsys):
+    rc, out, err = cli(capsys, "search", "--text", "a bed to sleep in", "-k", "5", "--json")
+    assert rc == 0, err
+    assert sum(r["type"] == "bed" for r in json.loads(out)["results"]) >= 3
+    rc, out, err = cli(capsys, "search", "--text", "   ")
+    assert rc == 1 and "text is empty" in err
+    rc, out, err = cli(capsys, "search", "-k", "3")
+    assert rc == 1 and "give a photo, --text, or both" in err

@@ -57,7 +57,7 @@ def test_index_catalog_reports_what_it_did(catalog, tmp_path):
     ivf = open_store(
         "faiss", tmp_path / "ivf.index", enc.name, enc.dim, factory="IVF4096,Flat", create=True
     )
-    with pytest.raises(InvalidRequestError, match="at least 4,096 training vectors, got 618"):
+    with pytest.raises(InvalidRequestError, match="at least 4,096 training vectors, got 3,090"):
         index_catalog(ivf, catalog, enc, progress=False)
 
 

@@ -268,7 +268,7 @@ def test_a_rejector_turns_a_weak_match_into_no_match(searcher, catalog):
     s = Searcher(searcher.index, catalog, searcher.encoder, rejector=strict)
     res = s.search(catalog.icon_path(catalog.ids[0]), k=3)
     assert len(res) == 0 and res.no_match
-    assert len(s.search(embedding=searcher.index.vectors([catalog.ids[0]])[0], k=3)) == 3  # embeddings: never
+    assert s.search(embedding=searcher.index.vectors([catalog.ids[0]])[0], k=3).no_match  # a photo's embedding too
     assert all(r.no_match for r in s.search_batch([catalog.icon_path(i) for i in catalog.ids[:3]], k=3))
     with pytest.raises(InvalidRequestError, match="calibrated for"):
         Searcher(searcher.index, catalog, searcher.encoder, rejector=Rejector(

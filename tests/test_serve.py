@@ -23,8 +23,6 @@ from image_search import Filters, InvalidRequestError, Searcher, SearchRequest, 
 from image_search.serve import MicroBatcher, ServeConfig, ServerBusyError, create_app, listen_socket
 from image_search.serve.app import SearchResponse
 
-HAS_TYPES = any(f.name == "types" for f in dataclasses.fields(Filters))
-HAS_TEXT = any(f.name == "text" for f in dataclasses.fields(SearchRequest))
 
 
 class GatedEncoder:
@@ -190,20 +188,31 @@ def test_crop_searches_the_box(client, catalog):
     assert pid not in ids(upload(client, buf.getvalue(), k=1))
 
 
-def test_types_and_text_answer_501_until_the_searcher_has_them(client, catalog):
+def test_types_filter_and_text_without_a_text_encoder_is_501(client, catalog):
     img = icon_bytes(catalog, catalog.ids[0])
-    r = upload(client, img, types=["chair"])
-    if HAS_TYPES:
-        assert r.status_code in (200, 422)
-    else:
-        assert r.status_code == 501 and "type" in r.json()["detail"]
+    chair = upload(client, img, k=5, types=["chair"])
+    assert chair.status_code == 200 and {h["type"] for h in chair.json()["results"]} == {"chair"}
+    assert upload(client, img, types=["spaceship"]).status_code == 422
     r = upload(client, img, text="a green armchair")
-    if not HAS_TEXT:
-        assert r.status_code == 501 and "text" in r.json()["detail"]
-        assert client.post("/search", json={"text": "a green armchair"}).status_code == 501
+    assert r.status_code == 501 and "text" in r.json()["detail"]
+    assert client.post("/search", json={"text": "a green armchair"}).status_code == 501
     facets = client.get("/facets").json()
-    assert facets["type_filter"] is HAS_TYPES and facets["text_search"] is HAS_TEXT
-    assert facets["categories"] == list(catalog.categories)
+    assert facets["type_filter"] is True and facets["text_search"] is False
+    assert facets["categories"] == list(catalog.categories) and facets["types"] == list(catalog.types)
+
+
+def test_text_and_composed_searches_with_a_text_encoder(searcher, catalog):
+    from image_search import load_encoder
+
+    text = Searcher.from_catalog(load_encoder("minilm-lit"), catalog=catalog, progress=False)
+    with TestClient(create_app(searcher, ServeConfig(), text_searcher=text)) as c:
+        beds = c.post("/search", json={"text": "a bed to sleep in", "k": 5})
+        assert beds.status_code == 200 and sum(h["type"] == "bed" for h in beds.json()["results"]) >= 3
+        chair = next(p for p in catalog.products if p.type == "chair")
+        composed = upload(c, icon_bytes(catalog, chair.id), k=5, text="a lamp")
+        assert composed.status_code == 200 and any(h["type"] == "lamp" for h in composed.json()["results"])
+        assert c.get("/facets").json()["text_search"] is True
+        assert c.post("/search", json={"text": "", "k": 5}).status_code == 422
 
 
 # ----------------------------------------------------------------------------- limits

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import math
 import socket
 import time
 from contextlib import asynccontextmanager
@@ -129,6 +130,9 @@ class SearchResponse(BaseModel):
     results: list[Hit]
     timings_ms: StageTimings
     batch_size: int = Field(description="images embedded together with this one")
+    box: list[int] | None = Field(None, description="the region of the photo that was searched (left, top, right, "
+                                                    "bottom pixels of the decoded photo); null: the whole photo")
+    no_match: str | None = Field(None, description="why there are no results when no product matches confidently")
 
 
 _SEARCH_BODY = {"requestBody": {"required": True, "content": {
@@ -150,8 +154,12 @@ router = APIRouter()
 
 
 # ----------------------------------------------------------------------------- the app
-def create_app(searcher: Searcher, config: ServeConfig = ServeConfig()) -> FastAPI:
-    """The search service as an ASGI app; the batcher thread runs while the app does. Chapter 08."""
+def create_app(searcher: Searcher, config: ServeConfig = ServeConfig(),
+               text_searcher: Searcher | None = None) -> FastAPI:
+    """The search service as an ASGI app; the batcher thread runs while the app does.
+    ``text_searcher`` (an encoder with a text tower, e.g. ``minilm-lit``) answers requests with a
+    ``text``: alone, or with the photo as a composed query; default: ``searcher`` when its
+    encoder has a text tower. Chapter 08."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -167,6 +175,7 @@ def create_app(searcher: Searcher, config: ServeConfig = ServeConfig()) -> FastA
     app = FastAPI(title="Visual product search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Upload a photo, get shoppable products. Chapter 08 of the book.")
     app.state.searcher, app.state.config = searcher, config
+    app.state.text_searcher = text_searcher or (searcher if hasattr(searcher.encoder, "encode_texts") else None)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_docs(app)
@@ -183,7 +192,7 @@ def create_app(searcher: Searcher, config: ServeConfig = ServeConfig()) -> FastA
 
 
 def run_server(searcher: Searcher, config: ServeConfig = ServeConfig(), host: str = "127.0.0.1",
-               port: int = 8000, sock: socket.socket | None = None) -> None:
+               port: int = 8000, sock: socket.socket | None = None, text_searcher: Searcher | None = None) -> None:
     """Serve until Ctrl+C with uvicorn on ``sock`` (a :func:`listen_socket`), else on ``host:port``
     (``port=0`` takes a free port). Prints the URL. Chapter 08."""
     import uvicorn
@@ -197,7 +206,8 @@ def run_server(searcher: Searcher, config: ServeConfig = ServeConfig(), host: st
     mode = f"batches of up to {config.max_batch}, {config.batch_wait_ms:g} ms wait" if config.batching else "no batching"
     print(f"serving {len(searcher.index)} products with {searcher.encoder.name} ({mode}) on {url} "
           f"(API schema: {url}openapi.json; Ctrl+C stops)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(searcher, config), log_level="warning", access_log=False,
+    server = uvicorn.Server(uvicorn.Config(create_app(searcher, config, text_searcher), log_level="warning",
+                                           access_log=False,
                                            timeout_graceful_shutdown=5))
     server.run(sockets=[sock])
 
@@ -227,18 +237,26 @@ async def search(request: Request) -> JSONResponse:
     filter_extras, request_extras = optional_features(params)
     filters = Filters(categories=params.categories, min_price=params.min_price, max_price=params.max_price,
                       in_stock=params.in_stock, **filter_extras)
-    if data is None:  # a text-only search (needs a searcher with a text tower)
-        if not request_extras:
-            raise HTTPException(422, "give a photo: a multipart `image` file or JSON `image_base64`")
-        res = await run_in_threadpool(searcher.run, SearchRequest(k=params.k, filters=filters, **request_extras))
-        return _response(res, start, decode_ms=0.0, queue_ms=0.0, batch_size=0)
+    if data is None and not request_extras:
+        raise HTTPException(422, "give a photo: a multipart `image` file or JSON `image_base64`, or a `text`")
+    if request_extras:  # a text, alone or composed with the photo: the text searcher's joint space
+        text_searcher = request.app.state.text_searcher
+        if text_searcher is None:
+            raise HTTPException(501, "text search is not available: this server has no text encoder")
+        SearchRequest(image=data, k=params.k, filters=filters, crop=params.crop, **request_extras)  # checks
+        t = time.perf_counter()
+        image = None if data is None else await run_in_threadpool(_decode, data, params.crop)
+        decode_ms = (time.perf_counter() - t) * 1000.0
+        res = await run_in_threadpool(text_searcher.run, SearchRequest(image=image, k=params.k, filters=filters,
+                                                                       **request_extras))
+        return _response(res, start, decode_ms=decode_ms, queue_ms=0.0, batch_size=0)
     SearchRequest(image=data, k=params.k, filters=filters, crop=params.crop)  # the package's checks, before decoding
     t = time.perf_counter()
     image = await run_in_threadpool(_decode, data, params.crop)
     decode_ms = (time.perf_counter() - t) * 1000.0
     embedded = await _wait(batcher.submit(image), config.timeout_s - (time.perf_counter() - start))
     res = await run_in_threadpool(searcher.run, SearchRequest(embedding=embedded.vector, k=params.k,
-                                                              filters=filters, **request_extras))
+                                                              filters=filters))
     return _response(res, start, decode_ms, embedded.queue_ms, embedded.batch_size, embedded.embed_ms)
 
 
@@ -273,7 +291,7 @@ def facets(request: Request) -> dict:
     prices = [p.price for p in searcher.catalog.products]
     return {"categories": list(searcher.catalog.categories), "types": list(getattr(searcher.catalog, "types", ())),
             "price": {"min": min(prices, default=0.0), "max": max(prices, default=0.0)},
-            "type_filter": _has_field(Filters, "types"), "text_search": _has_field(SearchRequest, "text"),
+            "type_filter": _has_field(Filters, "types"), "text_search": request.app.state.text_searcher is not None,
             "max_k": MAX_RESULTS, "max_upload_mb": config.max_upload_mb}
 
 
@@ -438,7 +456,8 @@ def _response(res, start: float, decode_ms: float, queue_ms: float, batch_size: 
     timings = {"decode": decode_ms, "queue": queue_ms, "embed": t.embed_ms if embed_ms is None else embed_ms,
                "ann": t.ann_ms, "rerank": t.rerank_ms, "total": (time.perf_counter() - start) * 1000.0}
     return JSONResponse({"results": results, "timings_ms": {k: round(v, 3) for k, v in timings.items()},
-                         "batch_size": batch_size})
+                         "batch_size": batch_size, "box": list(res.box) if res.box else None,
+                         "no_match": res.no_match})
 
 
 def _product(catalog: Catalog, product_id: str) -> Product:
@@ -449,7 +468,8 @@ def _product(catalog: Catalog, product_id: str) -> Product:
 
 
 def _record(p: Product) -> dict:
-    return dataclasses.asdict(p)
+    """A product as strict JSON: an unknown price or size (NaN in a shop's own catalog) is null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(p).items()}
 
 
 def _image_url(product_id: str, n: int) -> str:

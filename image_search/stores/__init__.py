@@ -138,13 +138,20 @@ def product_digest(checksums: Sequence[str], attributes: Attributes, row: int) -
     return hashlib.sha256(json.dumps(part).encode()).hexdigest()[:32]
 
 
+def indexed_photos(catalog: Catalog, product_id: str) -> list[Path]:
+    """The photos of a product that an index holds by default: every shop photo (the catalogue
+    photo and the studio shots; a shop's own catalog: all its images), one vector each, so a
+    customer's photo from any angle meets a shop photo from a similar one. Chapter 09."""
+    return list(catalog.shop_photo_paths(product_id))
+
+
 def catalog_fingerprint(catalog: Catalog, paths: Sequence[str | Path] | None = None) -> str:
     """SHA-256 of what an index of the catalog depends on: the product ids, the checksums of the
-    indexed images (``paths``, default the shop photos) and the filterable attributes. A store
-    whose manifest holds another fingerprint is stale. Chapter 09."""
+    indexed images (``paths``, default :func:`indexed_photos`) and the filterable attributes. A
+    store whose manifest holds another fingerprint is stale. Chapter 09."""
     from ..encoders import file_checksum
 
-    paths = paths if paths is not None else [catalog.icon_path(i) for i in catalog.ids]
+    paths = paths if paths is not None else [p for i in catalog.ids for p in indexed_photos(catalog, i)]
     attrs = Attributes.from_catalog(catalog)
     h = hashlib.sha256()
     for part in (
@@ -217,6 +224,7 @@ __all__ = [
     "BackendUnavailableError",
     "open_store",
     "catalog_fingerprint",
+    "indexed_photos",
     "product_digest",
     "representatives",
     "Attributes",
