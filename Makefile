@@ -16,7 +16,7 @@ help:
 	@echo "make demo      run the end-to-end demo from the command line"
 	@echo "make execute   re-execute every notebook in place (for authors)"
 	@echo "make catalog   rebuild data/catalog from the Debian package (needs root for apt-get)"
-	@echo "make bench     run the benchmarks in benchmarks/"
+	@echo "make bench     install requirements-bench.txt, then run the benchmarks in benchmarks/"
 
 $(STAMP): requirements.txt
 	$(PY) -m venv $(VENV)
@@ -70,7 +70,15 @@ catalog: venv
 	$(PYTHON) -m pip install --quiet PyOpenGL==3.1.7
 	PYOPENGL_PLATFORM=osmesa $(PYTHON) data/build_catalog.py
 
-bench: venv
+BENCH_STAMP := $(VENV)/.bench-$(shell cat requirements-bench.txt | cksum | cut -d' ' -f1)
+
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	$(PYTHON) -m pip install --quiet -r requirements-bench.txt
+	rm -f $(VENV)/.bench-*
+	touch $@
+
+# Optional benchmark-only dependencies (hnswlib, usearch), then every benchmark with its defaults.
+bench: venv $(BENCH_STAMP)
 	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done
 
 clean:
