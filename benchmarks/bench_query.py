@@ -65,7 +65,7 @@ def big_index(catalog: Catalog, encoder, n: int, factory: str, data: str) -> tup
         draw = lambda m, seed: near_copy_embeddings(real, m, noise=0.5, seed=seed)  # noqa: E731
     t = time.perf_counter()
     index = ProductIndex(encoder.dim, encoder.name, factory=factory)
-    index.train(draw(50_000, 1))  # PCA + IVF centroids
+    index.train(draw(100_000, 1))  # PCA + IVF centroids (FAISS wants >= 39 x 2048 points)
     index.add(catalog.ids, icons)
     chunk, done, ids = 200_000, 0, catalog.ids
     while done < n - len(ids):
@@ -82,8 +82,8 @@ def summary(passes: list[pd.DataFrame], label: str) -> list[dict]:
     for col in passes[0].columns:
         lat = [latency(df[col] / 1000) for df in passes]
         p50, p95 = [x.p50 for x in lat], [x.p95 for x in lat]
-        rows.append({"index": label, "stage": col, "p50 ms": float(np.median(p50)), "p50 min-max": median_range(p50, ".2f").split(" ")[1],
-                     "p95 ms": float(np.median(p95)), "p95 min-max": median_range(p95, ".2f").split(" ")[1]})
+        rows.append({"index": label, "stage": col, "p50 ms": float(np.median(p50)), "p50 min-max": median_range(p50, ".2f").split(" ")[1].strip("()"),
+                     "p95 ms": float(np.median(p95)), "p95 min-max": median_range(p95, ".2f").split(" ")[1].strip("()")})
     return rows
 
 
