@@ -20,7 +20,7 @@ help:
 	@echo "make catalog   rebuild data/catalog and data/real_photos from Debian packages (needs root for apt-get)"
 	@echo "make embeddings  recompute the shipped canonical embeddings (data/embeddings) after a catalog or model change"
 	@echo "make text-model retrain the text search heads (data/models/minilm-lit) and say if they changed"
-	@echo "make bench     run the benchmarks in benchmarks/"
+	@echo "make bench     install requirements-bench.txt, then run the benchmarks in benchmarks/"
 	@echo "make lab       run the notebooks in JupyterLab (127.0.0.1; open the URL with the token it prints)"
 	@echo "make pdf       the whole book as one PDF, _build/book.pdf (printed by headless Chromium)"
 
@@ -108,7 +108,15 @@ catalog: venv
 	PYOPENGL_PLATFORM=osmesa $(PYTHON) data/build_catalog.py
 	$(PYTHON) data/build_real_photos.py
 
-bench: venv
+BENCH_STAMP := $(VENV)/.bench-$(shell cat requirements-bench.txt | cksum | cut -d' ' -f1)
+
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	$(PYTHON) -m pip install --quiet -r requirements-bench.txt
+	rm -f $(VENV)/.bench-*
+	touch $@
+
+# Optional benchmark-only dependencies (hnswlib, usearch), then every benchmark with its defaults.
+bench: venv $(BENCH_STAMP)
 	for b in benchmarks/bench_*.py; do $(PYTHON) $$b || exit 1; done
 
 clean:

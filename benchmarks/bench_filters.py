@@ -34,10 +34,7 @@ from image_search import Filters, ProductIndex
 from image_search.features import fit_pca
 from image_search.stores.filters import Attributes
 
-try:
-    from image_search.synthetic import synthetic_embeddings
-except ImportError:  # before the synthetic module lands
-    from image_search.indexer import synthetic_embeddings
+from image_search.synthetic import near_copy_embeddings as synthetic_embeddings
 
 K = 10
 SELECTIVITY = {"c50": 0.5, "c5": 0.05, "c05": 0.005}

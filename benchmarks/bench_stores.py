@@ -40,10 +40,7 @@ from image_search.features import fit_pca
 from image_search.stores import BackendUnavailableError, open_store
 from image_search.stores.filters import Attributes
 
-try:
-    from image_search.synthetic import synthetic_embeddings
-except ImportError:  # before the synthetic module lands
-    from image_search.indexer import synthetic_embeddings
+from image_search.synthetic import near_copy_embeddings as synthetic_embeddings
 
 K = 10
 ENGINES = {"faiss": "{d}/f.index", "qdrant": ":memory:", "milvus": "{d}/m.db"}

@@ -682,30 +682,3 @@ def _parts(index) -> Iterator:
 def _last_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[-1][:200] if text else type(e).__name__
-
-
-def synthetic_embeddings(
-    real: np.ndarray, n: int, noise: float = 0.5, seed: int = 0, batch: int = 65_536
-) -> np.ndarray:
-    """``n`` unit vectors drawn to match the distribution of ``real`` embeddings, for scale tests.
-
-    Each is a random real vector plus Gaussian noise shaped like the real data's spread (its
-    principal components, scaled by ``noise``), renormalised: clusters around real products, like
-    the colour and size variants of a large catalog. Chapters 08 and 12, and the benchmarks.
-    """
-    real = np.asarray(real, dtype=np.float32)
-    if real.ndim != 2 or len(real) < 2:
-        raise ValueError(
-            f"need a 2-D array of at least two real embeddings, not shape {real.shape}"
-        )
-    rng = np.random.default_rng(seed)
-    centred = real - real.mean(axis=0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    scale = (s / np.sqrt(len(real) - 1) * noise).astype(np.float32)
-    out = np.empty((n, real.shape[1]), dtype=np.float32)
-    for start in range(0, n, batch):
-        b = min(batch, n - start)
-        z = rng.standard_normal((b, len(scale)), dtype=np.float32) * scale
-        x = real[rng.integers(0, len(real), b)] + z @ vt
-        out[start : start + b] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
