@@ -1,0 +1,53 @@
+"""No measured number is typed by hand in the chapters (issue 11): a decimal or a percentage in
+``book/*.md`` prose must come from a ``{glue:text}`` role, a citation, or the allow-list below
+(design constants, versions, numbers quoted from papers)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+BOOK = Path(__file__).resolve().parents[1] / "book"
+
+# Decimals and percentages that are not measurements here: (file, token) -> why.
+ALLOWED: dict[tuple[str, str], str] = {}
+# Tokens allowed in every chapter: design constants and conventions, not measurements.
+ALLOWED_ANYWHERE = {"0.5", "1.0", "0.0", "100%"}
+
+NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])%?|(?<![\w.])\d+%")
+CODE = re.compile(r"```.*?```|~~~.*?~~~|`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]+\$", re.S)
+ROLE = re.compile(r"\{[\w:-]+\}`[^`]*`")
+SKIP = re.compile(r"https?://\S+|\(\S+\.(?:md|ipynb|html)\S*\)")
+CITE = re.compile(r"\{cite[:\w]*\}`[^`]*`")
+
+
+def hand_typed(text: str) -> list[str]:
+    """The measured-looking numbers in ``text`` outside code, roles, links and cited lines."""
+    text = CITE.sub(" CITED ", text)
+    text = ROLE.sub(" ", text)
+    text = CODE.sub(" ", text)
+    text = SKIP.sub(" ", text)
+    found = []
+    for line in text.splitlines():
+        if " CITED " in line:  # a number quoted from a cited source
+            continue
+        found += [m.group(0) for m in NUMBER.finditer(line)]
+    return found
+
+
+def test_the_detector_sees_typed_numbers_and_ignores_glued_ones():
+    assert hand_typed("Recall is 0.565 and p95 53.8 ms, 12% of it.") == ["0.565", "53.8", "12%"]
+    assert hand_typed("Recall is {glue:text}`../notebooks/07.ipynb::r1:.3f`.") == []
+    assert hand_typed("Run `python 3.11` or\n```\nx = 0.25\n```\n") == []
+    assert hand_typed("HNSW reaches 0.95 {cite}`malkov2018`.") == []
+    assert hand_typed("version 2.14.1 and 10.0.0.1") == []
+
+
+def test_no_measured_number_is_typed_by_hand_in_the_chapters():
+    bad = []
+    for md in sorted(BOOK.glob("*.md")):
+        for token in hand_typed(md.read_text(encoding="utf-8")):
+            if token in ALLOWED_ANYWHERE or (md.name, token) in ALLOWED:
+                continue
+            bad.append(f"{md.name}: {token}")
+    assert not bad, ("numbers typed by hand (glue them, cite them, or allow-list them with a reason in "
+                     "tests/test_book_numbers.py):\n" + "\n".join(bad))
