@@ -183,7 +183,8 @@ class Searcher:
             image = load_image(request.image)
             image, box = self._region(image, request.crop)
             t1 = time.perf_counter()
-        query = self._query(request, image if request.image is not None else None)
+        query, found = self._query(request, image if request.image is not None else None, box is None)
+        box = box or found
         if request.user_vector is not None and request.user_vector.shape[0] != self.index.dim:
             raise InvalidRequestError(f"user_vector must have {self.index.dim} values, not {request.user_vector.shape[0]}")
         t2 = time.perf_counter()
@@ -208,15 +209,32 @@ class Searcher:
             raise InvalidRequestError(f"crop {crop} reaches outside the decoded {image.width}x{image.height} image")
         return image.crop(crop), crop
 
-    def _query(self, request: SearchRequest, image) -> np.ndarray:
-        """The query vector of a request: an image's, a text's, both composed, or the embedding given."""
+    def _query(self, request: SearchRequest, image, locate: bool = True):
+        """The query vector of a request (an image's, a text's, both composed, or the embedding
+        given), and the box of the photo that was embedded when the encoder found the product in it
+        (an encoder with ``encode_with_boxes``, chapter 05; ``locate=False`` after the caller's own
+        crop: the caller's box wins)."""
+        image_vector, box = self._embed(image, locate) if image is not None else (None, None)
+        return self._compose(request, image_vector), box
+
+    def _embed(self, image, locate: bool) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+        """One photo's vector and, from a localising encoder, the box it was cropped to."""
+        if hasattr(self.encoder, "encode_with_boxes"):
+            if not locate:
+                return self.encoder.base.encode_images([image])[0], None
+            vectors, boxes = self.encoder.encode_with_boxes([image])
+            box = tuple(int(v) for v in boxes[0].as_tuple())
+            return vectors[0], None if box == (0, 0, image.width, image.height) else box
+        return self.encoder.encode_images([image])[0], None
+
+    def _compose(self, request: SearchRequest, image_vector: np.ndarray | None) -> np.ndarray:
+        """The query of a request from its image vector: the vector itself, a text's, or both."""
         if request.embedding is not None:
             query = request.embedding
             if query.shape[0] != self.index.dim:
                 raise InvalidRequestError(f"embedding must have {self.index.dim} values, not {query.shape[0]}")
             query = query / float(np.abs(query).max())  # first to [-1, 1]: huge values cannot overflow the norm
             return query / float(np.linalg.norm(query))
-        image_vector = self.encoder.encode_images([image])[0] if image is not None else None
         if request.text is None:
             return image_vector
         if not hasattr(self.encoder, "encode_texts"):

@@ -46,3 +46,37 @@ def test_crop_finds_the_product_inside_a_bigger_photo(searcher, catalog):
 def test_crop_outside_the_decoded_image_is_refused(searcher):
     with pytest.raises(InvalidRequestError, match="outside the decoded 64x48 image"):
         searcher.search(np.zeros((48, 64, 3), np.uint8), crop=(0, 0, 65, 48))
+
+
+class _Box(tuple):
+    def as_tuple(self):
+        return tuple(self)
+
+
+class _Localizing:
+    """A stand-in for a localising encoder (chapter 05): it always finds the product at ``box``."""
+
+    def __init__(self, base, box):
+        self.base, self.box, self.calls = base, box, []
+        self.name, self.dim, self.fingerprint = base.name, base.dim, base.fingerprint  # same space
+
+    def encode_images(self, images, batch_size=32, progress=False):
+        return self.encode_with_boxes(images)[0]
+
+    def encode_with_boxes(self, images):
+        self.calls.append(len(images))
+        crops = [Image.fromarray(np.asarray(im)).crop(self.box) for im in images]
+        return self.base.encode_images(crops), [_Box(self.box)] * len(images)
+
+
+def test_a_localising_encoder_crops_the_query_and_reports_its_box(searcher, catalog):
+    pid = catalog.ids[5]
+    icon = Image.open(catalog.icon_path(pid)).convert("RGB")
+    canvas = Image.new("RGB", (icon.width + 150, icon.height + 90), (200, 30, 160))
+    canvas.paste(icon, (100, 40))
+    box = (100, 40, 100 + icon.width, 40 + icon.height)
+    located = Searcher(searcher.index, catalog, _Localizing(searcher.encoder, box))
+    found = located.search(canvas, k=5)
+    assert found.box == box and found.ids == searcher.search(canvas, k=5, crop=box).ids
+    own = located.search(canvas, k=5, crop=(0, 0, 50, 50))  # the caller's crop wins
+    assert own.box == (0, 0, 50, 50) and located.encoder.calls == [1]
