@@ -33,7 +33,6 @@ from _common import header, latency, peak_rss_gb, real_embeddings, table
 from image_search import Filters, ProductIndex
 from image_search.features import fit_pca
 from image_search.stores.filters import Attributes
-
 from image_search.synthetic import near_copy_embeddings as synthetic_embeddings
 
 K = 10

@@ -39,7 +39,6 @@ from image_search import Filters
 from image_search.features import fit_pca
 from image_search.stores import BackendUnavailableError, open_store
 from image_search.stores.filters import Attributes
-
 from image_search.synthetic import near_copy_embeddings as synthetic_embeddings
 
 K = 10

@@ -8,6 +8,7 @@ is best effort: a damaged file is discarded and recomputed with one warning, and
 be written (read-only, full disk) is kept in memory. Chapter 09 introduces it; chapter 12 uses it for
 incremental indexing.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "embeddings"
 MAX_CACHE_BYTES = 8 * 2**30  # a cache file larger than this is refused as damaged
-_DIGEST_BYTES = 8            # per-entry SHA-256 prefix binding each key to its vector
+_DIGEST_BYTES = 8  # per-entry SHA-256 prefix binding each key to its vector
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -54,8 +55,13 @@ def fingerprint_of(encoder) -> str:
     return getattr(encoder, "fingerprint", "") or f"{encoder.name}-{encoder.dim}"
 
 
-def encode_paths(encoder, paths: Sequence[str | Path], batch_size: int = 32,
-                 progress: bool = True, use_cache: bool = True) -> np.ndarray:
+def encode_paths(
+    encoder,
+    paths: Sequence[str | Path],
+    batch_size: int = 32,
+    progress: bool = True,
+    use_cache: bool = True,
+) -> np.ndarray:
     """Embed image files, ``(n, dim)`` float32 unit rows: each image's vector comes from the
     shipped canonical embeddings or the cache when its checksum is there for this encoder's
     fingerprint, and is computed (then cached) otherwise. Chapter 09."""
@@ -64,7 +70,10 @@ def encode_paths(encoder, paths: Sequence[str | Path], batch_size: int = 32,
         return encoder.encode_images(paths, batch_size=batch_size, progress=progress)
     return EmbeddingCache.of(encoder).fetch(
         [file_checksum(p) for p in paths],
-        lambda missing: encoder.encode_images([paths[i] for i in missing], batch_size=batch_size, progress=progress))
+        lambda missing: encoder.encode_images(
+            [paths[i] for i in missing], batch_size=batch_size, progress=progress
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- the cache
@@ -106,7 +115,9 @@ class EmbeddingCache:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnsafePathError) as e:
-            _warn_once(path, "read", f"embedding cache {path} is damaged ({e}); its vectors are recomputed")
+            _warn_once(
+                path, "read", f"embedding cache {path} is damaged ({e}); its vectors are recomputed"
+            )
         return {**stored, **_MEMORY.get(path, {})}
 
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -127,10 +138,16 @@ class EmbeddingCache:
         if missing:
             new = np.asarray(compute(missing), dtype=np.float32)
             if new.shape != (len(missing), self.dim):
-                raise ValueError(f"the encoder returned shape {new.shape} for {len(missing)} images of dim {self.dim}")
+                raise ValueError(
+                    f"the encoder returned shape {new.shape} for {len(missing)} images of dim {self.dim}"
+                )
             self.put([keys[i] for i in missing], new)
             found.update({keys[i]: new[j] for j, i in enumerate(missing)})
-        return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, self.dim), np.float32)
+        return (
+            np.stack([found[k] for k in keys]).astype(np.float32)
+            if keys
+            else np.zeros((0, self.dim), np.float32)
+        )
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Add entries. Best effort: when the file cannot be written (read-only folder, full disk)
@@ -145,15 +162,21 @@ class EmbeddingCache:
             atomic_write(path, lambda f: _write_entries(f, stored))
             _MEMORY.pop(path, None)
         except OSError as e:
-            _warn_once(path, "write", f"cannot write the embedding cache {path} ({e.strerror or e}); "
-                       "keeping its vectors in memory for this session")
+            _warn_once(
+                path,
+                "write",
+                f"cannot write the embedding cache {path} ({e.strerror or e}); "
+                "keeping its vectors in memory for this session",
+            )
             _MEMORY.setdefault(path, {}).update(zip(keys, vectors))
 
 
 def _digests(keys: Sequence[str], vectors: np.ndarray) -> np.ndarray:
     out = np.empty((len(keys), _DIGEST_BYTES), dtype=np.uint8)
     for i, (k, v) in enumerate(zip(keys, vectors)):
-        out[i] = np.frombuffer(hashlib.sha256(k.encode() + v.tobytes()).digest()[:_DIGEST_BYTES], np.uint8)
+        out[i] = np.frombuffer(
+            hashlib.sha256(k.encode() + v.tobytes()).digest()[:_DIGEST_BYTES], np.uint8
+        )
     return out
 
 
@@ -170,7 +193,9 @@ def _read_entries(path: Path, dim: int) -> dict[str, np.ndarray]:
     keys, vectors, digests = arrays["keys"], arrays["vectors"], arrays["digests"]
     n = len(keys)
     if keys.ndim != 1 or vectors.shape != (n, dim) or digests.shape != (n, _DIGEST_BYTES):
-        raise ValueError(f"shapes {keys.shape}, {vectors.shape}, {digests.shape} do not fit {n} entries of dim {dim}")
+        raise ValueError(
+            f"shapes {keys.shape}, {vectors.shape}, {digests.shape} do not fit {n} entries of dim {dim}"
+        )
     if not np.isfinite(vectors).all():
         raise ValueError("vectors hold NaN or inf")
     key_list = keys.tolist()
@@ -195,7 +220,11 @@ def _read_npz(data: bytes, expected: dict[str, str]) -> dict[str, np.ndarray]:
             version = np.lib.format.read_magic(buf)
             if version not in ((1, 0), (2, 0)):
                 raise ValueError(f"{name} has npy format version {version}")
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(buf)
             if fortran or dtype.hasobject or not dtype.str.lstrip("<>|=").startswith(kind):
                 raise ValueError(f"{name} has dtype {dtype.str}, expected {kind}")
@@ -226,7 +255,9 @@ def _load_shipped(stem: str, mtime: float) -> ShippedEmbeddings:
     manifest = json.loads((SHIPPED_DIR / f"{stem}.json").read_text())
     raw = np.load(SHIPPED_DIR / f"{stem}.npy", allow_pickle=False)
     if raw.shape != (len(manifest["images"]), manifest["dim"]) or not np.isfinite(raw).all():
-        raise ValueError(f"data/embeddings/{stem}.npy does not match its manifest: rebuild it with `make embeddings`")
+        raise ValueError(
+            f"data/embeddings/{stem}.npy does not match its manifest: rebuild it with `make embeddings`"
+        )
     return ShippedEmbeddings(manifest, l2_normalize(raw))
 
 
@@ -253,17 +284,27 @@ def shipped_vectors(fingerprint: str, dim: int, keys: Sequence[str]) -> dict[str
     return out
 
 
-def write_shipped(encoder, paths: Sequence[Path], root: Path, folder: Path = SHIPPED_DIR,
-                  dtype: str = "float16", progress: bool = True) -> Path:
+def write_shipped(
+    encoder,
+    paths: Sequence[Path],
+    root: Path,
+    folder: Path = SHIPPED_DIR,
+    dtype: str = "float16",
+    progress: bool = True,
+) -> Path:
     """Embed ``paths`` (computed here, never read from a cache) and write them as a canonical set
     named after the encoder: ``<name>.npy`` in ``dtype`` and ``<name>.json``. ``root`` makes the
     manifest's paths relative. ``make embeddings`` calls it. Chapter 09."""
     paths = [Path(p) for p in paths]
     vectors = encoder.encode_images(paths, progress=progress)
     manifest = {
-        "encoder": encoder.name, "dim": int(encoder.dim), "fingerprint": fingerprint_of(encoder),
-        "fingerprint_parts": getattr(encoder, "fingerprint_parts", {}), "dtype": dtype,
-        "count": len(paths), "made_by": "make embeddings",
+        "encoder": encoder.name,
+        "dim": int(encoder.dim),
+        "fingerprint": fingerprint_of(encoder),
+        "fingerprint_parts": getattr(encoder, "fingerprint_parts", {}),
+        "dtype": dtype,
+        "count": len(paths),
+        "made_by": "make embeddings",
         "images": [[str(p.relative_to(root)), file_checksum(p)] for p in paths],
     }
     stem = safe_name(encoder.name)
@@ -304,5 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["l2_normalize", "file_checksum", "fingerprint_of", "encode_paths", "EmbeddingCache", "ShippedEmbeddings",
-           "shipped_sets", "shipped_vectors", "write_shipped", "catalog_image_paths"]
+__all__ = [
+    "l2_normalize",
+    "file_checksum",
+    "fingerprint_of",
+    "encode_paths",
+    "EmbeddingCache",
+    "ShippedEmbeddings",
+    "shipped_sets",
+    "shipped_vectors",
+    "write_shipped",
+    "catalog_image_paths",
+]

@@ -1,4 +1,5 @@
 """The exceptions the package raises on bad input (chapter 02 lists them)."""
+
 from __future__ import annotations
 
 

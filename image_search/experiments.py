@@ -4,6 +4,7 @@ test statistics (sample size, z-test, the peeking problem) and team-draft interl
 Everything is vectorised NumPy with seeded generators, so simulations of hundreds of thousands of
 impressions take seconds and reproduce exactly.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -49,11 +50,19 @@ class GradedClickModel:
         """Per-user ``(propensity multiplier, position-bias exponent)``, each of shape ``(n,)``."""
         s, t = self.propensity_sigma, self.eta_sigma
         mult = np.exp(rng.normal(-s * s / 2, s, n)) if s > 0 else np.ones(n)
-        eta = self.eta * np.exp(rng.normal(-t * t / 2, t, n)) if t > 0 else np.full(n, float(self.eta))
+        eta = (
+            self.eta * np.exp(rng.normal(-t * t / 2, t, n))
+            if t > 0
+            else np.full(n, float(self.eta))
+        )
         return mult, eta
 
-    def click_probabilities(self, grades: np.ndarray, propensity: np.ndarray | None = None,
-                            eta: np.ndarray | None = None) -> np.ndarray:
+    def click_probabilities(
+        self,
+        grades: np.ndarray,
+        propensity: np.ndarray | None = None,
+        eta: np.ndarray | None = None,
+    ) -> np.ndarray:
         """``(n, k)`` integer relevance grades of ranked lists -> per-slot click probabilities;
         optional per-list user traits ``propensity`` and ``eta`` of shape ``(n,)`` (see ``sample_users``)."""
         grades = np.asarray(grades)
@@ -72,8 +81,12 @@ def simulate_clicks(probabilities: np.ndarray, rng: np.random.Generator) -> np.n
     return rng.random(np.shape(probabilities)) < probabilities
 
 
-def relevance_grades(rankings: Sequence[Sequence[Hashable]], true_ids: Sequence[Hashable],
-                     category_of: dict, k: int = 10) -> np.ndarray:
+def relevance_grades(
+    rankings: Sequence[Sequence[Hashable]],
+    true_ids: Sequence[Hashable],
+    category_of: dict,
+    k: int = 10,
+) -> np.ndarray:
     """Grades of ranked lists for the click model: 2 = the query's product, 1 = same group, 0 = other.
     ``category_of`` maps every id to its group: its category, or its type (``Product.type``), as
     chapter 09's learning to rank grades relevance."""
@@ -91,7 +104,9 @@ def sample_size_per_arm(p_a: float, p_b: float, alpha: float = 0.05, power: floa
         raise ValueError("the two proportions are equal: no sample size detects no difference")
     z_a, z_b = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
     p_bar = (p_a + p_b) / 2
-    n = (z_a * np.sqrt(2 * p_bar * (1 - p_bar)) + z_b * np.sqrt(p_a * (1 - p_a) + p_b * (1 - p_b))) ** 2 / (p_a - p_b) ** 2
+    n = (
+        z_a * np.sqrt(2 * p_bar * (1 - p_bar)) + z_b * np.sqrt(p_a * (1 - p_a) + p_b * (1 - p_b))
+    ) ** 2 / (p_a - p_b) ** 2
     return int(np.ceil(n))
 
 
@@ -115,8 +130,14 @@ class PeekingResult:
     n_experiments: int
 
 
-def peeking_simulation(p: float, n_per_arm: int, looks: int, n_experiments: int = 2000,
-                       alpha: float = 0.05, seed: int = 0) -> PeekingResult:
+def peeking_simulation(
+    p: float,
+    n_per_arm: int,
+    looks: int,
+    n_experiments: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> PeekingResult:
     """Simulate A/A tests (no true difference, conversion ``p``): the share that a z-test calls
     significant at the end only, and the share that is called significant at *any* of ``looks``
     equally spaced interim looks (stopping at the first "win"). Chapter 07."""
@@ -126,20 +147,27 @@ def peeking_simulation(p: float, n_per_arm: int, looks: int, n_experiments: int 
     b = rng.binomial(step, p, (n_experiments, looks)).cumsum(axis=1)
     n = step * np.arange(1, looks + 1)
     pv = two_proportion_p_value(a, n, b, n)
-    return PeekingResult(float((pv[:, -1] < alpha).mean()), float((pv < alpha).any(axis=1).mean()), looks, n_experiments)
+    return PeekingResult(
+        float((pv[:, -1] < alpha).mean()),
+        float((pv < alpha).any(axis=1).mean()),
+        looks,
+        n_experiments,
+    )
 
 
 # --------------------------------------------------------------------------- interleaving
-def team_draft_interleave(a: Sequence[Hashable], b: Sequence[Hashable], k: int,
-                          rng: np.random.Generator) -> tuple[list[Hashable], list[int]]:
+def team_draft_interleave(
+    a: Sequence[Hashable], b: Sequence[Hashable], k: int, rng: np.random.Generator
+) -> tuple[list[Hashable], list[int]]:
     """Team-draft interleaving (Radlinski et al., CIKM 2008): in each round a coin decides which
     ranker picks first; each adds its best item not yet shown. Returns the merged list and, per
     slot, the team that contributed it (0 = A, 1 = B). Chapter 07."""
     return _team_draft(a, b, k, lambda: int(rng.integers(2)))
 
 
-def team_draft_all(a: Sequence[Hashable], b: Sequence[Hashable],
-                   k: int) -> list[tuple[list[Hashable], list[int]]]:
+def team_draft_all(
+    a: Sequence[Hashable], b: Sequence[Hashable], k: int
+) -> list[tuple[list[Hashable], list[int]]]:
     """All ``2 ** ceil(k / 2)`` coin sequences of team-draft interleaving (one coin per round), each
     equally likely: averaging over them gives exact expectations instead of a random sample of
     interleavings. Chapter 07."""
@@ -151,8 +179,9 @@ def team_draft_all(a: Sequence[Hashable], b: Sequence[Hashable],
     return out
 
 
-def _team_draft(a: Sequence[Hashable], b: Sequence[Hashable], k: int,
-                coin: Callable[[], int]) -> tuple[list[Hashable], list[int]]:
+def _team_draft(
+    a: Sequence[Hashable], b: Sequence[Hashable], k: int, coin: Callable[[], int]
+) -> tuple[list[Hashable], list[int]]:
     merged: list[Hashable] = []
     teams: list[int] = []
     lists, pos, count = (list(a), list(b)), [0, 0], [0, 0]
@@ -224,8 +253,13 @@ class UserSessions:
         of B's net wins is taken per user, so the correlation of sessions of one user is included."""
         n = np.asarray(n_sessions, dtype=np.float64) / self.sessions_per_user
         net = self.wins_b - self.wins_a
-        return _normal_power(n, float(self.expected_il_diff.mean()), float(net.std()),
-                             float(np.sqrt(np.mean(self.wins_a + self.wins_b))), alpha)
+        return _normal_power(
+            n,
+            float(self.expected_il_diff.mean()),
+            float(net.std()),
+            float(np.sqrt(np.mean(self.wins_a + self.wins_b))),
+            alpha,
+        )
 
     def sessions_for_power(self, power: float = 0.8, alpha: float = 0.05) -> tuple[int, int]:
         """Sessions (all arms together) for the A/B test and for interleaving to reach ``power``."""
@@ -233,7 +267,10 @@ class UserSessions:
         sd_ab = np.sqrt(self.clicks_a.var() + self.clicks_b.var())
         n_ab = ((z_a + z_b) * sd_ab / self.expected_ab_diff.mean()) ** 2
         sd_il = (self.wins_b - self.wins_a).std()
-        n_il = ((z_a * np.sqrt(np.mean(self.wins_a + self.wins_b)) + z_b * sd_il) / self.expected_il_diff.mean()) ** 2
+        n_il = (
+            (z_a * np.sqrt(np.mean(self.wins_a + self.wins_b)) + z_b * sd_il)
+            / self.expected_il_diff.mean()
+        ) ** 2
         s = self.sessions_per_user
         return int(np.ceil(2 * n_ab * s)), int(np.ceil(n_il * s))
 
@@ -245,9 +282,16 @@ def _normal_power(n, effect: float, sd_alt: float, sd_null: float, alpha: float)
     return stats.norm.cdf((np.sqrt(n) * abs(effect) - z * sd_null) / sd_alt)
 
 
-def simulate_user_sessions(click_model: GradedClickModel, grades_a: np.ndarray, grades_b: np.ndarray,
-                           grades_interleaved: np.ndarray, teams_interleaved: np.ndarray,
-                           n_users: int, sessions_per_user: int, seed: int = 0) -> UserSessions:
+def simulate_user_sessions(
+    click_model: GradedClickModel,
+    grades_a: np.ndarray,
+    grades_b: np.ndarray,
+    grades_interleaved: np.ndarray,
+    teams_interleaved: np.ndarray,
+    n_users: int,
+    sessions_per_user: int,
+    seed: int = 0,
+) -> UserSessions:
     """Simulate ``n_users`` users (traits from ``click_model.sample_users``), each running
     ``sessions_per_user`` sessions on queries in random order, under ranker A, under ranker B and under an
     interleaved list. Rows of ``grades_a``/``grades_b`` are queries; rows of ``grades_interleaved`` /
@@ -270,10 +314,19 @@ def simulate_user_sessions(click_model: GradedClickModel, grades_a: np.ndarray, 
     p_a, p_b, p_i = probs(grades_a[query]), probs(grades_b[query]), probs(grades_interleaved[row_i])
     teams = np.asarray(teams_interleaved)[row_i]
     credit = interleaving_credit(teams, simulate_clicks(p_i, rng))
-    clicks_a, clicks_b = simulate_clicks(p_a, rng).sum(axis=1), simulate_clicks(p_b, rng).sum(axis=1)
-    return UserSessions(sessions_per_user, per_user(clicks_a), per_user(clicks_b),
-                        per_user(credit == 1), per_user(credit == -1),
-                        per_user(p_b.sum(axis=1) - p_a.sum(axis=1)), per_user(-expected_credit(teams, p_i)))
+    clicks_a, clicks_b = (
+        simulate_clicks(p_a, rng).sum(axis=1),
+        simulate_clicks(p_b, rng).sum(axis=1),
+    )
+    return UserSessions(
+        sessions_per_user,
+        per_user(clicks_a),
+        per_user(clicks_b),
+        per_user(credit == 1),
+        per_user(credit == -1),
+        per_user(p_b.sum(axis=1) - p_a.sum(axis=1)),
+        per_user(-expected_credit(teams, p_i)),
+    )
 
 
 def expected_credit(teams: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
@@ -284,13 +337,26 @@ def expected_credit(teams: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     dist = np.zeros((n, 2 * k + 1))
     dist[:, k] = 1.0
     for j in range(k):
-        up, down = np.roll(dist, 1, axis=1), np.roll(dist, -1, axis=1)   # a click for A / for B
+        up, down = np.roll(dist, 1, axis=1), np.roll(dist, -1, axis=1)  # a click for A / for B
         shifted = np.where((teams[:, j] == 0)[:, None], up, down)
         dist = dist * (1 - p[:, j, None]) + shifted * p[:, j, None]
-    return dist[:, k + 1:].sum(axis=1) - dist[:, :k].sum(axis=1)
+    return dist[:, k + 1 :].sum(axis=1) - dist[:, :k].sum(axis=1)
 
 
-__all__ = ["examination", "GradedClickModel", "simulate_clicks", "relevance_grades",
-           "sample_size_per_arm", "two_proportion_p_value", "PeekingResult", "peeking_simulation",
-           "team_draft_interleave", "team_draft_all", "interleaving_credit", "sign_test_p_value",
-           "expected_credit", "UserSessions", "simulate_user_sessions"]
+__all__ = [
+    "examination",
+    "GradedClickModel",
+    "simulate_clicks",
+    "relevance_grades",
+    "sample_size_per_arm",
+    "two_proportion_p_value",
+    "PeekingResult",
+    "peeking_simulation",
+    "team_draft_interleave",
+    "team_draft_all",
+    "interleaving_credit",
+    "sign_test_p_value",
+    "expected_credit",
+    "UserSessions",
+    "simulate_user_sessions",
+]

@@ -4,6 +4,7 @@ Used by tests/test_book.py (static HTML checks) and tests/test_browser.py (headl
 both ask `built_book()`, which builds into a temporary folder the first time and then returns
 the same result, so a `pytest tests` run builds the book once.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -113,7 +114,18 @@ def built_book() -> Build:
     out = Path(tempfile.mkdtemp(prefix="book_test_"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     jb = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(jb), "build", str(REPO), "--path-output", str(out), "--toc", str(TOC), "-W", "-n", "--keep-going"]
+    cmd = [
+        str(jb),
+        "build",
+        str(REPO),
+        "--path-output",
+        str(out),
+        "--toc",
+        str(TOC),
+        "-W",
+        "-n",
+        "--keep-going",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - start
