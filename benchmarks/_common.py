@@ -76,10 +76,10 @@ def time_each(fn: Callable[[object], object], items: Sequence[object], warmup: i
 
 
 def real_embeddings():
-    """EfficientNet-Lite0 embeddings from the on-disk cache: ``(catalog, encoder, icons, train, test,
-    test_ids)`` where ``train`` holds the icons and customer photos of the train products (the
-    "catalog distribution" the synthetic vectors are drawn from) and ``test`` the customer photos of
-    the held-out products (the queries)."""
+    """EfficientNet-Lite0 embeddings from the on-disk cache:
+    ``(catalog, encoder, icons, train, test, test_ids)`` where ``train`` holds the icons and
+    customer photos of the train products (the "catalog distribution" the synthetic vectors are
+    drawn from) and ``test`` the customer photos of the held-out products (the queries)."""
     from image_search import load_catalog, load_encoder
     from image_search.encoders import encode_paths
 
@@ -151,8 +151,9 @@ def fashion_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def fashion_mnist_embeddings(
     chunk: int = 2048, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fashion-MNIST embedded once with the default encoder (EfficientNet-Lite0 through the package's
-    own ``encode_images``): ``(train, train_labels, test, test_labels)``, float32 unit rows.
+    """Fashion-MNIST embedded once with the default encoder (EfficientNet-Lite0 through the
+    package's own ``encode_images``): ``(train, train_labels, test, test_labels)``, float32 unit
+    rows.
 
     Each 28x28 thumbnail is inverted (a dark garment on white, like a shop photo), made RGB and goes
     through the encoder's usual preprocessing (bicubic upscale to 256, centre crop 224). 70k forward

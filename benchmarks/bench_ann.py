@@ -1,13 +1,13 @@
-"""ANN indexes at scale: FAISS Flat / IVF-Flat / HNSW (an M x efConstruction sweep) / IVF-PQ / IVF-SQ
-against hnswlib and usearch, on three data sets, each queried two ways.
+"""ANN indexes at scale: FAISS Flat / IVF-Flat / HNSW (an M x efConstruction sweep) / IVF-PQ /
+IVF-SQ against hnswlib and usearch, on three data sets, each queried two ways.
 
 Data (``--data``, any of):
 
 * ``realistic``: ``--n`` synthetic vectors from ``image_search.synthetic.fit_realistic``, fitted on
   the 432 train products' real EfficientNet-Lite0 embeddings (shop photo + 4 customer photos each;
   ``benchmarks/bench_synthetic.py`` checks it against real data).
-* ``near-copy``: the older generator (``near_copy_embeddings``, noise 0.5: hundreds of noisy copies of
-  each real train vector), kept to compare with the earlier tables: Flat, IVF-Flat and the first
+* ``near-copy``: the older generator (``near_copy_embeddings``, noise 0.5: hundreds of noisy copies
+  of each real train vector), kept to compare with the earlier tables: Flat, IVF-Flat and the first
   HNSW setting of ``--hnsw-grid`` only, no peers.
 * ``fashion``: real data, Debian's Fashion-MNIST (60,000 train thumbnails indexed), embedded once
   with the same encoder and cached (``_common.fashion_mnist_embeddings``).
@@ -29,9 +29,9 @@ times (median, min-max). Builds are timed once. Bytes/vector of a FAISS index: w
 vectors added to its serialised size (codes, ids, graph links), without the fixed part (PCA/OPQ
 matrices, centroids, codebooks: a few MB, which is 6.5 B/vector at 1M for a 1280x1280 PCA).
 
-    python benchmarks/bench_ann.py                                   # realistic + fashion, 1M, 3 repeats
+    python benchmarks/bench_ann.py                            # realistic + fashion, 1M, 3 repeats
     python benchmarks/bench_ann.py --data realistic near-copy fashion --memory
-    python benchmarks/bench_ann.py --n 100000 --repeats 1            # quick run
+    python benchmarks/bench_ann.py --n 100000 --repeats 1     # quick run
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ from typing import Callable
 import faiss
 import numpy as np
 import pandas as pd
+
+from image_search.features import fit_pca
+from image_search.synthetic import fit_realistic, near_copy_embeddings
+
 from _common import (
     exact_recall_at_10,
     fashion_mnist_embeddings,
@@ -63,16 +67,14 @@ from _common import (
     table,
 )
 
-from image_search.features import fit_pca
-from image_search.synthetic import fit_realistic, near_copy_embeddings
-
 K = 10
 TARGET_RECALL_MEMORY = 0.85
 
 
 @dataclass
 class Built:
-    """An index ready to query: ``search(queries, k, threads) -> ids``, ``set(v)`` for its search knob."""
+    """An index ready to query: ``search(queries, k, threads) -> ids``, ``set(v)`` for its search
+    knob."""
 
     name: str
     library: str
@@ -141,8 +143,8 @@ def faiss_index(
 
 def make_index(d: int, factory: str):
     """``faiss.index_factory``, plus ``"TRANSFORM > INNER"``: the inner index (e.g. one with a
-    ``Refine(SQ8)``) built in the transform's output space, so the refinement codes are stored at the
-    reduced dimension (the factory would store them at the input dimension)."""
+    ``Refine(SQ8)``) built in the transform's output space, so the refinement codes are stored at
+    the reduced dimension (the factory would store them at the input dimension)."""
     if " > " not in factory:
         return faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT), ()
     transform, inner = factory.split(" > ")
@@ -322,8 +324,9 @@ def catalog_data(kind: str, n: int, dim: int, memory: bool, in_dist: int = 1000)
 
 
 def fashion_data(dim: int, memory: bool, n_queries: int = 1000) -> DataSet:
-    """Fashion-MNIST: 60k train thumbnails indexed; queries: 1,000 of its test images (in-distribution)
-    and the catalog's 744 real customer photos (another domain: furniture against clothes)."""
+    """Fashion-MNIST: 60k train thumbnails indexed; queries: 1,000 of its test images
+    (in-distribution) and the catalog's 744 real customer photos (another domain: furniture against
+    clothes)."""
     xtr, _, xte, _ = fashion_mnist_embeddings()
     _, _, _, _, test, _ = real_embeddings()
     pca = fit_pca(xtr, dim)
@@ -345,7 +348,8 @@ def _with_truth(name, x, queries, timed, full) -> DataSet:
     for label, q in queries.items():
         sims[label], truth[label] = exact(x, q)
     print(
-        f"  exact ground truth for {sum(len(q) for q in queries.values())} queries in {time.perf_counter() - t:.1f} s",
+        f"  exact ground truth for {sum(len(q) for q in queries.values())} queries in "
+        f"{time.perf_counter() - t:.1f} s",
         flush=True,
     )
     return DataSet(name, x, queries, truth, sims, timed, full)
@@ -392,7 +396,8 @@ def run_indexes(data: DataSet, args) -> pd.DataFrame:
         b = faiss_index(name, factory, data.x, knob, values, ef_construction=ef)
         results += measure(b, data, 30 if factory == "Flat" else args.single, args.repeats)
         print(
-            f"  {name}: built in {b.build_s:.0f} s, {b.bytes_per_vector:.0f} B/vector, peak RSS {peak_rss_gb():.1f} GB",
+            f"  {name}: built in {b.build_s:.0f} s, {b.bytes_per_vector:.0f} B/vector, peak RSS "
+            f"{peak_rss_gb():.1f} GB",
             flush=True,
         )
         del b
@@ -403,7 +408,8 @@ def run_indexes(data: DataSet, args) -> pd.DataFrame:
                 b = make(data.x, m, ef, (16, 32, 64, 128, 256))
                 results += measure(b, data, args.single, args.repeats)
                 print(
-                    f"  {b.library} {b.name}: built in {b.build_s:.0f} s, peak RSS {peak_rss_gb():.1f} GB",
+                    f"  {b.library} {b.name}: built in {b.build_s:.0f} s, peak RSS "
+                    f"{peak_rss_gb():.1f} GB",
                     flush=True,
                 )
                 del b
@@ -478,8 +484,9 @@ def summarise(df: pd.DataFrame, data: DataSet) -> list[str]:
     if len(small):
         s = small.sort_values("bytes/vector").iloc[0]
         lines.append(
-            f"smallest index with <= 1/16 of Flat-{data.x.shape[1]} ({flat['bytes/vector'] / 16:.0f} B/vector) and "
-            f"{r} >= 0.85: {s['index']} {s['knob']}: {s['bytes/vector']:.0f} B/vector, recall {s[r]:.3f}"
+            f"smallest index with <= 1/16 of Flat-{data.x.shape[1]} "
+            f"({flat['bytes/vector'] / 16:.0f} B/vector) and {r} >= 0.85: {s['index']} "
+            f"{s['knob']}: {s['bytes/vector']:.0f} B/vector, recall {s[r]:.3f}"
         )
     else:
         within = ours[ours["bytes/vector"] <= flat["bytes/vector"] / 16]
@@ -489,15 +496,16 @@ def summarise(df: pd.DataFrame, data: DataSet) -> list[str]:
             else "none tried is that small"
         )
         lines.append(
-            f"no index with <= 1/16 of Flat-{data.x.shape[1]} ({flat['bytes/vector'] / 16:.0f} B/vector) "
-            f"reached {r} >= 0.85 ({best})"
+            f"no index with <= 1/16 of Flat-{data.x.shape[1]} ({flat['bytes/vector'] / 16:.0f} "
+            f"B/vector) reached {r} >= 0.85 ({best})"
         )
     hnsw = df[df["index"].str.startswith("HNSW")]
     if len(hnsw):
         gap = hnsw["recall@10 in-dist."] - hnsw["recall@10 real photos"]
         lines.append(
-            f"HNSW (all libraries and settings, {len(hnsw)} operating points): recall@10 in-dist. minus real "
-            f"photos: median {gap.median():+.3f} (min {gap.min():+.3f}, max {gap.max():+.3f})"
+            f"HNSW (all libraries and settings, {len(hnsw)} operating points): recall@10 in-dist. "
+            f"minus real photos: median {gap.median():+.3f} (min {gap.min():+.3f}, max "
+            f"{gap.max():+.3f})"
         )
     for lib in [x for x in df.library.unique() if not x.startswith("faiss")]:
         peer = df[df.library == lib]
@@ -553,7 +561,8 @@ def main() -> None:
     grid = lambda s: [tuple(int(v) for v in item.split("x")) for item in s.split(",") if item]  # noqa: E731
     args.hnsw_grid, args.peer_grid = grid(args.hnsw_grid), grid(args.peer_grid)
     header(
-        f"bench_ann: {', '.join(args.data)}; {args.n:,} synthetic vectors; {args.dim}-d; {args.repeats} repeats"
+        f"bench_ann: {', '.join(args.data)}; {args.n:,} synthetic vectors; {args.dim}-d; "
+        f"{args.repeats} repeats"
     )
 
     catalog, _, icons, train, test, test_ids = real_embeddings()
@@ -605,17 +614,17 @@ def main() -> None:
         df = run_indexes(data, args)
         table(
             df,
-            f"{number}b. {data.name} x {args.dim}-d: recall@10 vs exact for both query sets; latency on "
-            f"'{data.timed}' queries (single: 1 thread, {args.single} queries; batch: 2 threads), median of "
-            f"{args.repeats}; memory; build (2 threads, once)",
+            f"{number}b. {data.name} x {args.dim}-d: recall@10 vs exact for both query sets; "
+            f"latency on '{data.timed}' queries (single: 1 thread, {args.single} queries; batch: 2 "
+            f"threads), median of {args.repeats}; memory; build (2 threads, once)",
         )
         lines = summarise(df, data)
         if memory:
             mem = memory_table(data, args)
             table(
                 mem,
-                f"{number}c. {data.name}: memory at the encoder's 1280-d; recall@10 vs exact 1280-d search "
-                f"(Flat-1280 = {4 * data.full[0].shape[1]} B/vector)",
+                f"{number}c. {data.name}: memory at the encoder's 1280-d; recall@10 vs exact "
+                f"1280-d search (Flat-1280 = {4 * data.full[0].shape[1]} B/vector)",
             )
             r = f"recall@10 {data.timed}"
             ok = mem[mem[r] >= TARGET_RECALL_MEMORY].sort_values("bytes/vector")
@@ -623,9 +632,9 @@ def main() -> None:
                 s = ok.iloc[0]
                 lines.append(
                     f"smallest index over 1280-d input with {r} (vs exact 1280-d) >= "
-                    f"{TARGET_RECALL_MEMORY}: {s['index (over 1280-d input)']} nprobe={s['nprobe']}: "
-                    f"{s['bytes/vector']:.0f} B/vector = 1/{s['Flat-1280 / this']:.0f} of Flat-1280, "
-                    f"recall {s[r]:.3f}"
+                    f"{TARGET_RECALL_MEMORY}: {s['index (over 1280-d input)']} "
+                    f"nprobe={s['nprobe']}: {s['bytes/vector']:.0f} B/vector = "
+                    f"1/{s['Flat-1280 / this']:.0f} of Flat-1280, recall {s[r]:.3f}"
                 )
             else:
                 lines.append(

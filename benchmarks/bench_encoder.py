@@ -36,20 +36,22 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pandas as pd
 import torch
-from _common import exact_recall_at_10, header, median_range, peak_rss_gb, table
 
 from image_search import load_catalog, load_encoder
 from image_search.encoders import l2_normalize
 from image_search.images import load_image
+
+from _common import exact_recall_at_10, header, median_range, peak_rss_gb, table
 
 SETTINGS = [(1, 1), (1, 2), (8, 2), (32, 1), (32, 2)]  # (batch, threads)
 
 
 def fold_shapes(fp32: Path, out: Path) -> Path:
     """A copy of the exported model with its shape arithmetic folded away. timm's TF-"same" padding
-    exports as Shape/Gather/Ceil/Sub/Pad ops computed on every call (the batch axis is dynamic); with
-    the batch fixed to 1, ONNX Runtime's basic (hardware-independent) optimisations fold them into
-    the convolutions' pads; the batch axis is then made dynamic again (the outputs are identical)."""
+    exports as Shape/Gather/Ceil/Sub/Pad ops computed on every call (the batch axis is dynamic);
+    with the batch fixed to 1, ONNX Runtime's basic (hardware-independent) optimisations fold them
+    into the convolutions' pads; the batch axis is then made dynamic again (the outputs are
+    identical)."""
     import onnx
     import onnxruntime as ort
 
@@ -77,13 +79,13 @@ def fold_shapes(fp32: Path, out: Path) -> Path:
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | None = None) -> Path:
-    """An int8 copy of an fp32 ONNX model (shape ops folded, :func:`fold_shapes`), written to ``out``.
-    Without ``calibration``: dynamic quantisation (int8 weights; activations quantised with ranges
-    computed at run time). With ``calibration`` (preprocessed ``(n, 3, H, W)`` images of the train
-    split only): static quantisation, QDQ format, per-channel int8 weights, uint8 activations with
-    min-max ranges observed on the calibration images. Both keep the first convolution (the stem,
-    on raw pixels) and the last (the 1x1 conv to the 1280-d features) in float: quantising them costs
-    0.05 of exact-product Recall@10, the rest about 0.003."""
+    """An int8 copy of an fp32 ONNX model (shape ops folded, :func:`fold_shapes`), written to
+    ``out``. Without ``calibration``: dynamic quantisation (int8 weights; activations quantised with
+    ranges computed at run time). With ``calibration`` (preprocessed ``(n, 3, H, W)`` images of the
+    train split only): static quantisation, QDQ format, per-channel int8 weights, uint8 activations
+    with min-max ranges observed on the calibration images. Both keep the first convolution (the
+    stem, on raw pixels) and the last (the 1x1 conv to the 1280-d features) in float: quantising
+    them costs 0.05 of exact-product Recall@10, the rest about 0.003."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -192,9 +194,10 @@ def variants(enc, calibration: np.ndarray, with_compile: bool, folder: Path) -> 
     static = quantize_int8(fp32, folder / "int8-static.onnx", calibration)
     t_static = time.perf_counter() - t
     print(
-        f"quantised {fp32.name} ({fp32.stat().st_size / 2**20:.1f} MB): dynamic int8 in {t_dyn:.0f} s "
-        f"({dynamic.stat().st_size / 2**20:.1f} MB), static int8 in {t_static:.0f} s with {len(calibration)} "
-        f"train-split calibration images ({static.stat().st_size / 2**20:.1f} MB)",
+        f"quantised {fp32.name} ({fp32.stat().st_size / 2**20:.1f} MB): dynamic int8 in "
+        f"{t_dyn:.0f} s ({dynamic.stat().st_size / 2**20:.1f} MB), static int8 in {t_static:.0f} s "
+        f"with {len(calibration)} train-split calibration images "
+        f"({static.stat().st_size / 2**20:.1f} MB)",
         flush=True,
     )
     sessions: dict = {}
@@ -236,10 +239,12 @@ def variants(enc, calibration: np.ndarray, with_compile: bool, folder: Path) -> 
 
 
 def omp_policy_check(rounds: int) -> pd.DataFrame:
-    """The same forward (batch 32, 2 threads) in fresh processes with OMP_WAIT_POLICY ACTIVE vs PASSIVE."""
+    """The same forward (batch 32, 2 threads) in fresh processes with OMP_WAIT_POLICY ACTIVE vs
+    PASSIVE."""
     code = (
         "import time, torch\nfrom image_search import load_encoder\nm = load_encoder().model\n"
-        "torch.set_num_threads(2)\nx = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)\n"
+        "torch.set_num_threads(2)\n"
+        "x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)\n"
         "ts = []\nwith torch.inference_mode():\n    m(x)\n    for _ in range(3):\n"
         "        t = time.perf_counter(); m(x); ts.append(time.perf_counter() - t)\n"
         "print(32 / sorted(ts)[1])\n"
@@ -283,8 +288,8 @@ def main() -> None:
     tensors = torch.from_numpy(np.stack([enc.preprocess(im) for im in images]))
     t_pre = time.perf_counter() - t
     print(
-        f"decode {len(paths) / t_decode:.0f} img/s, preprocess (resize 256 bicubic, crop 224, normalise) "
-        f"{len(paths) / t_pre:.0f} img/s, 1 thread",
+        f"decode {len(paths) / t_decode:.0f} img/s, preprocess (resize 256 bicubic, crop 224, "
+        f"normalise) {len(paths) / t_pre:.0f} img/s, 1 thread",
         flush=True,
     )
     train_ids = [p.id for p in catalog.split("train")]
@@ -310,7 +315,8 @@ def main() -> None:
         ]
     table(
         df[["variant"] + [c for c in df.columns if c.endswith("img/s")]],
-        f"1. Throughput, images/s of the model forward: median (min-max) of {args.rounds} interleaved rounds",
+        f"1. Throughput, images/s of the model forward: median (min-max) of {args.rounds} "
+        "interleaved rounds",
     )
     table(
         df[
@@ -318,17 +324,20 @@ def main() -> None:
             + [c for c in df.columns if c.endswith(" x")]
             + ["bulk img/s (1362 imgs, b32 t2)"]
         ],
-        "2. Speed-up over the eager baseline timed in the same round: median (min-max) of the per-round ratios",
+        "2. Speed-up over the eager baseline timed in the same round: median (min-max) of the "
+        "per-round ratios",
     )
     table(
         df[["variant", "max |Δ| vs baseline", "exact-product R@10", "ΔR@10"]],
-        "3. Accuracy: embeddings vs the baseline's, exact-product Recall@10 (744 test photos vs 618 icons)",
+        "3. Accuracy: embeddings vs the baseline's, exact-product Recall@10 (744 test photos vs "
+        "618 icons)",
         floatfmt=".3g",
     )
     targets(df, rates, ratios)
     print(
-        "dynamic quantization in PyTorch (torch.ao.quantization.quantize_dynamic) is not listed: it converts only "
-        "nn.Linear/LSTM layers and EfficientNet-Lite0's feature extractor has none (it is all convolutions)."
+        "dynamic quantization in PyTorch (torch.ao.quantization.quantize_dynamic) is not listed: "
+        "it converts only nn.Linear/LSTM layers and EfficientNet-Lite0's feature extractor has "
+        "none (it is all convolutions)."
     )
     table(
         omp_policy_check(max(2, args.rounds // 2)),
@@ -393,7 +402,8 @@ def accuracy(vs: dict, tensors: torch.Tensor, catalog, test_ids) -> pd.DataFrame
 
 
 def targets(df: pd.DataFrame, rates: dict, ratios: dict) -> None:
-    """The issue's target for the int8 models: >= 2x eager at batch 1 and batch 8, recall within 0.01."""
+    """The issue's target for the int8 models: >= 2x eager at batch 1 and batch 8, recall within
+    0.01."""
     lines = []
     for name in [n for n in df.variant if "int8" in n or "package" in n]:
         row = df[df.variant == name].iloc[0]

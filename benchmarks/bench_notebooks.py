@@ -1,8 +1,8 @@
 """Wall time of every notebook under nbval (as CI runs them) and of the book build from the
 committed outputs.
 
-    python benchmarks/bench_notebooks.py                     # every notebooks/*.ipynb, then the book
-    python benchmarks/bench_notebooks.py 09_end_to_end       # some notebooks only
+    python benchmarks/bench_notebooks.py                 # every notebooks/*.ipynb, then the book
+    python benchmarks/bench_notebooks.py 09_end_to_end   # some notebooks only
     python benchmarks/bench_notebooks.py --no-book
 """
 
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
 from _common import header, table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,9 @@ def main() -> None:
         {
             "step": f"nbval suite ({len(paths)} notebooks)",
             "wall s": suite,
-            "result": f"target <= {SUITE_TARGET_S} s: {'met' if suite <= SUITE_TARGET_S else 'not met'}",
+            "result": (
+                f"target <= {SUITE_TARGET_S} s: {'met' if suite <= SUITE_TARGET_S else 'not met'}"
+            ),
         }
     )
     if not args.no_book:
@@ -80,7 +83,8 @@ def main() -> None:
                 "step": "jupyter-book build (committed outputs)",
                 "wall s": s,
                 "result": (
-                    f"rc {rc}; target <= {BOOK_TARGET_S} s: {'met' if s <= BOOK_TARGET_S else 'not met'}"
+                    f"rc {rc}; target <= {BOOK_TARGET_S} s: "
+                    f"{'met' if s <= BOOK_TARGET_S else 'not met'}"
                 ),
             }
         )

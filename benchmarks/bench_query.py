@@ -4,11 +4,12 @@ index.
 
 The 1M index is the 618 real shop photos plus 999,382 synthetic vectors at the encoder's 1280-d,
 drawn from ``image_search.synthetic.fit_realistic`` fitted on the train products (``--data
-near-copy``: the older near-copy generator) behind the index chosen by ``bench_ann.py``: PCA to 128-d inside FAISS (the searcher still sends 1280-d
-queries), L2 normalisation, IVF-Flat. The re-ranker looks every candidate up in the catalog: each
-synthetic vector borrows the attributes of a real product (round robin), so the re-rank stage does
-exactly the per-candidate work it does in production; the products it returns for the 1M index are
-therefore not meaningful, only its timings are.
+near-copy``: the older near-copy generator) behind the index chosen by ``bench_ann.py``: PCA to
+128-d inside FAISS (the searcher still sends 1280-d queries), L2 normalisation, IVF-Flat. The
+re-ranker looks every candidate up in the catalog: each synthetic vector borrows the attributes of a
+real product (round robin), so the re-rank stage does exactly the per-candidate work it does in
+production; the products it returns for the 1M index are therefore not meaningful, only its timings
+are.
 
     python benchmarks/bench_query.py                 # 300 queries, 1M index, 3 passes
     python benchmarks/bench_query.py --n 100000 --repeats 1     # quicker
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from _common import header, latency, median_range, peak_rss_gb, table
 
 from image_search import ProductIndex, Searcher, load_catalog
 from image_search.catalog import Catalog
@@ -30,10 +30,13 @@ from image_search.encoders import encode_paths
 from image_search.synthetic import fit_realistic, near_copy_embeddings
 from image_search.training import catalog_features
 
+from _common import header, latency, median_range, peak_rss_gb, table
+
 
 @dataclass(frozen=True)
 class VariantCatalog(Catalog):
-    """The catalog, where an id ``"<product id>~v<n>"`` (a synthetic variant) resolves to its product."""
+    """The catalog, where an id ``"<product id>~v<n>"`` (a synthetic variant) resolves to its
+    product."""
 
     def __getitem__(self, product_id: str) -> object:
         return super().__getitem__(product_id.split("~", 1)[0])
@@ -89,7 +92,8 @@ def big_index(
 
 
 def summary(passes: list[pd.DataFrame], label: str) -> list[dict]:
-    """Per stage: p50 and p95 of each pass over the queries, as the median and min-max over passes."""
+    """Per stage: p50 and p95 of each pass over the queries, as the median and min-max over
+    passes."""
     rows = []
     for col in passes[0].columns:
         lat = [latency(df[col] / 1000) for df in passes]
@@ -135,7 +139,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     header(
-        f"bench_query: single-query latency, {args.queries} customer photos, catalog index and {args.n:,}-product index"
+        f"bench_query: single-query latency, {args.queries} customer photos, catalog index and "
+        f"{args.n:,}-product index"
     )
 
     catalog = load_catalog()
@@ -149,7 +154,8 @@ def main() -> None:
     small = Searcher.from_catalog(progress=False)
     backend = "ONNX Runtime" if getattr(small.encoder, "onnx", None) is not None else "PyTorch"
     print(
-        f"encoder {small.encoder.name} ({backend}), catalog index {small.index.factory} over {len(small.index)} products",
+        f"encoder {small.encoder.name} ({backend}), catalog index {small.index.factory} over "
+        f"{len(small.index)} products",
         flush=True,
     )
     df_small = [run_queries(small, queries) for _ in range(args.repeats)]
@@ -157,7 +163,8 @@ def main() -> None:
     variants = VariantCatalog(catalog.root, catalog.products)
     index, build_s = big_index(catalog, small.encoder, args.n, args.factory, args.data)
     print(
-        f"built {args.factory} over {len(index):,} products in {build_s:.0f} s; peak RSS {peak_rss_gb():.1f} GB",
+        f"built {args.factory} over {len(index):,} products in {build_s:.0f} s; peak RSS "
+        f"{peak_rss_gb():.1f} GB",
         flush=True,
     )
     big = Searcher(index, variants, small.encoder)
@@ -173,15 +180,16 @@ def main() -> None:
     )
     table(
         pd.DataFrame(rows),
-        f"1. Per-stage latency, one query at a time (ms): median (min-max) over {args.repeats} passes",
+        f"1. Per-stage latency, one query at a time (ms): median (min-max) over {args.repeats} "
+        "passes",
         floatfmt=".2f",
     )
     e2e = [r for r in rows if r["index"] != rows[0]["index"] and r["stage"] == "end to end"][0]
     embed = np.median([df["embed"].median() / df["end to end"].median() for df in df_big])
     print(
-        f"- end-to-end p95 at {len(index):,} products: {e2e['p95 ms']:.1f} ms (min-max {e2e['p95 min-max']}; "
-        f"target <= 50 ms: {'met' if e2e['p95 ms'] <= 50 else 'not met'}); p50 {e2e['p50 ms']:.1f} ms. "
-        f"The embed stage is {embed:.0%} of the median query."
+        f"- end-to-end p95 at {len(index):,} products: {e2e['p95 ms']:.1f} ms (min-max "
+        f"{e2e['p95 min-max']}; target <= 50 ms: {'met' if e2e['p95 ms'] <= 50 else 'not met'}); "
+        f"p50 {e2e['p50 ms']:.1f} ms. The embed stage is {embed:.0%} of the median query."
     )
     print(f"\npeak RSS {peak_rss_gb():.1f} GB")
 

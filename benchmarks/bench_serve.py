@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table  # noqa: E402
+from _common import header, table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -251,7 +251,8 @@ def measure(servers: dict[str, Server], bodies, args) -> list[Run]:
                 )
             )
             print(
-                f"  concurrency {c:>2}, {mode}: {len(a['lat'])} ok, {a['failed']} failed, {a['wall']:.1f} s",
+                f"  concurrency {c:>2}, {mode}: {len(a['lat'])} ok, {a['failed']} failed, "
+                f"{a['wall']:.1f} s",
                 flush=True,
             )
     return runs
@@ -294,15 +295,16 @@ def report(runs: list[Run], args) -> None:
     if ("batching", 1) in by:
         p95 = by[("batching", 1)]["p95 ms"]
         print(
-            f"- p95 at concurrency 1 (batching on): {p95:.1f} ms (target <= 50 ms: {'met' if p95 <= 50 else 'not met'})"
+            f"- p95 at concurrency 1 (batching on): {p95:.1f} ms (target <= 50 ms: "
+            f"{'met' if p95 <= 50 else 'not met'})"
         )
     top = max(args.concurrency)
     if ("batching", top) in by and ("no batching", top) in by:
         on, off = by[("batching", top)]["req/s"], by[("no batching", top)]["req/s"]
         ratio = on / off if off else float("nan")
         print(
-            f"- throughput at concurrency {top}: {on:.1f} req/s with batching vs {off:.1f} without = "
-            f"{ratio:.2f}x (target >= 2x: {'met' if ratio >= 2 else 'not met'})"
+            f"- throughput at concurrency {top}: {on:.1f} req/s with batching vs {off:.1f} without "
+            f"= {ratio:.2f}x (target >= 2x: {'met' if ratio >= 2 else 'not met'})"
         )
     failed = sum(r.failed for r in runs)
     print(
@@ -310,7 +312,8 @@ def report(runs: list[Run], args) -> None:
         f"(target 0: {'met' if failed == 0 else 'not met'})"
     )
     print(
-        f"\nload average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min)\n",
+        f"\nload average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 "
+        "min)\n",
         flush=True,
     )
 
@@ -385,7 +388,8 @@ def main() -> None:
     p.add_argument(
         "--encoder-only",
         action="store_true",
-        help="only the encoder-alone table (e.g. --encoder open_clip:ViT-B-32/random: no index needed)",
+        help="only the encoder-alone table "
+        "(e.g. --encoder open_clip:ViT-B-32/random: no index needed)",
     )
     args = p.parse_args()
     if args.requests < 1 or args.rounds < 1 or min(args.concurrency) < 1:

@@ -1,13 +1,15 @@
 """How realistic are the synthetic embeddings? Real EfficientNet-Lite0 catalog embeddings against
 the generators of ``image_search.synthetic`` at matched size: PCA spectrum, cosine of each vector to
-its 1st and 10th nearest neighbour, and a plot of both (``benchmarks/figures/synthetic_vs_real.png``).
+its 1st and 10th nearest neighbour, and a plot of both
+(``benchmarks/figures/synthetic_vs_real.png``).
 
-Every generator is fitted on the 432 train products (shop photo + 4 customer photos each) and compared
-with the 930 photos of the 186 held-out products: at matched size (nearest-neighbour cosines at the
-encoder's 1280-d and after the benchmarks' PCA to 128-d, the share of exact zeros, and how close each
-vector is to its nearest fitted photo: a memorisation check), and at scale: with ``--scale`` synthetic
-vectors indexed, are the real held-out photos as close to them as fresh draws of the generator are?
-(A large gap means real queries are off the generator's distribution at scale.)
+Every generator is fitted on the 432 train products (shop photo + 4 customer photos each) and
+compared with the 930 photos of the 186 held-out products: at matched size (nearest-neighbour
+cosines at the encoder's 1280-d and after the benchmarks' PCA to 128-d, the share of exact zeros,
+and how close each vector is to its nearest fitted photo: a memorisation check), and at scale: with
+``--scale`` synthetic vectors indexed, are the real held-out photos as close to them as fresh draws
+of the generator are? (A large gap means real queries are off the generator's distribution at
+scale.)
 
     python benchmarks/bench_synthetic.py
 """
@@ -23,12 +25,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pandas as pd
-from _common import header, table
 
 from image_search import load_catalog, load_encoder
 from image_search.features import fit_pca
 from image_search.synthetic import fit_realistic, near_copy_embeddings, neighbour_cosines
 from image_search.training import catalog_features
+
+from _common import header, table
 
 FIGURE = Path(__file__).resolve().parent / "figures" / "synthetic_vs_real.png"
 

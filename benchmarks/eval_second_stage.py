@@ -22,24 +22,24 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import header, table  # noqa: E402
-
-from image_search import RerankConfig, Reranker, encode_paths, load_catalog, load_encoder  # noqa: E402
+from image_search import RerankConfig, Reranker, encode_paths, load_catalog, load_encoder
 from image_search.ltr import (
     candidate_lists,
     compare_rankings,
     fit_ranker,
-    ltr_experiment,  # noqa: E402
+    ltr_experiment,
     rerank_lists,
     simulate_click_log,
 )
 from image_search.rejection import (
     NON_PRODUCT_KINDS,
     evaluate_rejector,
-    fit_rejector,  # noqa: E402
+    fit_rejector,
     rejection_curve,
     rejection_experiment,
 )
+
+from _common import header, table
 
 RULES = RerankConfig(
     boosts=(("in_stock", "True", 0.02),), mmr_lambda=0.7
@@ -92,8 +92,8 @@ def learning_to_rank(catalog, encoder) -> None:
     table(
         compared.reset_index(),
         f"L3. Second stages on the {len(x.test)} held-out (test-product) customer photos "
-        "(NDCG@10 graded 2 exact / 1 same type; clicks: 20 fresh simulated sessions per photo, same random "
-        "numbers for every row; Δ: paired, 95% bootstrap over products)",
+        "(NDCG@10 graded 2 exact / 1 same type; clicks: 20 fresh simulated sessions per photo, "
+        "same random numbers for every row; Δ: paired, 95% bootstrap over products)",
         floatfmt=".4f",
     )
     print(f"re-ranking and scoring: {time.perf_counter() - t0:.1f} s wall")
@@ -124,7 +124,7 @@ def learning_to_rank(catalog, encoder) -> None:
         floatfmt=".4f",
     )
 
-    # the vote temperature, chosen on train products only: fit on half of them, validate on the other half
+    # the vote temperature, chosen on train products only: fit on one half, validate on the other
     train = catalog.split("train")
     half = set(np.random.default_rng(0).permutation([p.id for p in train])[: len(train) // 2])
     index = encode_paths(encoder, [catalog.icon_path(i) for i in catalog.ids], progress=False)
@@ -161,7 +161,8 @@ def learning_to_rank(catalog, encoder) -> None:
     table(
         pd.DataFrame(rows),
         f"L5. The vote temperature, chosen on train products only ({int(a.sum())} photos of half "
-        f"of them for the log, {int((~a).sum())} of the other half to validate; the package default is 0.02)",
+        f"of them for the log, {int((~a).sum())} of the other half to validate; the package "
+        "default is 0.02)",
         floatfmt=".4f",
     )
 
@@ -207,7 +208,8 @@ def rejection(catalog, encoder) -> None:
     t0 = time.perf_counter()
     x = rejection_experiment(catalog, encoder)
     print(
-        f"\nrejection_experiment: {time.perf_counter() - t0:.1f} s wall (embeds 400 non-product images on a cold cache)"
+        f"\nrejection_experiment: {time.perf_counter() - t0:.1f} s wall (embeds 400 non-product "
+        "images on a cold cache)"
     )
     counts = pd.DataFrame(
         {
@@ -221,7 +223,8 @@ def rejection(catalog, encoder) -> None:
     table(
         counts,
         f"R1. Queries: {len(x.indexed)} products indexed (icons), {len(x.removed)} held out "
-        "(30% of each split); non-product images of another seed and other photos' backgrounds for the test",
+        "(30% of each split); non-product images of another seed and other photos' backgrounds for "
+        "the test",
     )
 
     fit_in, fit_out = x.fit.scores[x.fit.in_catalog], x.fit.scores[~x.fit.in_catalog]

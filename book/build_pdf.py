@@ -1,4 +1,5 @@
-"""The whole book as one PDF (`make pdf`): every page of the built HTML printed by headless Chromium.
+"""The whole book as one PDF (`make pdf`): every page of the built HTML printed by headless
+Chromium.
 
 No TeX and no downloaded browser: Debian's `chromium` and `chromedriver` (the same ones the book
 checks use) print each page of `_toc.yml`, in reading order, as the reader's "print to PDF" would
@@ -61,7 +62,8 @@ A4 = {
 
 @dataclass(frozen=True)
 class Entry:
-    """One page of `_toc.yml`: its docname (e.g. "book/09_end_to_end") and its depth (0 = chapter)."""
+    """One page of `_toc.yml`: its docname (e.g. "book/09_end_to_end") and its depth (0 =
+    chapter)."""
 
     docname: str
     depth: int
@@ -139,15 +141,17 @@ def print_page(driver, url: str) -> tuple[bytes, str]:
     title = driver.execute_script(  # as numbered in the table of contents, else the page's h1
         "const a = document.querySelector('.bd-docs-nav a.current');"
         "const h = document.querySelector('article h1');"
-        "return (a && a.innerText.trim()) || (h ? h.innerText.replace(/#$/, '').trim() : document.title);"
+        "return (a && a.innerText.trim())"
+        " || (h ? h.innerText.replace(/#$/, '').trim() : document.title);"
     )
     pdf = base64.b64decode(driver.execute_cdp_cmd("Page.printToPDF", A4)["data"])
     return pdf, title
 
 
 def _internal_links(writer, base: str, first_page: dict[str, int]) -> tuple[int, int]:
-    """Links to the book's own pages jump inside the PDF; other links to the local server (downloads,
-    the index) are dropped, since they would point at a server that is gone. Returns (kept, dropped)."""
+    """Links to the book's own pages jump inside the PDF; other links to the local server
+    (downloads, the index) are dropped, since they would point at a server that is gone. Returns
+    (kept, dropped)."""
     from pypdf.generic import ArrayObject, DictionaryObject, NameObject, NullObject
 
     moved = dropped = 0
@@ -186,7 +190,8 @@ def _internal_links(writer, base: str, first_page: dict[str, int]) -> tuple[int,
 
 
 def build_pdf(html: Path, out: Path, toc_file: Path = REPO / "_toc.yml") -> int:
-    """Print every page of `toc_file` from the built `html` into one PDF at `out`; returns its pages."""
+    """Print every page of `toc_file` from the built `html` into one PDF at `out`; returns its
+    pages."""
     from pypdf import PdfReader, PdfWriter
 
     if not (html / "index.html").exists():
@@ -229,8 +234,9 @@ def build_pdf(html: Path, out: Path, toc_file: Path = REPO / "_toc.yml") -> int:
         writer.write(f)
     tmp.replace(out)
     print(
-        f"{out}: {len(writer.pages)} pages from {len(entries)} HTML pages in {time.perf_counter() - start:.0f} s; "
-        f"{moved} links between pages kept inside the PDF, {dropped} links to the local server dropped"
+        f"{out}: {len(writer.pages)} pages from {len(entries)} HTML pages in "
+        f"{time.perf_counter() - start:.0f} s; {moved} links between pages kept inside the PDF, "
+        f"{dropped} links to the local server dropped"
     )
     return len(writer.pages)
 

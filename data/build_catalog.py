@@ -90,18 +90,19 @@ TYPE_RULES = (
     ),
     (
         "toy or game",
-        r"toy|teddy|doll|rocking horse|car model|biplane|xylophone|rubik|puzzle|chessboard|card game"
-        r"|dart|pool table|football table|table tennis$|flipper",
+        r"toy|teddy|doll|rocking horse|car model|biplane|xylophone|rubik|puzzle|chessboard"
+        r"|card game|dart|pool table|football table|table tennis$|flipper",
     ),
     ("sports equipment", r"ball\b|racket|bat$|fitness|treadmill|bike|abdominal|punching"),
     (
         "food",
-        r"cup cake|bread$|butter|hamburger|hot dog|cake|apples|steak|chicken|fries|with (fruits|salad)",
+        r"cup cake|bread$|butter|hamburger|hot dog|cake|apples|steak|chicken|fries"
+        r"|with (fruits|salad)",
     ),
     (
         "small appliance",
-        r"small oven|\bfan\b|toaster|blender|mixer|coffee (maker|machine|brewer)|sandwich|fryer|scale|grill"
-        r"|microwave",
+        r"small oven|\bfan\b|toaster|blender|mixer|coffee (maker|machine|brewer)|sandwich"
+        r"|fryer|scale|grill|microwave",
     ),
     (
         "electronics",
@@ -125,7 +126,8 @@ TYPE_RULES = (
     ("rug", r"rug|carpet|mat$|tatami"),
     (
         "plant",
-        r"plant|flower|tulip|lily|orchid|cactus|bamboo|ficus|yucca|bonsai|christmas tree|spathiphyllum",
+        r"plant|flower|tulip|lily|orchid|cactus|bamboo|ficus|yucca|bonsai|christmas tree"
+        r"|spathiphyllum",
     ),
     ("heater", r"radiator|furnace|heater|fireplace|wood logs"),
     ("building element", r"railing|fence|chimney"),
@@ -145,8 +147,8 @@ TYPE_RULES = (
     ),
     (
         "tableware",
-        r"plate|bowl|(?<!letter )tray$|fork|spoon|knife|cutlery|creamer|sugar|salt|teapot|jar$|pottery"
-        r"|ashtray|hashtray",
+        r"plate|bowl|(?<!letter )tray$|fork|spoon|knife|cutlery|creamer|sugar|salt|teapot"
+        r"|jar$|pottery|ashtray|hashtray",
     ),
     ("cup or glass", r"\bcup\b|mug|glass$"),
     # personal things
@@ -368,7 +370,8 @@ def assign_splits(items: list[Item]) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- rendering
 def load_model(model_dir: Path, obj_name: str, item: Item):
-    """Load the OBJ as a trimesh scene: upright (catalogue rotation), sized, centred, unit height."""
+    """Load the OBJ as a trimesh scene: upright (catalogue rotation), sized, centred, unit
+    height."""
     import trimesh
 
     scene = trimesh.load(model_dir / obj_name, force="scene", process=False)
@@ -545,7 +548,8 @@ def downsample_mask(covered: np.ndarray, factor: int) -> np.ndarray:
 
 
 def box_from_mask(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """``(left, top, right, bottom)`` in pixels of the mask's true pixels (right/bottom exclusive)."""
+    """``(left, top, right, bottom)`` in pixels of the mask's true pixels (right/bottom
+    exclusive)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if len(rows) == 0:
         raise ValueError("empty mask: the object is not in the picture")

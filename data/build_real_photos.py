@@ -200,9 +200,12 @@ def write_attribution(path: Path, rows: list[dict]) -> None:
         "# Attribution: real photos",
         "",
         "Real photographs and photo cut-outs of household products, from three Debian packages,",
-        "downsized to at most 256 pixels a side (transparency on white) by `data/build_real_photos.py`.",
-        "Licences: CC0-1.0 and public domain (GCompris's categorization photos, from Wikimedia Commons",
-        "and publicdomainpictures.net, as the README beside them says; scikit-image's coffee photo);",
+        "downsized to at most 256 pixels a side (transparency on white) by "
+        "`data/build_real_photos.py`.",
+        "Licences: CC0-1.0 and public domain (GCompris's categorization photos, from Wikimedia "
+        "Commons",
+        "and publicdomainpictures.net, as the README beside them says; scikit-image's coffee "
+        "photo);",
         "CC-BY-SA-3.0 (Scratch 1.4 media, © MIT: https://creativecommons.org/licenses/by-sa/3.0/;",
         "the downsized copies here are shared under the same licence).",
         "",
@@ -210,8 +213,8 @@ def write_attribution(path: Path, rows: list[dict]) -> None:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {r['file']} | {r['type']} | {r['source_package']} | {r['author'] or 'unknown'} | {r['licence']} "
-        f"| {r['source'] or r['original_path']} |"
+        f"| {r['file']} | {r['type']} | {r['source_package']} | {r['author'] or 'unknown'} | "
+        f"{r['licence']} | {r['source'] or r['original_path']} |"
         for r in rows
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

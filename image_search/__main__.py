@@ -56,7 +56,8 @@ def _collapse_repeats(parser: _Parser, args: list[str]) -> list[str]:
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--store`` and ``--store-uri`` (``index``, ``search``, and any command that opens the index)."""
+    """``--store`` and ``--store-uri`` (``index``, ``search``, and any command that opens the
+    index)."""
     parser.add_argument(
         "--store",
         choices=("faiss", "qdrant", "milvus"),
@@ -123,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--text",
         default=None,
-        help="a text query, e.g. 'a green armchair'; with a photo: how to change it, e.g. 'in black'",
+        help="a text query, e.g. 'a green armchair'; "
+        "with a photo: how to change it, e.g. 'in black'",
     )
     s.add_argument(
         "--alpha", type=float, default=None, help="weight of --text in a photo + text query"
@@ -323,9 +325,10 @@ def _searcher(
         if explicit:
             opened.close()
             raise IndexMismatchError(
-                f"{location} was built for another catalog (its products, images or attributes differ "
-                f"from {catalog.root}; a shop's own catalog needs --catalog and --images): update it with "
-                f"`python -m image_search index --store {store} --store-uri {location}`"
+                f"{location} was built for another catalog (its products, images or attributes "
+                f"differ from {catalog.root}; a shop's own catalog needs --catalog and --images): "
+                f"update it with `python -m image_search index --store {store} --store-uri "
+                f"{location}`"
             )
         sys.stderr.write("updating the cached index: the catalog changed since it was built\n")
         index_catalog(opened, catalog, encoder, engine=engine, ray_address=ray_address)
@@ -369,8 +372,9 @@ def _index(args: argparse.Namespace) -> int:
         else f"{encoder.dim}-d, {args.store}"
     )
     print(
-        f"indexed {report.products} products with {args.encoder} ({kind}) -> {location}: {report.added} added, "
-        f"{report.updated} updated, {report.removed} removed, {report.embedded} images embedded ({args.engine})"
+        f"indexed {report.products} products with {args.encoder} ({kind}) -> {location}: "
+        f"{report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{report.embedded} images embedded ({args.engine})"
     )
     return 0
 
@@ -541,14 +545,15 @@ def _search(args: argparse.Namespace) -> int:
             )
         where = f" (searched the box {res.box})" if res.box else ""
         print(
-            f"\n{t.total_ms:.1f} ms: decode {t.decode_ms:.1f}, embed {t.embed_ms:.1f}, ANN {t.ann_ms:.2f}, "
-            f"re-rank {t.rerank_ms:.2f}{where}"
+            f"\n{t.total_ms:.1f} ms: decode {t.decode_ms:.1f}, embed {t.embed_ms:.1f}, ANN "
+            f"{t.ann_ms:.2f}, re-rank {t.rerank_ms:.2f}{where}"
         )
     return 0
 
 
 def _strict(value):
-    """``value`` with every NaN or infinite float as ``None``: JSON has no NaN (an unknown price)."""
+    """``value`` with every NaN or infinite float as ``None``: JSON has no NaN (an unknown
+    price)."""
     import math
 
     if isinstance(value, float):

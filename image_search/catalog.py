@@ -506,7 +506,7 @@ def _check_unique(products: Sequence[Product], lines: Sequence[int], source: str
         first[p.id] = line
 
 
-# --------------------------------------------------------------------------- near-duplicates (chapter 04)
+# --------------------------------------------------------------------- near-duplicates (chapter 04)
 @dataclass(frozen=True)
 class DuplicatePair:
     """Two products whose images look (nearly) the same; ``id_a < id_b``. Chapter 04."""
@@ -520,8 +520,8 @@ def near_duplicates(
     ids: Sequence[str], embeddings: np.ndarray, threshold: float = 0.95
 ) -> list[DuplicatePair]:
     """Every pair of items whose L2-normalised embeddings have cosine similarity ``>= threshold``,
-    most similar first. Exact (all pairs, ``n²/2`` dot products): fine for thousands of items; use an
-    ANN index's range search beyond that. Chapter 04."""
+    most similar first. Exact (all pairs, ``n²/2`` dot products): fine for thousands of items; use
+    an ANN index's range search beyond that. Chapter 04."""
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or len(x) != len(ids):
         raise ValueError(
@@ -534,7 +534,8 @@ def near_duplicates(
 
 
 def perceptual_hashes(paths: Sequence[str | Path], hash_size: int = 8) -> np.ndarray:
-    """DCT perceptual hash (``imagehash.phash``) of each image as a ``(n, hash_size²)`` bool array. Chapter 04."""
+    """DCT perceptual hash (``imagehash.phash``) of each image as a ``(n, hash_size²)`` bool array.
+    Chapter 04."""
     import imagehash
     from PIL import Image
 
@@ -563,7 +564,8 @@ def hash_duplicates(
 
 
 def duplicate_groups(pairs: Sequence[DuplicatePair]) -> list[tuple[str, ...]]:
-    """Connected groups of items linked by duplicate pairs (sorted ids; largest group first). Chapter 04."""
+    """Connected groups of items linked by duplicate pairs (sorted ids; largest group first).
+    Chapter 04."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

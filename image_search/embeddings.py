@@ -5,8 +5,8 @@ Every machine starts from the same shipped vectors, so a number measured on them
 CPU; the cache holds what is computed here. Both are keyed by the encoder's *fingerprint* (weights,
 preprocessing, backend, library versions), so a changed model never returns stale vectors. The cache
 is best effort: a damaged file is discarded and recomputed with one warning, and a cache that cannot
-be written (read-only, full disk) is kept in memory. Chapter 09 introduces it; chapter 12 uses it for
-incremental indexing.
+be written (read-only, full disk) is kept in memory. Chapter 09 introduces it; chapter 12 uses it
+for incremental indexing.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def _warn_once(path: Path, what: str, message: str) -> None:
 @dataclass(frozen=True)
 class EmbeddingCache:
     """A ``.npz`` file of image checksum -> vector for one encoder fingerprint. Each entry carries a
-    digest binding its key to its vector, so a damaged or shuffled file is detected and discarded."""
+    digest binding its key to its vector, so a damaged or shuffled file is detected and
+    discarded."""
 
     name: str
     dim: int
@@ -130,8 +131,8 @@ class EmbeddingCache:
         return found
 
     def fetch(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray]) -> np.ndarray:
-        """The vectors of ``keys`` in order, ``(len(keys), dim)`` float32: cached or shipped ones are
-        read, the rest come from ``compute(indices of the missing keys)`` and are cached."""
+        """The vectors of ``keys`` in order, ``(len(keys), dim)`` float32: cached or shipped ones
+        are read, the rest come from ``compute(indices of the missing keys)`` and are cached."""
         keys = list(keys)
         found = self.get(keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
@@ -139,7 +140,8 @@ class EmbeddingCache:
             new = np.asarray(compute(missing), dtype=np.float32)
             if new.shape != (len(missing), self.dim):
                 raise ValueError(
-                    f"the encoder returned shape {new.shape} for {len(missing)} images of dim {self.dim}"
+                    f"the encoder returned shape {new.shape} for {len(missing)} images of dim "
+                    f"{self.dim}"
                 )
             self.put([keys[i] for i in missing], new)
             found.update({keys[i]: new[j] for j, i in enumerate(missing)})
@@ -194,7 +196,8 @@ def _read_entries(path: Path, dim: int) -> dict[str, np.ndarray]:
     n = len(keys)
     if keys.ndim != 1 or vectors.shape != (n, dim) or digests.shape != (n, _DIGEST_BYTES):
         raise ValueError(
-            f"shapes {keys.shape}, {vectors.shape}, {digests.shape} do not fit {n} entries of dim {dim}"
+            f"shapes {keys.shape}, {vectors.shape}, {digests.shape} do not fit {n} entries of dim "
+            f"{dim}"
         )
     if not np.isfinite(vectors).all():
         raise ValueError("vectors hold NaN or inf")
@@ -235,7 +238,7 @@ def _read_npz(data: bytes, expected: dict[str, str]) -> dict[str, np.ndarray]:
     return out
 
 
-# --------------------------------------------------------------------------- shipped canonical embeddings
+# --------------------------------------------------------------------- shipped canonical embeddings
 @dataclass(frozen=True)
 class ShippedEmbeddings:
     """One canonical embedding set in ``data/embeddings/``: ``<stem>.npy`` (one row per image) and
@@ -256,7 +259,8 @@ def _load_shipped(stem: str, mtime: float) -> ShippedEmbeddings:
     raw = np.load(SHIPPED_DIR / f"{stem}.npy", allow_pickle=False)
     if raw.shape != (len(manifest["images"]), manifest["dim"]) or not np.isfinite(raw).all():
         raise ValueError(
-            f"data/embeddings/{stem}.npy does not match its manifest: rebuild it with `make embeddings`"
+            f"data/embeddings/{stem}.npy does not match its manifest: rebuild it with `make "
+            "embeddings`"
         )
     return ShippedEmbeddings(manifest, l2_normalize(raw))
 
@@ -328,7 +332,8 @@ def catalog_image_paths(catalog) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Rewrite the shipped canonical embedding sets (``make embeddings``; arguments: encoder names)."""
+    """Rewrite the shipped canonical embedding sets (``make embeddings``; arguments: encoder
+    names)."""
     import argparse
 
     from .catalog import load_catalog

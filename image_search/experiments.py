@@ -7,6 +7,7 @@ impressions take seconds and reproduce exactly.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Callable, Hashable, Sequence
@@ -33,9 +34,10 @@ class GradedClickModel:
     replaces grades by a simulated shopper's hidden taste. Chapter 07.
 
     Heterogeneous users (off by default): each user gets a click-propensity multiplier
-    ``m ~ LogNormal(-s**2 / 2, s)`` with ``s = propensity_sigma`` (mean 1) that scales all their click
-    probabilities (capped at 1), and a position-bias exponent ``eta * LogNormal(-t**2 / 2, t)`` with
-    ``t = eta_sigma``. With both at 0 every user behaves the same."""
+    ``m ~ LogNormal(-s**2 / 2, s)`` with ``s = propensity_sigma`` (mean 1) that scales all their
+    click probabilities (capped at 1), and a position-bias exponent
+    ``eta * LogNormal(-t**2 / 2, t)`` with ``t = eta_sigma``. With both at 0 every user behaves the
+    same."""
 
     eta: float = 1.0
     attractiveness: tuple[float, ...] = (0.02, 0.1, 0.6)
@@ -43,7 +45,8 @@ class GradedClickModel:
     eta_sigma: float = 0.0
 
     def examination(self, k: int, eta: float | np.ndarray | None = None) -> np.ndarray:
-        """``(k,)`` examination probabilities; with per-user ``eta`` of shape ``(n,)``: ``(n, k)``."""
+        """``(k,)`` examination probabilities; with per-user ``eta`` of shape ``(n,)``:
+        ``(n, k)``."""
         return examination(k, self.eta if eta is None else eta)
 
     def sample_users(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +67,8 @@ class GradedClickModel:
         eta: np.ndarray | None = None,
     ) -> np.ndarray:
         """``(n, k)`` integer relevance grades of ranked lists -> per-slot click probabilities;
-        optional per-list user traits ``propensity`` and ``eta`` of shape ``(n,)`` (see ``sample_users``)."""
+        optional per-list user traits ``propensity`` and ``eta`` of shape ``(n,)`` (see
+        ``sample_users``)."""
         grades = np.asarray(grades)
         p = np.asarray(self.attractiveness)[grades] * self.examination(grades.shape[-1], eta)
         if propensity is not None:
@@ -72,7 +76,8 @@ class GradedClickModel:
         return p
 
     def session_ctr(self, grades: np.ndarray) -> np.ndarray:
-        """Probability that a session (one ranked list) gets at least one click, per list (average user)."""
+        """Probability that a session (one ranked list) gets at least one click, per list (average
+        user)."""
         return 1.0 - np.prod(1.0 - self.click_probabilities(grades), axis=-1)
 
 
@@ -87,9 +92,9 @@ def relevance_grades(
     category_of: dict,
     k: int = 10,
 ) -> np.ndarray:
-    """Grades of ranked lists for the click model: 2 = the query's product, 1 = same group, 0 = other.
-    ``category_of`` maps every id to its group: its category, or its type (``Product.type``), as
-    chapter 09's learning to rank grades relevance."""
+    """Grades of ranked lists for the click model: 2 = the query's product, 1 = same group, 0 =
+    other. ``category_of`` maps every id to its group: its category, or its type (``Product.type``),
+    as chapter 09's learning to rank grades relevance."""
     out = np.zeros((len(rankings), k), dtype=np.int64)
     for i, (ranked, t) in enumerate(zip(rankings, true_ids)):
         for j, r in enumerate(list(ranked)[:k]):
@@ -99,7 +104,8 @@ def relevance_grades(
 
 # --------------------------------------------------------------------------- A/B statistics
 def sample_size_per_arm(p_a: float, p_b: float, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Users per arm for a two-sided two-proportion z-test to detect ``p_a`` vs ``p_b``. Chapter 07."""
+    """Users per arm for a two-sided two-proportion z-test to detect ``p_a`` vs ``p_b``.
+    Chapter 07."""
     if p_a == p_b:
         raise ValueError("the two proportions are equal: no sample size detects no difference")
     z_a, z_b = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
@@ -174,8 +180,7 @@ def team_draft_all(
     rounds = (k + 1) // 2
     out = []
     for coins in itertools.product((0, 1), repeat=rounds):
-        it = iter(coins)
-        out.append(_team_draft(a, b, k, lambda: next(it, 0)))
+        out.append(_team_draft(a, b, k, functools.partial(next, iter(coins), 0)))
     return out
 
 
@@ -222,15 +227,15 @@ def sign_test_p_value(wins_a, wins_b) -> np.ndarray:
     return np.minimum(1.0, 2 * stats.binom.cdf(np.minimum(wa, wb), wa + wb, 0.5))
 
 
-# --------------------------------------------------------------------------- users with many sessions
+# ------------------------------------------------------------------------- users with many sessions
 @dataclass(frozen=True, eq=False)
 class UserSessions:
     """Per-user totals from ``simulate_user_sessions``: each of ``n_users`` users runs
-    ``sessions_per_user`` sessions. ``clicks_a`` / ``clicks_b``: the user's clicks when served ranker A /
-    B (the two arms of an A/B test); ``wins_a`` / ``wins_b``: the user's interleaved sessions credited
-    to A / B. ``expected_ab_diff`` / ``expected_il_diff``: the user's expected ``clicks_b - clicks_a`` and
-    ``wins_b - wins_a`` given their traits and queries (no click noise); the effects are estimated from
-    these, the variances from the simulated clicks. Chapter 07."""
+    ``sessions_per_user`` sessions. ``clicks_a`` / ``clicks_b``: the user's clicks when served
+    ranker A / B (the two arms of an A/B test); ``wins_a`` / ``wins_b``: the user's interleaved
+    sessions credited to A / B. ``expected_ab_diff`` / ``expected_il_diff``: the user's expected
+    ``clicks_b - clicks_a`` and ``wins_b - wins_a`` given their traits and queries (no click noise);
+    the effects are estimated from these, the variances from the simulated clicks. Chapter 07."""
 
     sessions_per_user: int
     clicks_a: np.ndarray
@@ -241,16 +246,18 @@ class UserSessions:
     expected_il_diff: np.ndarray
 
     def ab_power(self, n_sessions, alpha: float = 0.05) -> np.ndarray:
-        """Power of an A/B test randomised by user (``n_sessions`` in both arms together) that compares
-        clicks per user with a two-sample z-test (normal approximation, moments from the simulation)."""
+        """Power of an A/B test randomised by user (``n_sessions`` in both arms together) that
+        compares clicks per user with a two-sample z-test (normal approximation, moments from the
+        simulation)."""
         n = np.asarray(n_sessions, dtype=np.float64) / (2 * self.sessions_per_user)
         effect = float(self.expected_ab_diff.mean())
         sd = float(np.sqrt(self.clicks_a.var() + self.clicks_b.var()))
         return _normal_power(n, effect, sd, sd, alpha)
 
     def interleaving_power(self, n_sessions, alpha: float = 0.05) -> np.ndarray:
-        """Power of team-draft interleaving with a sign test over all non-tied sessions; the variance
-        of B's net wins is taken per user, so the correlation of sessions of one user is included."""
+        """Power of team-draft interleaving with a sign test over all non-tied sessions; the
+        variance of B's net wins is taken per user, so the correlation of sessions of one user is
+        included."""
         n = np.asarray(n_sessions, dtype=np.float64) / self.sessions_per_user
         net = self.wins_b - self.wins_a
         return _normal_power(
@@ -276,8 +283,9 @@ class UserSessions:
 
 
 def _normal_power(n, effect: float, sd_alt: float, sd_null: float, alpha: float) -> np.ndarray:
-    """P(reject) of a two-sided z-test whose per-unit statistic has mean ``effect`` and sd ``sd_alt``,
-    standardised with the null sd ``sd_null``, with ``n`` units (upper rejection region only)."""
+    """P(reject) of a two-sided z-test whose per-unit statistic has mean ``effect`` and sd
+    ``sd_alt``, standardised with the null sd ``sd_null``, with ``n`` units (upper rejection region
+    only)."""
     z = stats.norm.ppf(1 - alpha / 2)
     return stats.norm.cdf((np.sqrt(n) * abs(effect) - z * sd_null) / sd_alt)
 
@@ -293,17 +301,17 @@ def simulate_user_sessions(
     seed: int = 0,
 ) -> UserSessions:
     """Simulate ``n_users`` users (traits from ``click_model.sample_users``), each running
-    ``sessions_per_user`` sessions on queries in random order, under ranker A, under ranker B and under an
-    interleaved list. Rows of ``grades_a``/``grades_b`` are queries; rows of ``grades_interleaved`` /
-    ``teams_interleaved`` are pre-drawn interleavings, ``len(grades_interleaved) // len(grades_a)``
-    consecutive rows per query. A user's traits and queries are shared by the three conditions
-    (common random numbers: differences are estimated precisely); clicks are drawn independently.
-    Chapter 07."""
+    ``sessions_per_user`` sessions on queries in random order, under ranker A, under ranker B and
+    under an interleaved list. Rows of ``grades_a``/``grades_b`` are queries; rows of
+    ``grades_interleaved`` / ``teams_interleaved`` are pre-drawn interleavings,
+    ``len(grades_interleaved) // len(grades_a)`` consecutive rows per query. A user's traits and
+    queries are shared by the three conditions (common random numbers: differences are estimated
+    precisely); clicks are drawn independently. Chapter 07."""
     rng = np.random.default_rng(seed)
     mult, eta = click_model.sample_users(n_users, rng)
     user = np.repeat(np.arange(n_users), sessions_per_user)
     variants = len(grades_interleaved) // len(grades_a)
-    # balanced: every (query, interleaving) row equally often, in random order -> no query-sampling noise
+    # balanced: every (query, interleaving) row equally often, in random order: no sampling noise
     row_i = rng.permutation(np.resize(np.arange(len(grades_a) * variants), user.size))
     query = row_i // variants
 
@@ -330,8 +338,9 @@ def simulate_user_sessions(
 
 
 def expected_credit(teams: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Exact expectation of ``interleaving_credit`` (P(A wins) - P(B wins)) per interleaved list, given
-    per-slot click probabilities: the distribution of (A's clicks - B's clicks), slot by slot."""
+    """Exact expectation of ``interleaving_credit`` (P(A wins) - P(B wins)) per interleaved list,
+    given per-slot click probabilities: the distribution of (A's clicks - B's clicks), slot by
+    slot."""
     teams, p = np.asarray(teams), np.asarray(probabilities, dtype=np.float64)
     n, k = p.shape
     dist = np.zeros((n, 2 * k + 1))

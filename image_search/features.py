@@ -20,7 +20,8 @@ from .metrics import RetrievalReport, retrieval_report
 
 # --------------------------------------------------------------------------- exact retrieval
 def top_k(query_embeddings: np.ndarray, index_embeddings: np.ndarray, k: int) -> np.ndarray:
-    """Row indices of the ``k`` highest inner products per query, best first (ties: lower index first)."""
+    """Row indices of the ``k`` highest inner products per query, best first (ties: lower index
+    first)."""
     q = np.asarray(query_embeddings, dtype=np.float32)
     x = np.asarray(index_embeddings, dtype=np.float32)
     if q.ndim != 2 or x.ndim != 2 or q.shape[1] != x.shape[1]:
@@ -130,7 +131,8 @@ class Crop:
 @dataclass
 class CropEncoder:
     """An encoder that crops each image first. Its ``name`` includes the crop, so
-    :func:`~image_search.encoders.encode_paths` caches each crop's embeddings separately. Chapter 05."""
+    :func:`~image_search.encoders.encode_paths` caches each crop's embeddings separately.
+    Chapter 05."""
 
     base: Encoder
     crop: Crop

@@ -6,8 +6,8 @@ myst-nb role, e.g. ``{glue:text}`../notebooks/09_end_to_end.ipynb::r1:.3f```, so
 says what the notebook printed. The last cell of each notebook calls :func:`check_glued`: under
 nbval (CI) it compares every number of this run with the one committed in the notebook file, within
 the tolerance declared where it was glued, and fails with a table of the differences. Timings are
-glued with ``tol=None`` and never compared. Chapter 07 explains how tolerances are chosen; chapter 11
-collects the headline numbers with :func:`glued`.
+glued with ``tol=None`` and never compared. Chapter 07 explains how tolerances are chosen;
+chapter 11 collects the headline numbers with :func:`glued`.
 """
 
 from __future__ import annotations

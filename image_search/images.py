@@ -124,8 +124,8 @@ def _check_jpeg_segments(data: bytes) -> None:
     Each scan (an SOS segment) of a progressive JPEG is another pass over every coefficient of the
     image, so a small file that repeats one scan a thousand times decodes for minutes. The walk is
     exact, not a byte search: segment lengths are followed, and a scan's entropy-coded data cannot
-    hold a marker because its 0xFF bytes are escaped as 0xFF00. It stops at the first EOI (the end of
-    the image the decoder reads); damage is left for the decoder to report.
+    hold a marker because its 0xFF bytes are escaped as 0xFF00. It stops at the first EOI (the end
+    of the image the decoder reads); damage is left for the decoder to report.
     """
     pos, scans, segments = 2, 0, 0
     while (m := _JPEG_MARKER.search(data, pos)) is not None:
@@ -346,7 +346,8 @@ def _row_chunks(arr: np.ndarray) -> Iterator[slice]:
 
 
 def _finite_max(arr: np.ndarray, refuse: bool) -> float:
-    """The largest value of ``arr``, read in chunks of rows; NaN and inf count as 0, or are refused."""
+    """The largest value of ``arr``, read in chunks of rows; NaN and inf count as 0, or are
+    refused."""
     top = -math.inf
     for rows in _row_chunks(arr):
         block = arr[rows]
@@ -361,8 +362,9 @@ def _finite_max(arr: np.ndarray, refuse: bool) -> float:
 
 
 def _to_uint8(arr: np.ndarray, divide: float = 1.0, multiply: float = 1.0) -> np.ndarray:
-    """``clip(round(arr / divide * multiply), 0, 255)`` as uint8, NaN and inf as 0, converted in chunks
-    of rows: no full-size float temporaries (a float64 copy of a 40 Mpx RGBA array is 1.3 GB)."""
+    """``clip(round(arr / divide * multiply), 0, 255)`` as uint8, NaN and inf as 0, converted in
+    chunks of rows: no full-size float temporaries (a float64 copy of a 40 Mpx RGBA array is 1.3
+    GB)."""
     out = np.empty(arr.shape, np.uint8)
     for rows in _row_chunks(arr):
         block = np.nan_to_num(

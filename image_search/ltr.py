@@ -8,7 +8,8 @@ position-biased click model. Rank 1 is looked at more often than rank 8, so a mo
 clicks learns that a high rank is itself attractive; **inverse-propensity weighting** (IPW) divides
 each click by the probability that its rank was examined, so the fit estimates how attractive an
 item is once seen (Joachims et al., "Unbiased Learning-to-Rank with Biased Feedback", WSDM 2017;
-Saito et al., "Unbiased Recommender Learning from Missing-Not-At-Random Implicit Feedback", WSDM 2020).
+Saito et al., "Unbiased Recommender Learning from Missing-Not-At-Random Implicit Feedback", WSDM
+2020).
 
 This module holds the model, its features and its fitting; it never imports the online path.
 """
@@ -55,7 +56,8 @@ def ranking_features(
     for the top); ``type_vote`` / ``colour_vote`` the share of the ANN top 10 with the candidate's
     type / colour, each weighted by ``softmax(score / temperature)`` so the best matches count most;
     ``centrality`` the same weighted mean of the candidate's cosine to the top 10; ``log_price``
-    log(1 + price) (NaN when unknown: the model reads it as average); ``in_stock`` 1 or 0. Chapter 09."""
+    log(1 + price) (NaN when unknown: the model reads it as average); ``in_stock`` 1 or 0.
+    Chapter 09."""
     ids = list(ids)
     s = np.asarray(scores, dtype=np.float64)
     v = np.asarray(vectors, dtype=np.float32)
@@ -277,8 +279,9 @@ def fit_linear_ranker(
     clip: float | None = None,
     name: str = "",
 ) -> LinearRanker:
-    """Fit a :class:`LinearRanker` to logged impressions: per row, the item's ``features``, how often
-    it was shown (``impressions``) and clicked (``clicks``), and the 1-based rank it was shown at.
+    """Fit a :class:`LinearRanker` to logged impressions: per row, the item's ``features``, how
+    often it was shown (``impressions``) and clicked (``clicks``), and the 1-based rank it was shown
+    at.
 
     Without ``click_model`` (naive) the label is the click rate ``clicks / impressions``: it mixes
     how attractive the item is with how often its rank is seen. With ``click_model`` each click is
@@ -318,7 +321,7 @@ def fit_linear_ranker(
     )
 
 
-# --------------------------------------------------------------------------- candidate lists and a click log
+# ------------------------------------------------------------------ candidate lists and a click log
 @dataclass(frozen=True, eq=False)
 class CandidateLists:
     """The ANN candidates of many queries, in ANN order: per query ``q`` the product it shows
@@ -368,7 +371,8 @@ def candidate_lists(
     x = np.asarray(index_embeddings, dtype=np.float32)
     if len(q) != len(true_ids) or len(x) != len(index_ids) or not len(q):
         raise InvalidRequestError(
-            f"{len(q)} queries for {len(true_ids)} true ids, {len(x)} index rows for {len(index_ids)} ids"
+            f"{len(q)} queries for {len(true_ids)} true ids, {len(x)} index rows for "
+            f"{len(index_ids)} ids"
         )
     index_ids = tuple(index_ids)
     rows = top_k(q, x, n)
@@ -474,15 +478,16 @@ def fit_ranker(
     )
 
 
-# --------------------------------------------------------------------------- comparing second stages
+# -------------------------------------------------------------------------- comparing second stages
 class Reranks(Protocol):
     def rerank(self, ids: Sequence[str], scores: np.ndarray, vectors: np.ndarray, k: int): ...
 
 
 def rerank_lists(reranker: Reranks, lists: CandidateLists, k: int = 10) -> list[tuple[str, ...]]:
-    """Each query's top ``k`` after ``reranker.rerank`` (a :class:`~image_search.reranker.Reranker`).
-    BLAS runs on one thread meanwhile: the re-ranker's products of 50 vectors are too small to share,
-    and on busy cores waking threads for each made this loop 15 times slower."""
+    """Each query's top ``k`` after ``reranker.rerank`` (a
+    :class:`~image_search.reranker.Reranker`). BLAS runs on one thread meanwhile: the re-ranker's
+    products of 50 vectors are too small to share, and on busy cores waking threads for each made
+    this loop 15 times slower."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):
@@ -498,11 +503,12 @@ def compare_rankings(
     reference: str | None = None,
     k: int = 10,
 ) -> pd.DataFrame:
-    """One row per named ranking of the queries of ``lists``: graded ``NDCG@10`` (2 exact, 1 same type),
-    exact-product ``R@1``, ``clicks/session`` and ``CTR@1`` (share of sessions with a click on the
-    first result) from ``sessions`` simulated sessions per query (seeded, the same shoppers and random
-    numbers for every ranking), and ``diversity`` (mean intra-list diversity of the top k). With
-    ``reference``, the NDCG difference to it with a 95% bootstrap interval over products. Chapter 09."""
+    """One row per named ranking of the queries of ``lists``: graded ``NDCG@10`` (2 exact, 1 same
+    type), exact-product ``R@1``, ``clicks/session`` and ``CTR@1`` (share of sessions with a click
+    on the first result) from ``sessions`` simulated sessions per query (seeded, the same shoppers
+    and random numbers for every ranking), and ``diversity`` (mean intra-list diversity of the top
+    k). With ``reference``, the NDCG difference to it with a 95% bootstrap interval over products.
+    Chapter 09."""
     from .experiments import relevance_grades
     from .metrics import bootstrap_ci, intra_list_diversity, type_ndcg
 
@@ -553,9 +559,10 @@ def compare_rankings(
 
 @dataclass(frozen=True, eq=False)
 class LtrExperiment:
-    """Learning to rank on the catalog: candidate lists of the ``train`` products' customer photos (the
-    click log ``log`` comes from them) and of the ``test`` products' ones, and the two rankers fitted
-    on the log: ``naive`` (raw clicks) and ``ipw`` (inverse-propensity weighted). Chapter 09."""
+    """Learning to rank on the catalog: candidate lists of the ``train`` products' customer photos
+    (the click log ``log`` comes from them) and of the ``test`` products' ones, and the two rankers
+    fitted on the log: ``naive`` (raw clicks) and ``ipw`` (inverse-propensity weighted).
+    Chapter 09."""
 
     train: CandidateLists
     test: CandidateLists
@@ -577,8 +584,9 @@ def ltr_experiment(
 ) -> LtrExperiment:
     """Index every product's shop photo (icon) with ``encoder`` (cached embeddings; exact search),
     take the top ``candidates`` of every customer photo, simulate ``sessions`` searches per train
-    photo shown the ANN top ``k`` under ``click_model`` (default: chapter 07's ``GradedClickModel()``,
-    position bias 1/rank), and fit the naive and the IPW ranker. Seeded; seconds. Chapter 09."""
+    photo shown the ANN top ``k`` under ``click_model`` (default: chapter 07's
+    ``GradedClickModel()``, position bias 1/rank), and fit the naive and the IPW ranker. Seeded;
+    seconds. Chapter 09."""
     from .embeddings import encode_paths
     from .experiments import GradedClickModel
 

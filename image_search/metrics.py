@@ -32,14 +32,16 @@ def hit_at_k(ranked: Sequence[Hashable], relevant, k: int) -> float:
 
 
 def precision_at_k(ranked: Sequence[Hashable], relevant, k: int) -> float:
-    """Share of the top ``k`` slots holding a relevant item (a short list counts empty slots as misses)."""
+    """Share of the top ``k`` slots holding a relevant item (a short list counts empty slots as
+    misses)."""
     _check_k(k)
     relevant = set(relevant)
     return sum(1 for r in ranked[:k] if r in relevant) / k
 
 
 def average_precision(ranked: Sequence[Hashable], relevant, k: int | None = None) -> float:
-    """Mean of precision@i over the ranks i of the relevant items found (divided by all relevant)."""
+    """Mean of precision@i over the ranks i of the relevant items found (divided by all
+    relevant)."""
     relevant = set(relevant)
     if not relevant:
         return 0.0
@@ -61,7 +63,8 @@ def reciprocal_rank(ranked: Sequence[Hashable], relevant, k: int | None = None) 
 
 
 def ndcg_at_k(ranked: Sequence[Hashable], relevant, k: int) -> float:
-    """Normalised discounted cumulative gain with gains ``2**rel - 1`` and ``log2(rank + 1)`` discounts.
+    """Normalised discounted cumulative gain with gains ``2**rel - 1`` and ``log2(rank + 1)``
+    discounts.
 
     ``relevant`` is a set (gain 1 each) or a mapping id -> graded relevance.
     """

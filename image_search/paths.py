@@ -1,8 +1,8 @@
 """Files the package reads and writes: the cache folder, safe file names, regular-file checks and
 atomic writes. Every path the package writes (indexes, embedding caches, trained models, the demo
 PNG) goes through :func:`atomic_write`; every index or cache file it reads goes through
-:func:`read_regular`. Chapter 02 explains why (bad input loses nothing); chapter 08 uses them to save
-indexes.
+:func:`read_regular`. Chapter 02 explains why (bad input loses nothing); chapter 08 uses them to
+save indexes.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def cache_dir() -> Path:
 
 
 def safe_name(name: str) -> str:
-    """``name`` as a file name: letters, digits, ``-``, ``_`` and ``.`` kept, anything else ``_``."""
+    """``name`` as a file name: letters, digits, ``-``, ``_`` and ``.`` kept, anything else
+    ``_``."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
 

@@ -100,7 +100,8 @@ class TasteClickModel:
     def click_probabilities(
         self, user: User, relevance: np.ndarray, preferences: np.ndarray
     ) -> np.ndarray:
-        """Per-rank click probabilities of a shown list (``relevance``, ``preferences`` in rank order)."""
+        """Per-rank click probabilities of a shown list (``relevance``, ``preferences`` in rank
+        order)."""
         attract = (1 - user.taste) * np.asarray(relevance) + user.taste * np.asarray(preferences)
         return self.examine(len(attract)) * np.clip(attract, 0, 1)
 
@@ -133,7 +134,8 @@ class Bandit(Protocol):
 
 
 class _RidgeArms:
-    """One ridge regression of reward on context per arm: ``A = ridge·I + Σ x xᵀ``, ``b = Σ r x``."""
+    """One ridge regression of reward on context per arm: ``A = ridge·I + Σ x xᵀ``,
+    ``b = Σ r x``."""
 
     def __init__(self, n_arms: int, dim: int, ridge: float = 1.0) -> None:
         self.A = np.stack([np.eye(dim) * ridge for _ in range(n_arms)])
@@ -293,7 +295,8 @@ def simulate(
     env: ShopEnvironment, strategy: Bandit | Oracle, rounds: int, seed: int = 0
 ) -> SimulationLog:
     """Run ``rounds`` searches: pick a policy with ``strategy`` from the visible context, show its
-    top k, draw clicks from the click model, update the user's history and the strategy. Chapter 13."""
+    top k, draw clicks from the click model, update the user's history and the strategy.
+    Chapter 13."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # tiny matrices: BLAS threads only add overhead
@@ -368,8 +371,8 @@ def _simulate(
 
 
 def category_concentration(log: SimulationLog, last: int = 10, min_clicks: int = 5) -> float:
-    """Filter-bubble measure: over users with at least ``min_clicks`` clicks, the mean share of their
-    ``last`` clicks that fall in their most-clicked category."""
+    """Filter-bubble measure: over users with at least ``min_clicks`` clicks, the mean share of
+    their ``last`` clicks that fall in their most-clicked category."""
     per_user: dict[int, list[str]] = {}
     for u, cats in zip(log.user.tolist(), log.clicked_categories):
         per_user.setdefault(u, []).extend(cats)

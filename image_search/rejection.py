@@ -1,5 +1,5 @@
-"""Saying "no confident match": a rejector decides from the ANN scores of a query whether the catalog
-holds what the photo shows, calibrated on out-of-catalogue queries. Chapter 10.
+"""Saying "no confident match": a rejector decides from the ANN scores of a query whether the
+catalog holds what the photo shows, calibrated on out-of-catalogue queries. Chapter 10.
 
 The out-of-catalogue queries are customer photos of products held out of the index and images of no
 product at all (noise, solid colours, gradients, crops of photo backgrounds). The rejector is fitted
@@ -30,12 +30,12 @@ ENTROPY_TOP = 10  # the entropy feature looks at the top 10 scores
 ENTROPY_TEMPERATURE = 0.02  # softmax temperature of those scores (cosines 0.02 apart differ by e)
 
 
-# --------------------------------------------------------------------------- features of a score list
+# ------------------------------------------------------------------------- features of a score list
 def score_features(scores: np.ndarray, names: Sequence[str] = FEATURES) -> np.ndarray:
-    """Features of ANN score lists, ``(n, k)`` best first (or one list ``(k,)``) -> ``(n, len(names))``:
-    ``top1`` the best cosine; ``margin`` the best minus the second; ``entropy`` the entropy of the
-    softmax of the top 10 scores at temperature 0.02, divided by its maximum (1: ten equally good
-    candidates, 0: one stands out). Chapter 10."""
+    """Features of ANN score lists, ``(n, k)`` best first (or one list ``(k,)``) ->
+    ``(n, len(names))``: ``top1`` the best cosine; ``margin`` the best minus the second; ``entropy``
+    the entropy of the softmax of the top 10 scores at temperature 0.02, divided by its maximum (1:
+    ten equally good candidates, 0: one stands out). Chapter 10."""
     s = _score_lists(scores, _min_scores(names))
     out = []
     for name in names:
@@ -108,11 +108,13 @@ class Rejector:
 
     @property
     def min_scores(self) -> int:
-        """How many ANN scores per query it needs (1 for ``top1`` only, else 2; entropy uses up to 10)."""
+        """How many ANN scores per query it needs (1 for ``top1`` only, else 2; entropy uses up to
+        10)."""
         return _min_scores(self.features)
 
     def confidence(self, scores: np.ndarray) -> np.ndarray:
-        """Confidence that the catalog holds the photo's product: ``(n,)`` for ``(n, k)`` score lists."""
+        """Confidence that the catalog holds the photo's product: ``(n,)`` for ``(n, k)`` score
+        lists."""
         z = (score_features(scores, self.features) - np.asarray(self.mean)) / np.asarray(self.scale)
         return self.bias + z @ np.asarray(self.weights)
 
@@ -203,7 +205,7 @@ def fit_rejector(
     return Rejector(r.features, r.weights, r.bias, r.mean, r.scale, threshold, encoder)
 
 
-# --------------------------------------------------------------------------- out-of-catalogue queries
+# ------------------------------------------------------------------------- out-of-catalogue queries
 def non_product_images(
     catalog: Catalog, product_ids: Sequence[str], per_kind: int, seed: int = 0, size: int = 128
 ) -> tuple[list[Image.Image], list[str]]:
@@ -239,8 +241,8 @@ def non_product_images(
 def _background_crops(
     catalog: Catalog, product_ids: Sequence[str], n: int, rng: np.random.Generator, size: int
 ) -> list[Image.Image]:
-    """Square crops, a quarter of the photo's side, of customer photos where the object mask is empty
-    (objects fill most photos, so larger crops are rarely free), scaled up to ``size``."""
+    """Square crops, a quarter of the photo's side, of customer photos where the object mask is
+    empty (objects fill most photos, so larger crops are rarely free), scaled up to ``size``."""
     views = [v for pid in product_ids for v in catalog.view_paths(pid)]
     if n and not views:
         raise InvalidRequestError("background crops need products with customer photos")
@@ -273,8 +275,8 @@ def _background_crops(
 
 
 def embed_images(encoder, images: Sequence[Image.Image]) -> np.ndarray:
-    """Embeddings of in-memory images, cached on disk like :func:`~image_search.encoders.encode_paths`
-    (keyed by a SHA-256 of the pixels). Chapter 10."""
+    """Embeddings of in-memory images, cached on disk like
+    :func:`~image_search.encoders.encode_paths` (keyed by a SHA-256 of the pixels). Chapter 10."""
     keys = [
         hashlib.sha256(f"rgb{im.size}".encode() + im.convert("RGB").tobytes()).hexdigest()
         for im in images
@@ -286,10 +288,10 @@ def embed_images(encoder, images: Sequence[Image.Image]) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class RejectionQueries:
-    """Queries for fitting or evaluating a rejector: each one's top ``k`` ANN ``scores`` (best first),
-    its top-1 product, the product it shows (``""`` for a non-product image) and its ``kind``:
-    ``"catalog"`` (its product is indexed), ``"removed product"`` (held out of the index) or a kind of
-    :data:`NON_PRODUCT_KINDS`. Chapter 10."""
+    """Queries for fitting or evaluating a rejector: each one's top ``k`` ANN ``scores`` (best
+    first), its top-1 product, the product it shows (``""`` for a non-product image) and its
+    ``kind``: ``"catalog"`` (its product is indexed), ``"removed product"`` (held out of the index)
+    or a kind of :data:`NON_PRODUCT_KINDS`. Chapter 10."""
 
     scores: np.ndarray
     top_ids: tuple[str, ...]
@@ -384,7 +386,8 @@ def calibrate_rejector(
     """The rejector a searcher over the whole catalog uses: fitted on the train products' queries of
     :func:`rejection_experiment` (seconds once their embeddings are cached). With every product
     indexed, a query's best score can only be higher than in the experiment, so in-catalogue queries
-    like the calibration ones are rejected at most at the ``max_false_rejection`` rate. Chapter 10."""
+    like the calibration ones are rejected at most at the ``max_false_rejection`` rate.
+    Chapter 10."""
     fit = rejection_experiment(
         catalog, encoder, per_kind=per_kind, seed=seed, query_encoder=query_encoder
     ).fit
@@ -400,13 +403,14 @@ def calibrate_rejector(
 # --------------------------------------------------------------------------- how well it rejects
 @dataclass(frozen=True)
 class RejectionReport:
-    """How a rejector does on a set of queries. The positive class is "out of catalogue": ``precision``
-    is the share of rejected queries that were out of catalogue (1 when none is rejected),
-    ``recall`` the share of out-of-catalogue queries rejected (also per kind), ``false_rejection``
-    the share of in-catalogue queries wrongly rejected. ``auc``: the chance that an in-catalogue query gets a higher confidence
-    than an out-of-catalogue one (threshold-free; 0.5 is chance), also per kind of out-of-catalogue
-    query (``auc_by_kind``). ``recall_at_1`` is the exact-product Recall@1 of
-    all in-catalogue queries, ``accepted_recall_at_1`` of those not rejected. Chapter 10."""
+    """How a rejector does on a set of queries. The positive class is "out of catalogue":
+    ``precision`` is the share of rejected queries that were out of catalogue (1 when none is
+    rejected), ``recall`` the share of out-of-catalogue queries rejected (also per kind),
+    ``false_rejection`` the share of in-catalogue queries wrongly rejected. ``auc``: the chance that
+    an in-catalogue query gets a higher confidence than an out-of-catalogue one (threshold-free; 0.5
+    is chance), also per kind of out-of-catalogue query (``auc_by_kind``). ``recall_at_1`` is the
+    exact-product Recall@1 of all in-catalogue queries, ``accepted_recall_at_1`` of those not
+    rejected. Chapter 10."""
 
     queries: int
     out_of_catalog: int
@@ -423,14 +427,16 @@ class RejectionReport:
     def __str__(self) -> str:
         kinds = ", ".join(f"{k} {v:.3f}" for k, v in self.recall_by_kind.items())
         return (
-            f"{self.queries} queries ({self.out_of_catalog} out of catalogue): precision {self.precision:.3f}, "
-            f"recall {self.recall:.3f} ({kinds}), false rejection {self.false_rejection:.3f}, AUC {self.auc:.3f}; "
-            f"R@1 of in-catalogue queries {self.recall_at_1:.3f}, of accepted ones {self.accepted_recall_at_1:.3f}"
+            f"{self.queries} queries ({self.out_of_catalog} out of catalogue): precision "
+            f"{self.precision:.3f}, recall {self.recall:.3f} ({kinds}), false rejection "
+            f"{self.false_rejection:.3f}, AUC {self.auc:.3f}; R@1 of in-catalogue queries "
+            f"{self.recall_at_1:.3f}, of accepted ones {self.accepted_recall_at_1:.3f}"
         )
 
 
 def evaluate_rejector(rejector: Rejector, queries: RejectionQueries) -> RejectionReport:
-    """Precision and recall of the rejection, false rejections, AUC and R@1 before and after. Chapter 10."""
+    """Precision and recall of the rejection, false rejections, AUC and R@1 before and after.
+    Chapter 10."""
     rejected = np.asarray(rejector.reject(queries.scores))
     inside = queries.in_catalog
     if inside.all() or not inside.any():
@@ -469,9 +475,9 @@ def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 def rejection_curve(rejector: Rejector, queries: RejectionQueries) -> pd.DataFrame:
-    """Every threshold the queries allow, with the ``false_rejection`` (in-catalogue queries rejected),
-    ``recall`` and ``precision`` of the rejection there: one row per distinct confidence, ascending.
-    Chapter 10."""
+    """Every threshold the queries allow, with the ``false_rejection`` (in-catalogue queries
+    rejected), ``recall`` and ``precision`` of the rejection there: one row per distinct confidence,
+    ascending. Chapter 10."""
     conf = rejector.confidence(queries.scores)
     inside = queries.in_catalog
     thresholds = np.unique(conf)

@@ -1,5 +1,6 @@
 """Second stage: business rules, attribute boosts, near-duplicate removal, MMR diversity, a hook for
-personalisation and an optional learned ranker. Chapter 09 introduces it; chapter 13 personalises it."""
+personalisation and an optional learned ranker. Chapter 09 introduces it; chapter 13 personalises
+it."""
 
 from __future__ import annotations
 
@@ -114,7 +115,8 @@ def _matches(field, value: str) -> bool:
 
 
 def remove_near_duplicates(vectors: np.ndarray, threshold: float) -> list[int]:
-    """Indices to keep, in order: each row is dropped if its cosine to a kept earlier row ≥ threshold."""
+    """Indices to keep, in order: each row is dropped if its cosine to a kept earlier row ≥
+    threshold."""
     kept: list[int] = []
     for i in range(len(vectors)):
         if not kept or float(np.max(vectors[kept] @ vectors[i])) < threshold:

@@ -92,7 +92,8 @@ class SearchRequest:
 
 
 def _check_crop(crop, has_image: bool) -> tuple[int, int, int, int]:
-    """A region of interest as four integer pixels ``(left, top, right, bottom)``, right/bottom exclusive."""
+    """A region of interest as four integer pixels ``(left, top, right, bottom)``, right/bottom
+    exclusive."""
     if not has_image:
         raise InvalidRequestError("crop needs an image; an embedding cannot be cropped")
     if (
@@ -114,7 +115,8 @@ def _check_crop(crop, has_image: bool) -> tuple[int, int, int, int]:
 
 
 def _as_float32(v) -> np.ndarray | None:
-    """``v`` as a float32 array, or ``None`` when it is not numeric (1e300 becomes inf, refused by the caller)."""
+    """``v`` as a float32 array, or ``None`` when it is not numeric (1e300 becomes inf, refused by
+    the caller)."""
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             return np.asarray(v, dtype=np.float32)
@@ -291,7 +293,8 @@ class Searcher:
         )
 
     def _region(self, image, crop) -> tuple[object, tuple[int, int, int, int] | None]:
-        """The part of a decoded photo to search: the caller's ``crop`` box, else the whole photo."""
+        """The part of a decoded photo to search: the caller's ``crop`` box, else the whole
+        photo."""
         if crop is None:
             return image, None
         if crop[2] > image.width or crop[3] > image.height:
@@ -301,7 +304,8 @@ class Searcher:
         return image.crop(crop), crop
 
     def _query(self, request: SearchRequest, image) -> np.ndarray:
-        """The query vector of a request: an image's, a text's, both composed, or the embedding given."""
+        """The query vector of a request: an image's, a text's, both composed, or the embedding
+        given."""
         if request.embedding is not None:
             query = request.embedding
             if query.shape[0] != self.index.dim:
@@ -346,9 +350,9 @@ class Searcher:
         batch_size: int = 32,
         errors: str = "raise",
     ) -> list[SearchResults]:
-        """Search many images, streamed: each chunk of ``batch_size`` images is decoded, embedded and
-        searched before the next is read, so memory does not grow with the batch (``images`` may be
-        a generator).
+        """Search many images, streamed: each chunk of ``batch_size`` images is decoded, embedded
+        and searched before the next is read, so memory does not grow with the batch (``images`` may
+        be a generator).
 
         A bad image raises :class:`InvalidImageError` naming its position (``errors="raise"``), or,
         with ``errors="report"``, gets a result with no products and the reason in ``error``, so the

@@ -1,9 +1,10 @@
 """Synthetic embeddings for scale tests: millions of vectors shaped like the catalog's real ones.
 
-Two generators. :func:`fit_realistic` fits a :class:`RealisticModel` to real per-product photo groups
-and samples catalogues of any size with the real data's marginals, spectrum and cluster sizes, and
-nearest-neighbour cosines close to the real ones (``benchmarks/bench_synthetic.py`` checks how close). :func:`near_copy_embeddings` is
-the older, simpler generator (noisy copies of real vectors), kept for comparison. Chapter 12.
+Two generators. :func:`fit_realistic` fits a :class:`RealisticModel` to real per-product photo
+groups and samples catalogues of any size with the real data's marginals, spectrum and cluster
+sizes, and nearest-neighbour cosines close to the real ones (``benchmarks/bench_synthetic.py``
+checks how close). :func:`near_copy_embeddings` is the older, simpler generator (noisy copies of
+real vectors), kept for comparison. Chapter 12.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ class RealisticModel:
     """A generative model of product photo embeddings: a Gaussian mixture in a latent space, mapped
     through the real data's marginals (a Gaussian copula).
 
-    Each coordinate of the real vectors is mapped to a standard normal by its rank (ties, such as the
-    ~50% exact zeros of EfficientNet's pooled ReLU features, share their mid-rank); everything else
-    happens in the PCA basis of that latent space. A product's centre is drawn from a Gaussian mixture
-    (diagonal covariances) over the top ``gmm_dim`` components and an independent Gaussian over the
-    rest. Its ``photos_per_product`` photos (shop photo first, then customer photos) add a Gaussian
-    residual whose covariance blends the empirical within-product covariance of the real products
-    of the same mixture component (low rank: a chair-like centre gets a chair's kind of spread) with
-    the global diagonal one (weight ``shrinkage``), shop and customer photos separately; no real
-    residual is ever copied. Each coordinate then goes back through the real marginal (its empirical
-    quantiles) and the vector is L2-normalised. Fit it with :func:`fit_realistic`. Chapter 12.
+    Each coordinate of the real vectors is mapped to a standard normal by its rank (ties, such as
+    the ~50% exact zeros of EfficientNet's pooled ReLU features, share their mid-rank); everything
+    else happens in the PCA basis of that latent space. A product's centre is drawn from a Gaussian
+    mixture (diagonal covariances) over the top ``gmm_dim`` components and an independent Gaussian
+    over the rest. Its ``photos_per_product`` photos (shop photo first, then customer photos) add a
+    Gaussian residual whose covariance blends the empirical within-product covariance of the real
+    products of the same mixture component (low rank: a chair-like centre gets a chair's kind of
+    spread) with the global diagonal one (weight ``shrinkage``), shop and customer photos
+    separately; no real residual is ever copied. Each coordinate then goes back through the real
+    marginal (its empirical quantiles) and the vector is L2-normalised. Fit it with
+    :func:`fit_realistic`. Chapter 12.
     """
 
     quantiles: np.ndarray  # (m, d) each coordinate's sorted real values (the marginals)
@@ -112,7 +114,8 @@ def _gaussian_like(
     pool: np.ndarray, count: int, rng: np.random.Generator, scale: float
 ) -> np.ndarray:
     """``(count, slots, d)`` Gaussian draws with the mean and ``scale`` x the covariance of the
-    ``(m, slots, d)`` real residuals in ``pool`` (slots pooled): random combinations, never a copy."""
+    ``(m, slots, d)`` real residuals in ``pool`` (slots pooled): random combinations, never a
+    copy."""
     slots = pool.shape[1]
     r = pool.reshape(-1, pool.shape[2])
     centre = r.mean(axis=0)
@@ -129,12 +132,13 @@ def fit_realistic(
     gmm_dim: int = 128,
     seed: int = 0,
 ) -> RealisticModel:
-    """Fit a :class:`RealisticModel` to real embeddings grouped by product, ``(products, photos, d)``
-    (e.g. :func:`image_search.training.catalog_features`: the shop photo, then the customer photos).
-    Fit it on the products you will not query with. ``components``: mixture components of the
-    product centres; ``shrinkage``: weight of the global diagonal within-product covariance against
-    each component's own (``benchmarks/bench_synthetic.py`` shows how both trade nearest-neighbour
-    statistics at matched size against realism at scale). Chapter 12."""
+    """Fit a :class:`RealisticModel` to real embeddings grouped by product,
+    ``(products, photos, d)`` (e.g. :func:`image_search.training.catalog_features`: the shop photo,
+    then the customer photos). Fit it on the products you will not query with. ``components``:
+    mixture components of the product centres; ``shrinkage``: weight of the global diagonal
+    within-product covariance against each component's own (``benchmarks/bench_synthetic.py`` shows
+    how both trade nearest-neighbour statistics at matched size against realism at scale).
+    Chapter 12."""
     from scipy.special import ndtri
     from scipy.stats import rankdata
     from sklearn.mixture import GaussianMixture
@@ -192,16 +196,17 @@ def fit_realistic(
 
 
 def realistic_embeddings(features: np.ndarray, n: int, seed: int = 0, **fit_options) -> np.ndarray:
-    """``n`` unit vectors from a :class:`RealisticModel` fitted to ``features`` ``(products, photos, d)``
-    (see :func:`fit_realistic`). Chapter 12."""
+    """``n`` unit vectors from a :class:`RealisticModel` fitted to ``features``
+    ``(products, photos, d)`` (see :func:`fit_realistic`). Chapter 12."""
     return fit_realistic(features, seed=seed, **fit_options).sample(n, seed=seed)
 
 
 def near_copy_embeddings(
     real: np.ndarray, n: int, noise: float = 0.5, seed: int = 0, batch: int = 65_536
 ) -> np.ndarray:
-    """``n`` noisy copies of ``real`` embeddings: each a random real vector plus Gaussian noise shaped
-    like the real data's spread (its principal components, scaled by ``noise``), renormalised.
+    """``n`` noisy copies of ``real`` embeddings: each a random real vector plus Gaussian noise
+    shaped like the real data's spread (its principal components, scaled by ``noise``),
+    renormalised.
 
     The older generator: at a million vectors around a few thousand real ones, each real vector gets
     hundreds of near-identical copies, whose exact top 10 is mostly the noise's order; prefer

@@ -24,7 +24,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "_build" / "screenshots"
-# A chapter author can check a private table of contents: BOOK_TOC=/tmp/toc_me.yml pytest tests/test_book.py
+# A chapter author can check a private table of contents: BOOK_TOC=/tmp/toc_me.yml pytest
+# tests/test_book.py
 TOC = Path(os.environ.get("BOOK_TOC") or REPO / "_toc.yml").resolve()
 
 
@@ -68,7 +69,8 @@ def _strip(file: str) -> str:
 
 
 def toc_pages(toc_file: Path = TOC) -> list[Page]:
-    """Every page named in `_toc.yml`, root first, in reading order (`glob`/`url` entries skipped)."""
+    """Every page named in `_toc.yml`, root first, in reading order (`glob`/`url` entries
+    skipped)."""
     toc = yaml.safe_load(toc_file.read_text())
     pages = [Page(_strip(toc["root"]), is_chapter=False, is_root=True)]
 

@@ -48,7 +48,10 @@ def _require_chromium() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if not missing:
         return
-    reason = f"{', '.join(missing)} missing: run `make browser-deps` (apt-get install chromium chromium-driver)"
+    reason = (
+        f"{', '.join(missing)} missing: run `make browser-deps` "
+        "(apt-get install chromium chromium-driver)"
+    )
     if os.environ.get("CI"):
         pytest.fail(reason + " — CI must run the browser checks")
     pytest.skip(reason)
@@ -107,7 +110,8 @@ def _open(browser, site: str, page: Page) -> None:
         "const done = arguments[arguments.length - 1];"
         "document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; });"
         "const imgs = Array.from(document.images);"
-        "Promise.all(imgs.map(i => i.complete ? null : new Promise(r => {i.onload = i.onerror = r;})))"
+        "Promise.all(imgs.map(i => i.complete ? null"
+        " : new Promise(r => {i.onload = i.onerror = r;})))"
         ".then(() => done(true));"
     )
 
@@ -133,7 +137,8 @@ def test_page_renders_in_chromium(browser, site, page: Page):
         typeset = browser.execute_async_script(
             "const done = arguments[arguments.length - 1];"
             "if (!window.MathJax || !MathJax.startup) { done(-1); return; }"
-            "MathJax.startup.promise.then(() => done(document.querySelectorAll('article mjx-container').length))"
+            "MathJax.startup.promise"
+            ".then(() => done(document.querySelectorAll('article mjx-container').length))"
             ".catch(e => done('error: ' + e));"
         )
         assert typeset == n_math, f"{page.docname}: {n_math} formulas, MathJax typeset {typeset}"
@@ -218,7 +223,8 @@ def test_first_chapter_prints_cleanly_to_pdf(browser, site):
     try:
         hidden = browser.execute_script(
             "return ['.bd-sidebar-primary', '.bd-sidebar-secondary', '.bd-header-article']"
-            ".map(s => document.querySelector(s)).filter(e => e && getComputedStyle(e).display !== 'none')"
+            ".map(s => document.querySelector(s))"
+            ".filter(e => e && getComputedStyle(e).display !== 'none')"
             ".map(e => e.className);"
         )
         assert not hidden, f"navigation still printed: {hidden}"

@@ -288,7 +288,8 @@ def test_user_catalog_optional_columns(tmp_path):
         ("id,name\n", r"c.csv has a header but no products"),
         (
             "id;name;price\na;A;3\n",
-            r"c.csv line 1: the header is one column containing semicolons; the file must be comma-sep",
+            r"c.csv line 1: the header is one column containing semicolons; the file must be "
+            r"comma-sep",
         ),
         ("id\tname\na\tA\n", r"c.csv line 1: the header is one column containing tabs"),
         (
@@ -373,7 +374,7 @@ def test_user_catalog_refuses_a_symlink_out_of_the_images_folder(tmp_path):
         load_catalog_csv(_csv(tmp_path / "c.csv", "id,name\na,A\n"), img)
 
 
-# --------------------------------------------------------------------------- near-duplicates (chapter 04)
+# --------------------------------------------------------------------- near-duplicates (chapter 04)
 def test_near_duplicates_finds_only_close_pairs_sorted():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(4, 16)).astype(np.float32)

@@ -1,5 +1,6 @@
 """The command line, run in-process through ``image_search.__main__.main`` (one real process is
-enough to show the entry point works: ``test_reliability.test_cli_in_a_real_process_prints_no_traceback``)."""
+enough to show the entry point works:
+``test_reliability.test_cli_in_a_real_process_prints_no_traceback``)."""
 
 import json
 

@@ -43,7 +43,8 @@ def _counting(enc, monkeypatch):
 
 
 def _rewrite(path, **changes):
-    """Rewrite members of a cache file (keys, vectors, digests) as a damaged or forged file would."""
+    """Rewrite members of a cache file (keys, vectors, digests) as a damaged or forged file
+    would."""
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
     arrays.update(changes)
@@ -179,8 +180,8 @@ def test_the_default_encoder_reads_the_shipped_catalog_embeddings(catalog):
     assert sets, "data/embeddings has no efficientnet-lite0 set: run `make embeddings`"
     manifest = sets[0].manifest
     assert manifest["fingerprint"] == load_encoder().fingerprint, (
-        "the shipped embeddings were made by another model, preprocessing, backend or library version: "
-        "run `make embeddings`"
+        "the shipped embeddings were made by another model, preprocessing, backend or library "
+        "version: run `make embeddings`"
     )
     root = catalog.root.parents[1]
     paths = E.catalog_image_paths(catalog)

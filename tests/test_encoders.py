@@ -9,7 +9,8 @@ from image_search.encoders import EmbeddingCache
 
 
 def test_default_encoder_is_really_pretrained(lite0, catalog):
-    """ImageNet weights, not random ones: the ImageNet head (re-attached) names the barrel a barrel."""
+    """ImageNet weights, not random ones: the ImageNet head (re-attached) names the barrel a
+    barrel."""
     import importlib
 
     import timm
@@ -65,7 +66,8 @@ def test_open_clip_without_network_fails_fast(monkeypatch, tmp_path):
 
 
 def test_open_clip_never_probes_the_network(monkeypatch, tmp_path):
-    """Without the weights cached, loading fails at once, with no socket opened (no probe, no retries)."""
+    """Without the weights cached, loading fails at once, with no socket opened (no probe, no
+    retries)."""
     import socket
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -163,7 +165,8 @@ def test_cache_reuses_vectors_and_keys_by_content(monkeypatch, tmp_path, catalog
 
 
 def test_numpy_preprocessing_equals_torchvision_bit_for_bit(catalog):
-    """The query path resizes and normalises in NumPy; torchvision's transforms give the same floats."""
+    """The query path resizes and normalises in NumPy; torchvision's transforms give the same
+    floats."""
     from PIL import Image
     from torchvision import transforms
 

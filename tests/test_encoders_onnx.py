@@ -1,4 +1,5 @@
-"""The ONNX Runtime path of TorchEncoder gives the same embeddings as PyTorch (benchmarks/bench_encoder.py)."""
+"""The ONNX Runtime path of TorchEncoder gives the same embeddings as PyTorch
+(benchmarks/bench_encoder.py)."""
 
 import numpy as np
 import pytest

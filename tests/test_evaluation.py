@@ -1,4 +1,5 @@
-"""Tests of image_search.evaluation and of the one-way dependencies between offline and online code."""
+"""Tests of image_search.evaluation and of the one-way dependencies between offline and online
+code."""
 
 from __future__ import annotations
 
@@ -109,8 +110,8 @@ def test_the_demo_headline_shows_type_precision_only_when_types_exist():
     line = DemoReport("lite0", plain, Timings(), 50, None).headline()
     assert line == "Recall@1 0.565, Recall@10 0.821 on 744 held-out customer photos"
     line = DemoReport("lite0", typed, Timings(), 50, None).headline()
-    assert (
-        line
-        == "Recall@1 0.565, Recall@10 0.821, type P@10 0.610 (ceiling 0.970) on 744 held-out customer photos"
+    assert line == (
+        "Recall@1 0.565, Recall@10 0.821, type P@10 0.610 (ceiling 0.970) "
+        "on 744 held-out customer photos"
     )
     assert str(DemoReport("lite0", typed, Timings(1, 2, 3, 4), 50, None)).startswith(line + "\n")

@@ -76,7 +76,8 @@ def test_z_test_and_sign_test():
     vectorised = sign_test_p_value(np.array([a for a, _ in wins]), np.array([b for _, b in wins]))
     exact = [binomtest(a, a + b, 0.5).pvalue for a, b in wins]
     np.testing.assert_allclose(vectorised, exact, rtol=1e-9, atol=1e-300)
-    # small samples: the exact test is more conservative than the normal approximation (2 * sf(2.0) = 0.046)
+    # small samples: the exact test is more conservative than the normal approximation
+    # (2 * sf(2.0) = 0.046)
     assert sign_test_p_value(2, 10) > 0.038
 
 
@@ -126,7 +127,8 @@ def _grades_and_interleavings(rank_a, rank_b, grade):
 
 
 def _two_rankers(n_queries=60, k=10):
-    """Item 0 of each query is the exact product (grade 2), others grade 0/1; B ranks it first, A third."""
+    """Item 0 of each query is the exact product (grade 2), others grade 0/1; B ranks it first, A
+    third."""
     rng = np.random.default_rng(0)
     grade = [[2] + rng.integers(0, 2, k - 1).tolist() for _ in range(n_queries)]
     rank_b = [list(range(k))] * n_queries
@@ -173,7 +175,8 @@ def test_heterogeneity_inflates_ab_variance_but_interleaving_stays_unbiased():
     het = simulate_user_sessions(het_model, *data, **kw)
     # between-user variance: clicks per user vary far more with heterogeneous users
     assert het.clicks_a.var() > 3 * homo.clicks_a.var()
-    # B is better and both methods see it; the A/B test needs many more sessions with heterogeneous users
+    # B is better and both methods see it; the A/B test needs many more sessions with
+    # heterogeneous users
     for u in (homo, het):
         assert (
             u.expected_ab_diff.mean() > 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import unit_vectors
 from PIL import Image
 
 from image_search.encoders import RawPixelEncoder, l2_normalize
@@ -17,6 +16,8 @@ from image_search.features import (
     top_k,
     weighted_concat,
 )
+
+from conftest import unit_vectors
 
 
 def test_top_k_and_exact_retrieval():

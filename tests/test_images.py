@@ -1,4 +1,5 @@
-"""The front door: every kind of bad or awkward upload gives an RGB image or an InvalidImageError (chapter 02)."""
+"""The front door: every kind of bad or awkward upload gives an RGB image or an InvalidImageError
+(chapter 02)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def halves(w: int = 40, h: int = 20) -> Image.Image:
         (b"just some notes, not an image\n" * 3, "not an image"),
         (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "HTML"),
         (
-            b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
+            b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" '
+            b'height="10"><rect/></svg>',
             "SVG",
         ),
         (b'<svg xmlns="http://www.w3.org/2000/svg"><circle r="4"/></svg>', "SVG"),
@@ -322,16 +324,18 @@ def test_catalog_images_decode_unchanged(catalog):
     assert MAX_PIXELS >= 12_000_000  # a 12 Mpx phone photo is legal
 
 
-# ------------------------------------------------------------------ decoding-time bombs (issue 19, item 5)
+# ----------------------------------------------------------- decoding-time bombs (issue 19, item 5)
 def progressive_jpeg(img: Image.Image, repeats: int = 0, **kw) -> bytes:
-    """A progressive JPEG of ``img`` whose last scan is written ``1 + repeats`` times (byte surgery)."""
+    """A progressive JPEG of ``img`` whose last scan is written ``1 + repeats`` times (byte
+    surgery)."""
     data = encode(img, "JPEG", progressive=True, **kw)
     sos, eoi = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
     return data[:sos] + data[sos:eoi] * (1 + repeats) + data[eoi:]
 
 
 def scans_of_pillow(img: Image.Image) -> int:
-    """How many scans libjpeg's progressive script writes for ``img`` (10 for colour, 6 for gray)."""
+    """How many scans libjpeg's progressive script writes for ``img`` (10 for colour, 6 for
+    gray)."""
     return {"L": 6, "RGB": 10}[img.mode]
 
 
@@ -381,7 +385,8 @@ def test_garbage_between_segments_does_not_hide_scans():
 
 
 def test_a_flood_of_empty_marker_segments_is_refused():
-    # Pillow walks the segments before the first scan in Python: 2 million empty comments took 2.8 s.
+    # Pillow walks the segments before the first scan in Python: 2 million empty comments took
+    # 2.8 s.
     data = encode(halves(), "JPEG")
     with pytest.raises(InvalidImageError, match="marker segments"):
         decode_bytes(data[:2] + b"\xff\xfe\x00\x02" * 2_000_000 + data[2:])
@@ -431,7 +436,7 @@ def test_cli_reports_the_real_decode_time(tmp_path, monkeypatch, capsys):
     )
 
 
-# ------------------------------------------------------------------ arrays without temporaries (item 7)
+# -------------------------------------------------------------- arrays without temporaries (item 7)
 def test_oversized_arrays_are_refused_before_conversion():
     import tracemalloc
 
@@ -588,7 +593,7 @@ def test_decoders_run_in_parallel_and_stay_silent_under_threads():
     assert warnings.filters == before and images._quiet_users == 0
 
 
-# ------------------------------------------------------------------ what a bad path really is (item 11c)
+# ------------------------------------------------------------- what a bad path really is (item 11c)
 def test_paths_that_are_not_regular_files_say_what_they_are(tmp_path, monkeypatch):
     import os
     import socket

@@ -1,6 +1,10 @@
+import io
+import json
+import zipfile
+
+import faiss
 import numpy as np
 import pytest
-from conftest import unit_vectors
 
 from image_search import (
     Filters,
@@ -11,6 +15,8 @@ from image_search import (
 )
 from image_search.stores import persistence
 from image_search.stores.filters import Attributes
+
+from conftest import unit_vectors
 
 
 def make(n=200, dim=32, factory="Flat"):
@@ -99,11 +105,6 @@ def test_mismatched_or_damaged_index_is_refused(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Reliability (chapter 02): the id <-> vector mapping stays exact, damaged files are refused.
-import io
-import json
-import zipfile
-
-import faiss
 
 
 @pytest.fixture
@@ -477,7 +478,7 @@ def test_sum_of_top_m_photos_and_filters_per_product():
         np.ones(len(owners), bool),
     )
     index.add(owners, x, attrs)
-    # 40 products x at most 5 photos: k=40 fetches every vector, so the sum of the top 2 is exact here
+    # 40 products x at most 5 photos: k=40 fetches every vector, so the top-2 sum is exact here
     assert index.search(q, 40, aggregate="sum", top_m=2)[1] == brute_force_products(
         owners, x, q, 40, "sum", 2
     )

@@ -33,7 +33,8 @@ def _source_title(page) -> str:
 
 
 def _squash(text: str) -> str:
-    """Compare text without whitespace, Markdown marks, case, or Sphinx's smart quotes and dashes."""
+    """Compare text without whitespace, Markdown marks, case, or Sphinx's smart quotes and
+    dashes."""
     for fancy, plain in {"’": "'", "‘": "'", "“": '"', "”": '"', "–": "--", "—": "---"}.items():
         text = text.replace(fancy, plain)
     return re.sub(r"[\s`*]+", "", text).casefold()

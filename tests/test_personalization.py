@@ -81,7 +81,7 @@ def test_bandits_learn_the_better_arm_per_context(make):
     rng = np.random.default_rng(0)
     bandit = make()
     picks = []
-    for t in range(1500):
+    for _ in range(1500):
         b = rng.random()
         x = np.array([1.0, b])
         arm = bandit.select(x)
@@ -94,7 +94,8 @@ def test_bandits_learn_the_better_arm_per_context(make):
 
 
 def _shop(catalog, seed=0):
-    """120 products whose shop photos cluster by category (so a user vector carries taste), 20 users."""
+    """120 products whose shop photos cluster by category (so a user vector carries taste), 20
+    users."""
     products = catalog.products[:120]
     categories = sorted({p.category for p in products})
     rng = np.random.default_rng(seed)

@@ -59,8 +59,8 @@ def test_threshold_rejector_is_the_calibrated_quantile_of_in_catalogue_top1():
 
 
 def test_classifier_combines_features_the_threshold_cannot():
-    """In-catalogue queries have one clear winner; out-of-catalogue ones ten close candidates, at the
-    same top-1 scores: the top-1 threshold is blind, a classifier on the margin is not."""
+    """In-catalogue queries have one clear winner; out-of-catalogue ones ten close candidates, at
+    the same top-1 scores: the top-1 threshold is blind, a classifier on the margin is not."""
     rng = np.random.default_rng(1)
     top = rng.uniform(0.5, 0.8, 600)
     inside = np.hstack([top[:300, None], top[:300, None] - 0.1 - 0.005 * np.arange(9)])
@@ -126,7 +126,7 @@ def test_non_product_images_are_seeded_and_of_every_kind(catalog):
 def test_rejector_fitted_on_train_products_rejects_noise_and_accepts_catalog_photos(catalog, lite0):
     x = rejection_experiment(catalog, lite0, removed_share=0.3, per_kind=6, seed=0)
     split = {p.id: p.split for p in catalog.products}
-    # no test leakage: the fitting queries show train products only, the evaluation ones test products
+    # no test leakage: the fitting queries show train products only, the evaluation ones test ones
     assert {split[t] for t in x.fit.true_ids if t} == {"train"}
     assert {split[t] for t in x.test.true_ids if t} == {"test"}
     assert {split[t] for t in x.removed} == {"train", "test"} and not set(x.removed) & set(

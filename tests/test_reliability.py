@@ -4,6 +4,7 @@ products, concurrent searches agree with serial ones, and nothing unpickles untr
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import math
 import os
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import unit_vectors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -36,6 +36,8 @@ from image_search.encoders import ColourHistogramEncoder
 from image_search.errors import UnsafePathError
 from image_search.images import decode_bytes
 from image_search.searcher import MAX_K, build_index
+
+from conftest import unit_vectors
 
 PACKAGE = Path(image_search.__file__).parent
 FUZZ = settings(
@@ -82,7 +84,8 @@ def bad_uploads(tmp: Path) -> dict[str, Path]:
         "truncated PNG": encode(noise(), "PNG")[:300],
         "text named .jpg": b"shopping list: sofa, lamp\n",
         "HTML named .jpg": b"<!doctype html><html><body>Login</body></html>",
-        "SVG": b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"><rect width="9" height="9"/></svg>',
+        "SVG": b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9">'
+        b'<rect width="9" height="9"/></svg>',
         "decompression bomb 30000x30000": bomb_png(30000, 30000),
         "ICO (unsupported format)": encode(noise(), "ICO"),
     }
@@ -123,7 +126,7 @@ def awkward_uploads(tmp: Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------ inputs through the Searcher
 def test_bad_uploads_raise_invalid_image_error_from_the_searcher(searcher, tmp_path):
-    for name, path in bad_uploads(tmp_path).items():
+    for path in bad_uploads(tmp_path).values():
         for query in (path, path.read_bytes()):
             with pytest.raises(InvalidImageError):
                 searcher.search(query, k=5)
@@ -518,7 +521,7 @@ index.save(r"{path}")
     assert all(p.name.startswith(".big.index.") for p in _temp_files(tmp_path))
 
 
-# ------------------------------------------------------------------ index files (issue 19: 1, 2, 4, 6, 11)
+# ----------------------------------------------------------- index files (issue 19: 1, 2, 4, 6, 11)
 def test_index_save_refuses_devices_and_fifos_and_honours_the_umask(tmp_path):
     index = _old_and_new(tmp_path)[0]
     fifo = tmp_path / "fifo"
@@ -761,9 +764,16 @@ UNPICKLERS = {
 }
 
 
+def _keyword_constant(keywords: dict, key: str):
+    """The literal value of keyword argument ``key``; ``None`` when absent or not a constant."""
+    value = keywords.get(key)
+    return value.value if isinstance(value, ast.Constant) else None
+
+
 def unsafe_calls(source: str) -> list[str]:
     """Calls that can run code from a file's bytes: unpickling, ``torch.load`` without
-    ``weights_only=True``, ``np.load(allow_pickle=True)``, ``pd.read_pickle``, unsafe YAML, eval/exec."""
+    ``weights_only=True``, ``np.load(allow_pickle=True)``, ``pd.read_pickle``, unsafe YAML,
+    eval/exec."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -777,9 +787,7 @@ def unsafe_calls(source: str) -> list[str]:
         name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
         owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
         kw = {k.arg: k.value for k in node.keywords}
-        const = lambda key: (
-            kw[key].value if key in kw and isinstance(kw[key], ast.Constant) else None
-        )  # noqa: E731
+        const = functools.partial(_keyword_constant, kw)
         if owner in UNPICKLERS and name in ("load", "loads", "Unpickler", "open"):
             found.append(f"line {node.lineno}: {owner}.{name}")
         elif owner == "torch" and name == "load" and const("weights_only") is not True:
@@ -812,7 +820,11 @@ e = pd.read_pickle('x.pkl')
 f = eval('1')
 """
     assert len(unsafe_calls(bad)) == 7
-    good = "import numpy as np, torch\ntorch.load('w', map_location='cpu', weights_only=True)\nnp.load('x', allow_pickle=False)\n"
+    good = (
+        "import numpy as np, torch\n"
+        "torch.load('w', map_location='cpu', weights_only=True)\n"
+        "np.load('x', allow_pickle=False)\n"
+    )
     assert unsafe_calls(good) == []
 
 
@@ -829,8 +841,9 @@ def _empty_csv(folder: Path) -> Path:
 
 
 def test_every_documented_error_is_an_image_search_error(tmp_path, monkeypatch):
-    """Each error class in errors.py (found there, not listed here) is exported, named in chapter 02,
-    and really raised by its documented trigger, where ``except ImageSearchError`` catches it."""
+    """Each error class in errors.py (found there, not listed here) is exported, named in
+    chapter 02, and really raised by its documented trigger, where ``except ImageSearchError``
+    catches it."""
     import inspect
 
     from image_search import errors

@@ -60,7 +60,8 @@ def test_batch_search_matches_single_search(searcher, catalog):
 
 
 class _Slow:
-    """Wraps an encoder or an index: ``method`` sleeps ``seconds`` first, everything else is passed on."""
+    """Wraps an encoder or an index: ``method`` sleeps ``seconds`` first, everything else is passed
+    on."""
 
     def __init__(self, inner, method: str, seconds: float):
         self._inner, self._method, self._seconds = inner, method, seconds
@@ -133,7 +134,7 @@ def test_evaluation_of_the_default_encoder_beats_the_baseline(lite0_searcher, se
     assert deep.recall[10] > 0.6 and deep.recall[10] > base.recall[10] + 0.3
 
 
-# ------------------------------------------------------------------ streaming batch search (issue 19, item 8)
+# -------------------------------------------------------- streaming batch search (issue 19, item 8)
 class CountingEncoder:
     """Stands in for the real encoder of ``searcher``: records how many decoded images are alive
     (not yet freed) each time it is called, and returns the real encoder's vectors."""

@@ -44,7 +44,10 @@ def _require_chromium() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if not missing:
         return
-    reason = f"{', '.join(missing)} missing: run `make browser-deps` (apt-get install chromium chromium-driver)"
+    reason = (
+        f"{', '.join(missing)} missing: run `make browser-deps` "
+        "(apt-get install chromium chromium-driver)"
+    )
     if os.environ.get("CI"):
         pytest.fail(reason + " — CI must run the browser checks")
     pytest.skip(reason)
@@ -52,7 +55,8 @@ def _require_chromium() -> None:
 
 @pytest.fixture(scope="module")
 def server():
-    """URL of `python -m image_search serve --port 0` (colour-histogram encoder: starts in seconds)."""
+    """URL of `python -m image_search serve --port 0` (colour-histogram encoder: starts in
+    seconds)."""
     _require_chromium()
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen(
@@ -175,7 +179,8 @@ def _check_clean(browser, server: str) -> None:
     assert not severe, "console errors:\n" + "\n".join(severe)
     outside = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"
-        ".filter(n => !n.startsWith(arguments[0]) && !n.startsWith('data:') && !n.startsWith('blob:'));",
+        ".filter(n => !n.startsWith(arguments[0]) && !n.startsWith('data:')"
+        " && !n.startsWith('blob:'));",
         server,
     )
     assert not outside, f"requests leave the server: {outside}"
@@ -190,7 +195,8 @@ def test_a_chosen_shop_photo_finds_its_product(browser, server, catalog):
     assert pid in ids and len(ids) == 12
     assert ids[0] == pid  # the exact photo is indexed: score 1
     broken = browser.execute_script(
-        "return Array.from(document.querySelectorAll('#results img')).filter(i => !(i.naturalWidth > 0)).length;"
+        "return Array.from(document.querySelectorAll('#results img'))"
+        ".filter(i => !(i.naturalWidth > 0)).length;"
     )
     assert broken == 0
     first = browser.execute_script("return document.querySelector('#results li.card').innerText;")
@@ -212,8 +218,10 @@ def test_dropped_and_pasted_photos_search_too_and_filters_apply(browser, server,
         "const [url, name, kind] = arguments; const done = arguments[arguments.length - 1];"
         "fetch(url).then(r => r.blob()).then(b => {"
         "  const dt = new DataTransfer(); dt.items.add(new File([b], name, {type: b.type}));"
-        "  if (kind === 'drop') document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));"
-        "  else document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));"
+        "  if (kind === 'drop') document.getElementById('drop').dispatchEvent("
+        "new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));"
+        "  else document.dispatchEvent("
+        "new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));"
         "  done(true); });"
     )
     dropped, pasted = catalog.ids[100], catalog.ids[200]

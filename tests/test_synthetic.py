@@ -1,11 +1,10 @@
-"""The synthetic embedding generators (image_search.synthetic): seeded, well-formed, and close to the
-real catalog embeddings' statistics on a small sample."""
+"""The synthetic embedding generators (image_search.synthetic): seeded, well-formed, and close to
+the real catalog embeddings' statistics on a small sample."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import unit_vectors
 
 from image_search import InvalidRequestError, load_encoder
 from image_search.synthetic import (
@@ -16,6 +15,8 @@ from image_search.synthetic import (
     realistic_embeddings,
 )
 from image_search.training import catalog_features
+
+from conftest import unit_vectors
 
 TOLERANCE = 0.03  # on mean cosines
 
@@ -115,8 +116,8 @@ def real_groups(catalog):
 def test_statistics_match_held_out_real_embeddings(real_groups):
     """Fitted on 96 products, compared with 48 others at matched size (240 photos each). Measured
     on this sample: NN1 0.748 real vs 0.682 synthetic (the model is known to underestimate the
-    closest sibling photo, see benchmarks/bench_synthetic.py), NN10 0.525 vs 0.548, zeros 0.51 vs 0.52,
-    top-10 variance share 0.36 vs 0.38, cosine to the nearest fitted photo 0.645 vs 0.643."""
+    closest sibling photo, see benchmarks/bench_synthetic.py), NN10 0.525 vs 0.548, zeros 0.51 vs
+    0.52, top-10 variance share 0.36 vs 0.38, cosine to the nearest fitted photo 0.645 vs 0.643."""
     fit_on, held_out = real_groups
     real = held_out.reshape(-1, held_out.shape[-1])
     fit_flat = fit_on.reshape(-1, fit_on.shape[-1])
@@ -124,13 +125,13 @@ def test_statistics_match_held_out_real_embeddings(real_groups):
     nn_real, nn_syn = neighbour_cosines(real, 10), neighbour_cosines(synthetic, 10)
     assert nn_real[:, 0].mean() - 0.08 <= nn_syn[:, 0].mean() <= nn_real[:, 0].mean() + TOLERANCE
     assert abs(nn_syn[:, 9].mean() - nn_real[:, 9].mean()) <= 0.04
-    # the marginals: EfficientNet's pooled ReLU features are about half exact zeros, and so are these
+    # the marginals: EfficientNet's pooled ReLU features are about half exact zeros, as are these
     assert abs((synthetic <= 1e-7).mean() - (real <= 1e-7).mean()) <= 0.02
     # the spectrum: the share of variance in the top 10 principal components
     spectra = [np.linalg.svd(v - v.mean(0), compute_uv=False) ** 2 for v in (real, synthetic)]
     shares = [s[:10].sum() / s.sum() for s in spectra]
     assert abs(shares[0] - shares[1]) <= 0.05, shares
-    # no memorisation: synthetic vectors are no closer to the fitted photos than new real products are
+    # no memorisation: synthetic vectors are no closer to the fitted photos than new real ones are
     to_fit_real, to_fit_syn = (
         (real @ fit_flat.T).max(1).mean(),
         (synthetic @ fit_flat.T).max(1).mean(),

@@ -10,9 +10,9 @@ import pytest
 
 matplotlib.use("Agg")
 
-from conftest import unit_vectors  # noqa: E402
+from image_search.viz import caption, exact_search, image_grid, result_grid
 
-from image_search.viz import caption, exact_search, image_grid, result_grid  # noqa: E402
+from conftest import unit_vectors
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,8 @@ def test_caption_never_cuts_a_word(catalog):
 
 
 def _overlaps(fig) -> list[tuple[str, str]]:
-    """Pairs of drawn titles that overlap each other, or a title that overlaps another axes' image."""
+    """Pairs of drawn titles that overlap each other, or a title that overlaps another axes'
+    image."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     axes = [ax for ax in fig.axes if ax.get_title()]

@@ -1,4 +1,5 @@
-"""The HTTP search service: a FastAPI app over a :class:`~image_search.searcher.Searcher` (chapter 08).
+"""The HTTP search service: a FastAPI app over a :class:`~image_search.searcher.Searcher`
+(chapter 08).
 
 ``POST /search`` takes a photo (a multipart upload or base64 in JSON), decodes it in the request
 with :func:`~image_search.images.load_image`, embeds it through the :class:`MicroBatcher` and runs
@@ -42,13 +43,14 @@ STATIC = Path(__file__).resolve().parent / "static"
 MAX_RESULTS = 100  # k of one request (the searcher allows more; a page of results needs no more)
 ERROR_STATUS: dict[type[ImageSearchError], int] = {  # the package's errors as HTTP statuses
     InvalidImageError: 415,  # the bytes are not an image we accept (corrupt, not an image, a bomb)
-    InvalidRequestError: 422,  # valid JSON/form, invalid search (unknown category, crop outside, ...)
+    InvalidRequestError: 422,  # valid JSON/form, invalid search (unknown category, crop outside...)
     ServerBusyError: 503,  # the queue is full: retry shortly
     ModelUnavailableError: 503,  # e.g. a text tower whose weights are missing
 }
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors "
+    "'none'"
 )
 
 
@@ -278,8 +280,8 @@ def run_server(
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/"
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(
-            f"warning: listening on {host}, not only on this machine: the service has no authentication "
-            "and no TLS (put it behind a proxy that adds them)",
+            f"warning: listening on {host}, not only on this machine: the service has no "
+            "authentication and no TLS (put it behind a proxy that adds them)",
             flush=True,
         )
     mode = (
@@ -306,8 +308,8 @@ def run_server(
 def listen_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` (``port=0``: a free one) for uvicorn; a busy port or an
     address not on this machine raises :class:`InvalidRequestError`. Chapter 08."""
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without it,
-    # Nagle's algorithm and delayed ACKs added ~44 ms to every keep-alive response (measured here)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without
+    # it, Nagle's algorithm and delayed ACKs added ~44 ms to each keep-alive response (measured)
     sock = socket.socket(
         socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
     )
@@ -419,7 +421,8 @@ def product_image(product_id: str, n: int, request: Request) -> FileResponse:
 
 @router.get("/facets")
 def facets(request: Request) -> dict:
-    """What the page's filters can offer: categories, types, price range, and which optional fields work."""
+    """What the page's filters can offer: categories, types, price range, and which optional fields
+    work."""
     searcher, config, _ = _state(request)
     prices = [p.price for p in searcher.catalog.products]
     return {
@@ -480,7 +483,8 @@ def optional_features(params: SearchParams) -> tuple[dict, dict]:
         if not _has_field(Filters, "types"):
             raise HTTPException(
                 501,
-                "filtering by product type is not available: this searcher's Filters has no `types`",
+                "filtering by product type is not available: this searcher's Filters has no "
+                "`types`",
             )
         filter_extras["types"] = tuple(params.types)
     if params.text is not None:
@@ -499,7 +503,8 @@ def _state(request: Request) -> tuple[Searcher, ServeConfig, MicroBatcher]:
 
 
 async def _parse(request: Request, config: ServeConfig) -> tuple[SearchParams, bytes | None]:
-    """The search fields and the photo's bytes of a multipart or JSON body, within the size limits."""
+    """The search fields and the photo's bytes of a multipart or JSON body, within the size
+    limits."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in ("multipart/form-data", "application/json"):
         raise HTTPException(
@@ -532,7 +537,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(
             413,
-            f"the request body is {int(declared) / 2**20:.1f} MB; the limit is {limit / 2**20:.1f} MB",
+            f"the request body is {int(declared) / 2**20:.1f} MB; the limit is {limit / 2**20:.1f} "
+            "MB",
         )
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -699,7 +705,8 @@ def _status_handler(status: int):
 
 
 async def _internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """A bug or a failing model: JSON like every other error, without internals (uvicorn logs them)."""
+    """A bug or a failing model: JSON like every other error, without internals (uvicorn logs
+    them)."""
     return JSONResponse(
         {"detail": f"internal error ({type(exc).__name__}); the server log has the details"}, 500
     )
@@ -711,8 +718,8 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
 
 def _add_docs(app: FastAPI) -> None:
     """``/docs`` from local files when the ``swagger-ui-bundle-v2`` wheel is installed (FastAPI's
-    default loads Swagger UI from a CDN, which an offline machine cannot reach); otherwise a 404 that
-    points at ``/openapi.json``."""
+    default loads Swagger UI from a CDN, which an offline machine cannot reach); otherwise a 404
+    that points at ``/openapi.json``."""
     try:
         from swagger_ui_bundle import swagger_ui_path
     except ImportError:
