@@ -6,11 +6,14 @@ STAMP   := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -
 export PYTHONHASHSEED := 0
 export TQDM_MININTERVAL := 5
 
-.PHONY: help venv test test-portable unit notebooks book book-check browser-deps book-html execute embeddings text-model demo catalog bench clean
+.PHONY: help venv lint format test test-portable unit notebooks book book-check browser-deps book-html execute embeddings text-model demo catalog bench clean
 
 help:
 	@echo "make book      build the book strictly (-W -n) into _build/html from the committed notebook outputs"
-	@echo "make test      unit tests, every notebook under nbval, then the book checks (make book-check)"
+	@echo "make test      lint, unit tests, every notebook under nbval, then the book checks (make book-check)"
+	@echo "make lint      ruff on the Python sources (100 columns) and the notebooks (88 columns, so code"
+	@echo "               does not scroll sideways in the rendered book)"
+	@echo "make format    ruff format the Python sources (not the notebooks)"
 	@echo "make book-check build the book into a temporary folder, check its HTML and open every page in"
 	@echo "               headless Chromium (screenshots in _build/screenshots)"
 	@echo "make test-portable  the notebooks again as another machine would run them: eager PyTorch instead of"
@@ -34,7 +37,19 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-test: unit notebooks book-check
+test: lint unit notebooks book-check
+
+# ruff's rules and line length are in pyproject.toml. Notebook code is checked at 88 columns for line
+# length and syntax errors only, so that it fits the rendered page.
+PY_SOURCES := image_search tests benchmarks data book
+
+lint: venv
+	$(PYTHON) -m ruff check $(PY_SOURCES)
+	$(PYTHON) -m ruff check --line-length 88 --select E501,E9,F63,F7,F82 notebooks
+
+format: venv
+	$(PYTHON) -m ruff format $(PY_SOURCES)
+	$(PYTHON) -m ruff check --fix --select I $(PY_SOURCES)
 
 BROWSER_TESTS := tests/test_book.py tests/test_browser.py tests/test_serve_browser.py tests/test_lab.py tests/test_pdf.py
 

@@ -2,6 +2,7 @@
 
 Not part of the package: benchmarks print tables, they are never timed unit tests.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,13 +21,17 @@ def machine() -> str:
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            model = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{model}, {os.cpu_count()} cores visible, load average {load} (1/5/15 min); "
-            f"Python {platform.python_version()}. Other processes share these cores: compare ratios "
-            f"measured side by side in one run, not absolute numbers across runs.")
+    return (
+        f"{model}, {os.cpu_count()} cores visible, load average {load} (1/5/15 min); "
+        f"Python {platform.python_version()}. Other processes share these cores: compare ratios "
+        f"measured side by side in one run, not absolute numbers across runs."
+    )
 
 
 def header(title: str) -> None:
@@ -41,7 +46,7 @@ def table(df: pd.DataFrame, title: str, floatfmt: str = ".3g") -> None:
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 @dataclass(frozen=True)
@@ -71,25 +76,33 @@ def time_each(fn: Callable[[object], object], items: Sequence[object], warmup: i
 
 
 def real_embeddings():
-    """EfficientNet-Lite0 embeddings from the on-disk cache: ``(catalog, encoder, icons, train, test,
-    test_ids)`` where ``train`` holds the icons and customer photos of the train products (the
-    "catalog distribution" the synthetic vectors are drawn from) and ``test`` the customer photos of
-    the held-out products (the queries)."""
+    """EfficientNet-Lite0 embeddings from the on-disk cache:
+    ``(catalog, encoder, icons, train, test, test_ids)`` where ``train`` holds the icons and
+    customer photos of the train products (the "catalog distribution" the synthetic vectors are
+    drawn from) and ``test`` the customer photos of the held-out products (the queries)."""
     from image_search import load_catalog, load_encoder
     from image_search.encoders import encode_paths
 
     catalog, encoder = load_catalog(), load_encoder()
     icons = encode_paths(encoder, [catalog.icon_path(i) for i in catalog.ids], progress=False)
     train_ids = [p.id for p in catalog.split("train")]
-    train = encode_paths(encoder, [catalog.icon_path(i) for i in train_ids]
-                         + [v for i in train_ids for v in catalog.view_paths(i)], progress=False)
+    train = encode_paths(
+        encoder,
+        [catalog.icon_path(i) for i in train_ids]
+        + [v for i in train_ids for v in catalog.view_paths(i)],
+        progress=False,
+    )
     test_paths, test_ids = catalog.queries("test")
     test = encode_paths(encoder, test_paths, progress=False)
     return catalog, encoder, icons, train, test, test_ids
 
 
-def exact_recall_at_10(index_vectors: np.ndarray, index_ids: Sequence[str], queries: np.ndarray,
-                       true_ids: Sequence[str]) -> float:
+def exact_recall_at_10(
+    index_vectors: np.ndarray,
+    index_ids: Sequence[str],
+    queries: np.ndarray,
+    true_ids: Sequence[str],
+) -> float:
     """Exact-product Recall@10 by brute force (:func:`image_search.features.exact_retrieval`)."""
     from image_search.features import exact_retrieval
 
@@ -98,8 +111,18 @@ def exact_recall_at_10(index_vectors: np.ndarray, index_ids: Sequence[str], quer
 
 # --------------------------------------------------------------------------- Fashion-MNIST
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist (MIT)
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                   "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def fashion_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -110,7 +133,9 @@ def fashion_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
     folder = Path(FASHION_DIR)
     if not (folder / "train-images-idx3-ubyte.gz").exists():
-        raise FileNotFoundError(f"Fashion-MNIST is not in {folder}: apt-get install dataset-fashion-mnist")
+        raise FileNotFoundError(
+            f"Fashion-MNIST is not in {folder}: apt-get install dataset-fashion-mnist"
+        )
 
     def read(name: str, offset: int) -> np.ndarray:
         with gzip.open(folder / name, "rb") as f:
@@ -123,9 +148,12 @@ def fashion_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return tuple(out)
 
 
-def fashion_mnist_embeddings(chunk: int = 2048, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fashion-MNIST embedded once with the default encoder (EfficientNet-Lite0 through the package's
-    own ``encode_images``): ``(train, train_labels, test, test_labels)``, float32 unit rows.
+def fashion_mnist_embeddings(
+    chunk: int = 2048, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fashion-MNIST embedded once with the default encoder (EfficientNet-Lite0 through the
+    package's own ``encode_images``): ``(train, train_labels, test, test_labels)``, float32 unit
+    rows.
 
     Each 28x28 thumbnail is inverted (a dark garment on white, like a shop photo), made RGB and goes
     through the encoder's usual preprocessing (bicubic upscale to 256, centre crop 224). 70k forward
@@ -154,14 +182,14 @@ def fashion_mnist_embeddings(chunk: int = 2048, progress: bool = True) -> tuple[
             part = parts / f"{s:06d}.npy"
             if part.exists():
                 continue
-            pil = [Image.fromarray(255 - im).convert("RGB") for im in images[s:s + chunk]]
+            pil = [Image.fromarray(255 - im).convert("RGB") for im in images[s : s + chunk]]
             _save_atomic(part, encoder.encode_images(pil, batch_size=64))
         _save_atomic(final, np.concatenate([np.load(parts / f"{s:06d}.npy") for s in starts]))
         for p in parts.iterdir():
             p.unlink()
         parts.rmdir()
     x = np.load(final)
-    return x[:len(xtr)], ytr, x[len(xtr):], yte
+    return x[: len(xtr)], ytr, x[len(xtr) :], yte
 
 
 def _save_atomic(path, array: np.ndarray) -> None:

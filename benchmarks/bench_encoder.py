@@ -18,6 +18,7 @@ graph's shape arithmetic (``fold_shapes``; also timed on its own in fp32).
     python benchmarks/bench_encoder.py --rounds 2       # quick
     python benchmarks/bench_encoder.py --compile        # also torch.compile (slow to compile)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,19 +37,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from _common import exact_recall_at_10, header, median_range, peak_rss_gb, table
 from image_search import load_catalog, load_encoder
 from image_search.encoders import l2_normalize
 from image_search.images import load_image
+
+from _common import exact_recall_at_10, header, median_range, peak_rss_gb, table
 
 SETTINGS = [(1, 1), (1, 2), (8, 2), (32, 1), (32, 2)]  # (batch, threads)
 
 
 def fold_shapes(fp32: Path, out: Path) -> Path:
     """A copy of the exported model with its shape arithmetic folded away. timm's TF-"same" padding
-    exports as Shape/Gather/Ceil/Sub/Pad ops computed on every call (the batch axis is dynamic); with
-    the batch fixed to 1, ONNX Runtime's basic (hardware-independent) optimisations fold them into
-    the convolutions' pads; the batch axis is then made dynamic again (the outputs are identical)."""
+    exports as Shape/Gather/Ceil/Sub/Pad ops computed on every call (the batch axis is dynamic);
+    with the batch fixed to 1, ONNX Runtime's basic (hardware-independent) optimisations fold them
+    into the convolutions' pads; the batch axis is then made dynamic again (the outputs are
+    identical)."""
     import onnx
     import onnxruntime as ort
 
@@ -76,16 +79,23 @@ def fold_shapes(fp32: Path, out: Path) -> Path:
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | None = None) -> Path:
-    """An int8 copy of an fp32 ONNX model (shape ops folded, :func:`fold_shapes`), written to ``out``.
-    Without ``calibration``: dynamic quantisation (int8 weights; activations quantised with ranges
-    computed at run time). With ``calibration`` (preprocessed ``(n, 3, H, W)`` images of the train
-    split only): static quantisation, QDQ format, per-channel int8 weights, uint8 activations with
-    min-max ranges observed on the calibration images. Both keep the first convolution (the stem,
-    on raw pixels) and the last (the 1x1 conv to the 1280-d features) in float: quantising them costs
-    0.05 of exact-product Recall@10, the rest about 0.003."""
+    """An int8 copy of an fp32 ONNX model (shape ops folded, :func:`fold_shapes`), written to
+    ``out``. Without ``calibration``: dynamic quantisation (int8 weights; activations quantised with
+    ranges computed at run time). With ``calibration`` (preprocessed ``(n, 3, H, W)`` images of the
+    train split only): static quantisation, QDQ format, per-channel int8 weights, uint8 activations
+    with min-max ranges observed on the calibration images. Both keep the first convolution (the
+    stem, on raw pixels) and the last (the 1x1 conv to the 1280-d features) in float: quantising
+    them costs 0.05 of exact-product Recall@10, the rest about 0.003."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -93,19 +103,35 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | None = None) 
         convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
         keep_float = [convs[0], convs[-1]]
         if calibration is None:
-            quantize_dynamic(prepared, out, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep_float)
+            quantize_dynamic(
+                prepared,
+                out,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                nodes_to_exclude=keep_float,
+            )
             return out
 
         class Batches(CalibrationDataReader):
             def __init__(self) -> None:
-                self.it = iter([{"x": calibration[s:s + 16]} for s in range(0, len(calibration), 16)])
+                self.it = iter(
+                    [{"x": calibration[s : s + 16]} for s in range(0, len(calibration), 16)]
+                )
 
             def get_next(self):
                 return next(self.it, None)
 
-        quantize_static(prepared, out, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_float)
+        quantize_static(
+            prepared,
+            out,
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=keep_float,
+        )
     return out
 
 
@@ -124,7 +150,9 @@ def package_onnx_file(enc) -> Path:
     """The fp32 ONNX file the package exported and cached for the default encoder."""
     path = getattr(enc.onnx, "_model_path", None)
     if enc.onnx is None or not path or not Path(path).exists():
-        raise SystemExit("the package did not export an ONNX model (IMAGE_SEARCH_ONNX=0 or onnxruntime missing)")
+        raise SystemExit(
+            "the package did not export an ONNX model (IMAGE_SEARCH_ONNX=0 or onnxruntime missing)"
+        )
     return Path(path)
 
 
@@ -147,7 +175,11 @@ def variants(enc, calibration: np.ndarray, with_compile: bool, folder: Path) -> 
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(copy.deepcopy(plain), torch.zeros(1, 3, 224, 224)).eval()))
+        scripted = torch.jit.optimize_for_inference(
+            torch.jit.freeze(
+                torch.jit.trace(copy.deepcopy(plain), torch.zeros(1, 3, 224, 224)).eval()
+            )
+        )
 
     def jit(x):
         with torch.no_grad():
@@ -161,9 +193,13 @@ def variants(enc, calibration: np.ndarray, with_compile: bool, folder: Path) -> 
     t = time.perf_counter()
     static = quantize_int8(fp32, folder / "int8-static.onnx", calibration)
     t_static = time.perf_counter() - t
-    print(f"quantised {fp32.name} ({fp32.stat().st_size / 2**20:.1f} MB): dynamic int8 in {t_dyn:.0f} s "
-          f"({dynamic.stat().st_size / 2**20:.1f} MB), static int8 in {t_static:.0f} s with {len(calibration)} "
-          f"train-split calibration images ({static.stat().st_size / 2**20:.1f} MB)", flush=True)
+    print(
+        f"quantised {fp32.name} ({fp32.stat().st_size / 2**20:.1f} MB): dynamic int8 in "
+        f"{t_dyn:.0f} s ({dynamic.stat().st_size / 2**20:.1f} MB), static int8 in {t_static:.0f} s "
+        f"with {len(calibration)} train-split calibration images "
+        f"({static.stat().st_size / 2**20:.1f} MB)",
+        flush=True,
+    )
     sessions: dict = {}
 
     def ort_fn(path: Path):
@@ -173,17 +209,20 @@ def variants(enc, calibration: np.ndarray, with_compile: bool, folder: Path) -> 
                 sessions[key] = ort_session(path, threads)
             s = sessions[key]
             return lambda x: s.run(None, {"x": x.numpy()})[0]
+
         return make
 
-    out = {"eager (NCHW, no_grad): baseline": lambda t: eager,
-           "channels-last + inference_mode": lambda t: channels_last,
-           "TorchScript freeze + optimize_for_inference": lambda t: jit,
-           "bf16 autocast (channels-last)": lambda t: bf16,
-           "ONNX Runtime fp32 (package's file)": ort_fn(fp32),
-           "ONNX Runtime fp32, shape ops folded": ort_fn(folded),
-           "ONNX Runtime int8 dynamic": ort_fn(dynamic),
-           "ONNX Runtime int8 static (QDQ, calibrated)": ort_fn(static),
-           "package TorchEncoder (as shipped)": lambda t: (lambda x: enc.forward(x))}
+    out = {
+        "eager (NCHW, no_grad): baseline": lambda t: eager,
+        "channels-last + inference_mode": lambda t: channels_last,
+        "TorchScript freeze + optimize_for_inference": lambda t: jit,
+        "bf16 autocast (channels-last)": lambda t: bf16,
+        "ONNX Runtime fp32 (package's file)": ort_fn(fp32),
+        "ONNX Runtime fp32, shape ops folded": ort_fn(folded),
+        "ONNX Runtime int8 dynamic": ort_fn(dynamic),
+        "ONNX Runtime int8 static (QDQ, calibrated)": ort_fn(static),
+        "package TorchEncoder (as shipped)": lambda t: lambda x: enc.forward(x),
+    }
     if with_compile:
         t = time.perf_counter()
         compiled = torch.compile(cl)
@@ -200,26 +239,41 @@ def variants(enc, calibration: np.ndarray, with_compile: bool, folder: Path) -> 
 
 
 def omp_policy_check(rounds: int) -> pd.DataFrame:
-    """The same forward (batch 32, 2 threads) in fresh processes with OMP_WAIT_POLICY ACTIVE vs PASSIVE."""
-    code = ("import time, torch\nfrom image_search import load_encoder\nm = load_encoder().model\n"
-            "torch.set_num_threads(2)\nx = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)\n"
-            "ts = []\nwith torch.inference_mode():\n    m(x)\n    for _ in range(3):\n"
-            "        t = time.perf_counter(); m(x); ts.append(time.perf_counter() - t)\n"
-            "print(32 / sorted(ts)[1])\n")
+    """The same forward (batch 32, 2 threads) in fresh processes with OMP_WAIT_POLICY ACTIVE vs
+    PASSIVE."""
+    code = (
+        "import time, torch\nfrom image_search import load_encoder\nm = load_encoder().model\n"
+        "torch.set_num_threads(2)\n"
+        "x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)\n"
+        "ts = []\nwith torch.inference_mode():\n    m(x)\n    for _ in range(3):\n"
+        "        t = time.perf_counter(); m(x); ts.append(time.perf_counter() - t)\n"
+        "print(32 / sorted(ts)[1])\n"
+    )
     rates: dict[str, list[float]] = {}
     for _ in range(rounds):
         for policy in ("ACTIVE", "PASSIVE"):
             env = dict(os.environ, OMP_WAIT_POLICY=policy, IMAGE_SEARCH_ONNX="0")
-            r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            r = subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            )
             rates.setdefault(policy, []).append(float(r.stdout.split()[-1]))
-    return pd.DataFrame([{"OMP_WAIT_POLICY": p, "img/s, median (min-max)": median_range(v)} for p, v in rates.items()])
+    return pd.DataFrame(
+        [
+            {"OMP_WAIT_POLICY": p, "img/s, median (min-max)": median_range(v)}
+            for p, v in rates.items()
+        ]
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--compile", action="store_true", help="also try torch.compile")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
-    ap.add_argument("--calibration", type=int, default=256, help="train-split images calibrating static int8")
+    ap.add_argument(
+        "--calibration", type=int, default=256, help="train-split images calibrating static int8"
+    )
     args = ap.parse_args()
     header("bench_encoder: efficientnet-lite0 (timm tf_efficientnet_lite0, 224x224, 1280-d)")
 
@@ -233,11 +287,18 @@ def main() -> None:
     t = time.perf_counter()
     tensors = torch.from_numpy(np.stack([enc.preprocess(im) for im in images]))
     t_pre = time.perf_counter() - t
-    print(f"decode {len(paths) / t_decode:.0f} img/s, preprocess (resize 256 bicubic, crop 224, normalise) "
-          f"{len(paths) / t_pre:.0f} img/s, 1 thread", flush=True)
+    print(
+        f"decode {len(paths) / t_decode:.0f} img/s, preprocess (resize 256 bicubic, crop 224, "
+        f"normalise) {len(paths) / t_pre:.0f} img/s, 1 thread",
+        flush=True,
+    )
     train_ids = [p.id for p in catalog.split("train")]
-    train_paths = [catalog.icon_path(i) for i in train_ids] + [v for i in train_ids for v in catalog.view_paths(i)]
-    pick = np.random.default_rng(0).choice(len(train_paths), min(args.calibration, len(train_paths)), replace=False)
+    train_paths = [catalog.icon_path(i) for i in train_ids] + [
+        v for i in train_ids for v in catalog.view_paths(i)
+    ]
+    pick = np.random.default_rng(0).choice(
+        len(train_paths), min(args.calibration, len(train_paths)), replace=False
+    )
     calibration = np.stack([enc.preprocess(load_image(train_paths[i])) for i in pick])
 
     with tempfile.TemporaryDirectory() as folder:
@@ -245,21 +306,43 @@ def main() -> None:
         rates, ratios = timing_rounds(vs, tensors, args.rounds)
         df = accuracy(vs, tensors, catalog, test_ids)
 
-    for (batch, threads) in SETTINGS:
-        df[f"b{batch} t{threads} img/s"] = [median_range(rates[(n, batch, threads)]) for n in df.variant]
-        df[f"b{batch} t{threads} x"] = [median_range(ratios[(n, batch, threads)], ".2f") for n in df.variant]
-    table(df[["variant"] + [c for c in df.columns if c.endswith("img/s")]],
-          f"1. Throughput, images/s of the model forward: median (min-max) of {args.rounds} interleaved rounds")
-    table(df[["variant"] + [c for c in df.columns if c.endswith(" x")] + ["bulk img/s (1362 imgs, b32 t2)"]],
-          "2. Speed-up over the eager baseline timed in the same round: median (min-max) of the per-round ratios")
-    table(df[["variant", "max |Δ| vs baseline", "exact-product R@10", "ΔR@10"]],
-          "3. Accuracy: embeddings vs the baseline's, exact-product Recall@10 (744 test photos vs 618 icons)",
-          floatfmt=".3g")
+    for batch, threads in SETTINGS:
+        df[f"b{batch} t{threads} img/s"] = [
+            median_range(rates[(n, batch, threads)]) for n in df.variant
+        ]
+        df[f"b{batch} t{threads} x"] = [
+            median_range(ratios[(n, batch, threads)], ".2f") for n in df.variant
+        ]
+    table(
+        df[["variant"] + [c for c in df.columns if c.endswith("img/s")]],
+        f"1. Throughput, images/s of the model forward: median (min-max) of {args.rounds} "
+        "interleaved rounds",
+    )
+    table(
+        df[
+            ["variant"]
+            + [c for c in df.columns if c.endswith(" x")]
+            + ["bulk img/s (1362 imgs, b32 t2)"]
+        ],
+        "2. Speed-up over the eager baseline timed in the same round: median (min-max) of the "
+        "per-round ratios",
+    )
+    table(
+        df[["variant", "max |Δ| vs baseline", "exact-product R@10", "ΔR@10"]],
+        "3. Accuracy: embeddings vs the baseline's, exact-product Recall@10 (744 test photos vs "
+        "618 icons)",
+        floatfmt=".3g",
+    )
     targets(df, rates, ratios)
-    print("dynamic quantization in PyTorch (torch.ao.quantization.quantize_dynamic) is not listed: it converts only "
-          "nn.Linear/LSTM layers and EfficientNet-Lite0's feature extractor has none (it is all convolutions).")
-    table(omp_policy_check(max(2, args.rounds // 2)),
-          "4. OpenMP wait policy (fresh processes, batch 32, 2 threads, PyTorch)")
+    print(
+        "dynamic quantization in PyTorch (torch.ao.quantization.quantize_dynamic) is not listed: "
+        "it converts only nn.Linear/LSTM layers and EfficientNet-Lite0's feature extractor has "
+        "none (it is all convolutions)."
+    )
+    table(
+        omp_policy_check(max(2, args.rounds // 2)),
+        "4. OpenMP wait policy (fresh processes, batch 32, 2 threads, PyTorch)",
+    )
     print(f"\npeak RSS {peak_rss_gb():.1f} GB")
 
 
@@ -298,28 +381,41 @@ def accuracy(vs: dict, tensors: torch.Tensor, catalog, test_ids) -> pd.DataFrame
     for name, make in vs.items():
         f = make(2)
         t = time.perf_counter()
-        emb = l2_normalize(np.concatenate([f(tensors[s:s + 32]) for s in range(0, len(tensors), 32)]))
+        emb = l2_normalize(
+            np.concatenate([f(tensors[s : s + 32]) for s in range(0, len(tensors), 32)])
+        )
         bulk = len(tensors) / (time.perf_counter() - t)
         base = emb if base is None else base
-        rows.append({"variant": name, "bulk img/s (1362 imgs, b32 t2)": f"{bulk:.1f}",
-                     "max |Δ| vs baseline": float(np.abs(emb - base).max()),
-                     "exact-product R@10": exact_recall_at_10(emb[:n_icons], catalog.ids, emb[n_icons:], test_ids)})
+        rows.append(
+            {
+                "variant": name,
+                "bulk img/s (1362 imgs, b32 t2)": f"{bulk:.1f}",
+                "max |Δ| vs baseline": float(np.abs(emb - base).max()),
+                "exact-product R@10": exact_recall_at_10(
+                    emb[:n_icons], catalog.ids, emb[n_icons:], test_ids
+                ),
+            }
+        )
     df = pd.DataFrame(rows)
     df["ΔR@10"] = df["exact-product R@10"] - df["exact-product R@10"].iloc[0]
     return df
 
 
 def targets(df: pd.DataFrame, rates: dict, ratios: dict) -> None:
-    """The issue's target for the int8 models: >= 2x eager at batch 1 and batch 8, recall within 0.01."""
+    """The issue's target for the int8 models: >= 2x eager at batch 1 and batch 8, recall within
+    0.01."""
     lines = []
     for name in [n for n in df.variant if "int8" in n or "package" in n]:
         row = df[df.variant == name].iloc[0]
         speed = {s: float(np.median(ratios[(name, *s)])) for s in [(1, 1), (1, 2), (8, 2)]}
         ok_speed = all(v >= 2 for v in speed.values())
         ok_recall = abs(row["ΔR@10"]) <= 0.01
-        lines.append(f"{name}: " + ", ".join(f"b{b} t{t} {v:.2f}x" for (b, t), v in speed.items())
-                     + f" (target >= 2x: {'met' if ok_speed else 'not met'}); ΔR@10 {row['ΔR@10']:+.4f} "
-                     f"(target within 0.01: {'met' if ok_recall else 'not met'})")
+        lines.append(
+            f"{name}: "
+            + ", ".join(f"b{b} t{t} {v:.2f}x" for (b, t), v in speed.items())
+            + f" (target >= 2x: {'met' if ok_speed else 'not met'}); ΔR@10 {row['ΔR@10']:+.4f} "
+            f"(target within 0.01: {'met' if ok_recall else 'not met'})"
+        )
     print("\n## Targets\n\n" + "\n".join(f"- {line}" for line in lines))
 
 

@@ -28,13 +28,13 @@ os.environ.setdefault(
 import faiss
 import numpy as np
 import pandas as pd
-from _common import header, latency, peak_rss_gb, real_embeddings, table
 
 from image_search import Filters, ProductIndex
 from image_search.features import fit_pca
 from image_search.stores.filters import Attributes
-
 from image_search.synthetic import near_copy_embeddings as synthetic_embeddings
+
+from _common import header, latency, peak_rss_gb, real_embeddings, table
 
 K = 10
 SELECTIVITY = {"c50": 0.5, "c5": 0.05, "c05": 0.005}

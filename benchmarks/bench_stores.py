@@ -33,14 +33,14 @@ os.environ.setdefault(
 import faiss
 import numpy as np
 import pandas as pd
-from _common import header, latency, peak_rss_gb, real_embeddings, table
 
 from image_search import Filters
 from image_search.features import fit_pca
 from image_search.stores import BackendUnavailableError, open_store
 from image_search.stores.filters import Attributes
-
 from image_search.synthetic import near_copy_embeddings as synthetic_embeddings
+
+from _common import header, latency, peak_rss_gb, real_embeddings, table
 
 K = 10
 ENGINES = {"faiss": "{d}/f.index", "qdrant": ":memory:", "milvus": "{d}/m.db"}

@@ -49,16 +49,14 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import header, table  # noqa: E402
-
-from image_search import load_catalog, load_encoder  # noqa: E402
-from image_search.embeddings import l2_normalize  # noqa: E402
-from image_search.metrics import bootstrap_ci  # noqa: E402
+from image_search import load_catalog, load_encoder
+from image_search.embeddings import l2_normalize
+from image_search.metrics import bootstrap_ci
 from image_search.text import (
     DEFAULT_ALPHA,
     PROMPT_TEMPLATES,
     TwoTowerConfig,
-    TwoTowerModel,  # noqa: E402
+    TwoTowerModel,
     caption_vectors,
     compose_query,
     load_text_model,
@@ -67,6 +65,8 @@ from image_search.text import (
     train_two_tower,
     zero_shot_classify,
 )
+
+from _common import header, table
 
 QUERIES = Path(__file__).resolve().parents[1] / "data" / "text_queries"
 SHOP = slice(0, 5)  # photo_features: 5 shop photos, then 4 customer photos

@@ -1,4 +1,5 @@
-"""The whole book as one PDF (`make pdf`): every page of the built HTML printed by headless Chromium.
+"""The whole book as one PDF (`make pdf`): every page of the built HTML printed by headless
+Chromium.
 
 No TeX and no downloaded browser: Debian's `chromium` and `chromedriver` (the same ones the book
 checks use) print each page of `_toc.yml`, in reading order, as the reader's "print to PDF" would
@@ -8,6 +9,7 @@ book's pages into links inside the PDF.
 
     .venv/bin/python book/build_pdf.py [--html _build/html] [--out _build/book.pdf]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +30,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1400"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,1400",
+]
 # On paper nothing scrolls: long code lines and outputs wrap, wide tables shrink to the page.
 PRINT_CSS = """
 @media print {
@@ -38,13 +49,21 @@ PRINT_CSS = """
   .cell_output table { font-size: 0.72em; }
 }
 """
-A4 = {"paperWidth": 8.27, "paperHeight": 11.69, "marginTop": 0.5, "marginBottom": 0.5, "marginLeft": 0.5,
-      "marginRight": 0.5, "printBackground": True}
+A4 = {
+    "paperWidth": 8.27,
+    "paperHeight": 11.69,
+    "marginTop": 0.5,
+    "marginBottom": 0.5,
+    "marginLeft": 0.5,
+    "marginRight": 0.5,
+    "printBackground": True,
+}
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One page of `_toc.yml`: its docname (e.g. "book/09_end_to_end") and its depth (0 = chapter)."""
+    """One page of `_toc.yml`: its docname (e.g. "book/09_end_to_end") and its depth (0 =
+    chapter)."""
 
     docname: str
     depth: int
@@ -74,7 +93,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 def _serve(html: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(html)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(html))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -82,8 +103,10 @@ def _serve(html: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
 def _browser():
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
-        sys.exit(f"build_pdf: {', '.join(missing)} missing: run `make browser-deps` "
-                 "(apt-get install chromium chromium-driver)")
+        sys.exit(
+            f"build_pdf: {', '.join(missing)} missing: run `make browser-deps` "
+            "(apt-get install chromium chromium-driver)"
+        )
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download a browser
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -107,22 +130,28 @@ def print_page(driver, url: str) -> tuple[bytes, str]:
         "const images = Array.from(document.images).map(i => i.complete ? null"
         "  : new Promise(r => { i.onload = i.onerror = r; }));"
         "const math = window.MathJax && MathJax.startup ? MathJax.startup.promise : null;"
-        "Promise.all([...images, math]).then(() => done(true), () => done(false));")
+        "Promise.all([...images, math]).then(() => done(true), () => done(false));"
+    )
     driver.execute_script(
         "window.dispatchEvent(new Event('beforeprint'));"  # the theme opens the folded answers
         "const style = document.createElement('style'); style.textContent = arguments[0];"
-        "document.head.appendChild(style);", PRINT_CSS)
+        "document.head.appendChild(style);",
+        PRINT_CSS,
+    )
     title = driver.execute_script(  # as numbered in the table of contents, else the page's h1
         "const a = document.querySelector('.bd-docs-nav a.current');"
         "const h = document.querySelector('article h1');"
-        "return (a && a.innerText.trim()) || (h ? h.innerText.replace(/#$/, '').trim() : document.title);")
+        "return (a && a.innerText.trim())"
+        " || (h ? h.innerText.replace(/#$/, '').trim() : document.title);"
+    )
     pdf = base64.b64decode(driver.execute_cdp_cmd("Page.printToPDF", A4)["data"])
     return pdf, title
 
 
 def _internal_links(writer, base: str, first_page: dict[str, int]) -> tuple[int, int]:
-    """Links to the book's own pages jump inside the PDF; other links to the local server (downloads,
-    the index) are dropped, since they would point at a server that is gone. Returns (kept, dropped)."""
+    """Links to the book's own pages jump inside the PDF; other links to the local server
+    (downloads, the index) are dropped, since they would point at a server that is gone. Returns
+    (kept, dropped)."""
     from pypdf.generic import ArrayObject, DictionaryObject, NameObject, NullObject
 
     moved = dropped = 0
@@ -133,17 +162,25 @@ def _internal_links(writer, base: str, first_page: dict[str, int]) -> tuple[int,
         kept = ArrayObject()
         for ref in annotations:
             annotation = ref.get_object()
-            uri = annotation.get("/A", {}).get("/URI") if annotation.get("/Subtype") == "/Link" else None
+            uri = (
+                annotation.get("/A", {}).get("/URI")
+                if annotation.get("/Subtype") == "/Link"
+                else None
+            )
             if uri is None or not str(uri).startswith(base):
                 kept.append(ref)
                 continue
             path = urlsplit(str(uri)).path.lstrip("/").removesuffix(".html") or "index"
             if path in first_page:
                 target = writer.pages[first_page[path]].indirect_reference
-                annotation[NameObject("/A")] = DictionaryObject({
-                    NameObject("/S"): NameObject("/GoTo"),
-                    NameObject("/D"): ArrayObject([target, NameObject("/XYZ"), NullObject(), NullObject(), NullObject()]),
-                })
+                annotation[NameObject("/A")] = DictionaryObject(
+                    {
+                        NameObject("/S"): NameObject("/GoTo"),
+                        NameObject("/D"): ArrayObject(
+                            [target, NameObject("/XYZ"), NullObject(), NullObject(), NullObject()]
+                        ),
+                    }
+                )
                 kept.append(ref)
                 moved += 1
             else:
@@ -153,7 +190,8 @@ def _internal_links(writer, base: str, first_page: dict[str, int]) -> tuple[int,
 
 
 def build_pdf(html: Path, out: Path, toc_file: Path = REPO / "_toc.yml") -> int:
-    """Print every page of `toc_file` from the built `html` into one PDF at `out`; returns its pages."""
+    """Print every page of `toc_file` from the built `html` into one PDF at `out`; returns its
+    pages."""
     from pypdf import PdfReader, PdfWriter
 
     if not (html / "index.html").exists():
@@ -170,9 +208,15 @@ def build_pdf(html: Path, out: Path, toc_file: Path = REPO / "_toc.yml") -> int:
             pdf, title = print_page(driver, f"{base}/{entry.docname}.html")
             first_page[entry.docname] = len(writer.pages)
             writer.append(PdfReader(io.BytesIO(pdf)), import_outline=False)
-            parents[entry.depth] = writer.add_outline_item(title=title, page_number=first_page[entry.docname],
-                                                           parent=parents.get(entry.depth - 1))
-            print(f"  {entry.docname}: {len(writer.pages) - first_page[entry.docname]} pages", flush=True)
+            parents[entry.depth] = writer.add_outline_item(
+                title=title,
+                page_number=first_page[entry.docname],
+                parent=parents.get(entry.depth - 1),
+            )
+            print(
+                f"  {entry.docname}: {len(writer.pages) - first_page[entry.docname]} pages",
+                flush=True,
+            )
     finally:
         driver.quit()
         server.shutdown()
@@ -181,14 +225,19 @@ def build_pdf(html: Path, out: Path, toc_file: Path = REPO / "_toc.yml") -> int:
     first_page.setdefault("index", first_page[root])  # index.html redirects to the root page
     moved, dropped = _internal_links(writer, base, first_page)
     writer.page_mode = "/UseOutlines"
-    writer.add_metadata({"/Title": book_title(), "/Creator": "book/build_pdf.py (Chromium + pypdf)"})
+    writer.add_metadata(
+        {"/Title": book_title(), "/Creator": "book/build_pdf.py (Chromium + pypdf)"}
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".pdf.tmp")
     with tmp.open("wb") as f:
         writer.write(f)
     tmp.replace(out)
-    print(f"{out}: {len(writer.pages)} pages from {len(entries)} HTML pages in {time.perf_counter() - start:.0f} s; "
-          f"{moved} links between pages kept inside the PDF, {dropped} links to the local server dropped")
+    print(
+        f"{out}: {len(writer.pages)} pages from {len(entries)} HTML pages in "
+        f"{time.perf_counter() - start:.0f} s; {moved} links between pages kept inside the PDF, "
+        f"{dropped} links to the local server dropped"
+    )
     return len(writer.pages)
 
 
@@ -199,7 +248,9 @@ def book_title() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--html", type=Path, default=REPO / "_build" / "html", help="the built book (make book)")
+    parser.add_argument(
+        "--html", type=Path, default=REPO / "_build" / "html", help="the built book (make book)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "_build" / "book.pdf")
     parser.add_argument("--toc", type=Path, default=REPO / "_toc.yml")
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ What it writes (see ``data/catalog/DATACARD.md`` for the column docs):
 * ``boxes.csv``: the object's box in every view and shop photo.
 * ``ATTRIBUTION.md``: creator and licence of every item (CC-BY-3.0 needs it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,15 @@ from PIL import Image, ImageDraw, ImageFilter
 
 SOURCE_DIR = Path("/usr/share/sweethome3d/furniture")
 OUT_DIR = Path(__file__).resolve().parent / "catalog"
-SHOP_CATEGORIES = ("Bathroom", "Bedroom", "Kitchen", "Lights", "Living room", "Miscellaneous", "Office")
+SHOP_CATEGORIES = (
+    "Bathroom",
+    "Bedroom",
+    "Kitchen",
+    "Lights",
+    "Living room",
+    "Miscellaneous",
+    "Office",
+)
 LICENCES = {"BlendSwap-CC-0": "CC0-1.0"}  # every other .sh3f file is CC-BY-3.0
 N_VIEWS = 4
 SIZE = 128
@@ -61,23 +70,45 @@ TEST_FRACTION = 0.3
 TYPE_RULES = (
     # specific names first
     ("lamp", r"lamp|light|lantern|chandelier|fluorescent"),
-    ("bathroom accessory", r"toilet (brush|paper)|(?<!paper )towel(?! rack)|soap|sponge|comb|brush|cosmetic"
-                           r"|lip ?stick|medicine box"),
+    (
+        "bathroom accessory",
+        r"toilet (brush|paper)|(?<!paper )towel(?! rack)|soap|sponge|comb|brush|cosmetic"
+        r"|lip ?stick|medicine box",
+    ),
     ("rack or hanger", r"hanger|towel rack|clothes (horse|rack)"),
     ("container", r"clothes basket|cardboard box"),
     ("curtain", r"curtain|blind"),
     ("sink", r"sink|washbasin|vanity|lavatory"),
-    ("cabinet", r"cabinet|drawer|dresser|bedside|nightstand|tv stand|island$|locker|chest$|changing table"),
-    ("safety equipment", r"extinguisher|emergency|\bcone\b|smoke detector|cctv|surveillance|intercom|number lock"
-                         r"|\bsafe\b"),
-    ("toy or game", r"toy|teddy|doll|rocking horse|car model|biplane|xylophone|rubik|puzzle|chessboard|card game"
-                    r"|dart|pool table|football table|table tennis$|flipper"),
+    (
+        "cabinet",
+        r"cabinet|drawer|dresser|bedside|nightstand|tv stand|island$|locker|chest$|changing table",
+    ),
+    (
+        "safety equipment",
+        r"extinguisher|emergency|\bcone\b|smoke detector|cctv|surveillance|intercom|number lock"
+        r"|\bsafe\b",
+    ),
+    (
+        "toy or game",
+        r"toy|teddy|doll|rocking horse|car model|biplane|xylophone|rubik|puzzle|chessboard"
+        r"|card game|dart|pool table|football table|table tennis$|flipper",
+    ),
     ("sports equipment", r"ball\b|racket|bat$|fitness|treadmill|bike|abdominal|punching"),
-    ("food", r"cup cake|bread$|butter|hamburger|hot dog|cake|apples|steak|chicken|fries|with (fruits|salad)"),
-    ("small appliance", r"small oven|\bfan\b|toaster|blender|mixer|coffee (maker|machine|brewer)|sandwich|fryer|scale|grill"
-                        r"|microwave"),
-    ("electronics", r"\btv\b|television|projector|dvd|laptop|imac|ibook|tablet|printer|phone|speaker|stereo"
-                    r"|radio|mp3|amplifier|camera|playstation|joystick|thermometer|remote control"),
+    (
+        "food",
+        r"cup cake|bread$|butter|hamburger|hot dog|cake|apples|steak|chicken|fries"
+        r"|with (fruits|salad)",
+    ),
+    (
+        "small appliance",
+        r"small oven|\bfan\b|toaster|blender|mixer|coffee (maker|machine|brewer)|sandwich"
+        r"|fryer|scale|grill|microwave",
+    ),
+    (
+        "electronics",
+        r"\btv\b|television|projector|dvd|laptop|imac|ibook|tablet|printer|phone|speaker|stereo"
+        r"|radio|mp3|amplifier|camera|playstation|joystick|thermometer|remote control",
+    ),
     ("musical instrument", r"guitar|piano(?! bench)|keyboard"),
     # furniture
     ("armchair", r"armchair|fotel"),
@@ -93,48 +124,94 @@ TYPE_RULES = (
     ("toilet", r"toilets? unit|urinal|bidet|potty"),
     ("bathtub or shower", r"^bath$|bathtub|island bath|shower"),
     ("rug", r"rug|carpet|mat$|tatami"),
-    ("plant", r"plant|flower|tulip|lily|orchid|cactus|bamboo|ficus|yucca|bonsai|christmas tree|spathiphyllum"),
+    (
+        "plant",
+        r"plant|flower|tulip|lily|orchid|cactus|bamboo|ficus|yucca|bonsai|christmas tree"
+        r"|spathiphyllum",
+    ),
     ("heater", r"radiator|furnace|heater|fireplace|wood logs"),
     ("building element", r"railing|fence|chimney"),
-    ("large appliance", r"fridge|refrigerator|freezer|washing machine|dryer|air conditioning|water cooler"),
+    (
+        "large appliance",
+        r"fridge|refrigerator|freezer|washing machine|dryer|air conditioning|water cooler",
+    ),
     ("cooker", r"oven|stove|cooktop|cooker|\bhob\b|hood"),
     ("socket", r"plug|socket"),
     ("switch", r"switch|dimmer"),
     # kitchen and table
     ("bottle", r"bottle|flacon|milk"),
-    ("kitchenware", r"pan\b|knife stand|kitchen knife|chopping|utensil|tools?$|spice|paper towel|oil servers"
-                    r"|bread box|coffee press|kettle|boiler|squeezer"),
-    ("tableware", r"plate|bowl|(?<!letter )tray$|fork|spoon|knife|cutlery|creamer|sugar|salt|teapot|jar$|pottery"
-                  r"|ashtray|hashtray"),
+    (
+        "kitchenware",
+        r"pan\b|knife stand|kitchen knife|chopping|utensil|tools?$|spice|paper towel|oil servers"
+        r"|bread box|coffee press|kettle|boiler|squeezer",
+    ),
+    (
+        "tableware",
+        r"plate|bowl|(?<!letter )tray$|fork|spoon|knife|cutlery|creamer|sugar|salt|teapot"
+        r"|jar$|pottery|ashtray|hashtray",
+    ),
     ("cup or glass", r"\bcup\b|mug|glass$"),
     # personal things
     ("shoes", r"shoe|bootie|slipper|mocassin|sneaker"),
-    ("clothing", r"skirt|trousers|dress$|jacket|suit$|short$|\bcap\b|hat$|sock|glove|clothes|helmet"),
+    (
+        "clothing",
+        r"skirt|trousers|dress$|jacket|suit$|short$|\bcap\b|hat$|sock|glove|clothes|helmet",
+    ),
     ("accessory", r"bag$|backpack|suitcase|briefcase|glasses|watch|ring$|keys|umbrella|bill\b"),
-    ("tool", r"hammer|saw$|drill|screwdriver|pliers|grinder|shovel|tape measure|mower|ladder|broom"),
-    ("stationery", r"pencil|\bpen|marker|ruler|stapler|scissors|calendar|letter tray|tape$|book$|newspaper"
-                   r"|white ?board"),
+    (
+        "tool",
+        r"hammer|saw$|drill|screwdriver|pliers|grinder|shovel|tape measure|mower|ladder|broom",
+    ),
+    (
+        "stationery",
+        r"pencil|\bpen|marker|ruler|stapler|scissors|calendar|letter tray|tape$|book$|newspaper"
+        r"|white ?board",
+    ),
     ("decoration", r"vase|frame|clock|candle|deer|aquarium|gift|screen"),
     ("container", r"box|crate|barrel|trunc?k|container|pallet|\bbin\b|dustbin|trash|basket|basin"),
 )
 TYPE_OVERRIDES = {
-    "scopia-chaussette": "clothing",            # "Socket": a sock (French "chaussette")
-    "scopia-office-box": "cabinet",             # "Box": a unit of lockable compartments
-    "scopia-office-furniture1": "cabinet",      # "Bookcase": a closed low office cabinet
-    "scopia-cooker": "small appliance",         # "Cooker": a countertop rice cooker
-    "scopia-contemp-living-room": "cabinet",    # a living-room wall unit around a TV
+    "scopia-chaussette": "clothing",  # "Socket": a sock (French "chaussette")
+    "scopia-office-box": "cabinet",  # "Box": a unit of lockable compartments
+    "scopia-office-furniture1": "cabinet",  # "Bookcase": a closed low office cabinet
+    "scopia-cooker": "small appliance",  # "Cooker": a countertop rice cooker
+    "scopia-contemp-living-room": "cabinet",  # a living-room wall unit around a TV
     "scopia-wooden-office-alder-table": "desk",  # the Office "Wooden ... table"s are L-shaped desks
     "scopia-wooden-office-pear-table": "desk",
     "scopia-wooden-office-pear-table-rect": "desk",
     "scopia-wooden-office-teak-table": "desk",
 }
-BRANDS = ("Nordhem", "Casaluce", "Oakline", "Brightwood", "Maison Vert", "Kobo", "Ferro&Co", "Lumio")
-PRICE_MEDIAN = {"Bathroom": 180, "Bedroom": 320, "Kitchen": 150, "Lights": 60,
-                "Living room": 260, "Miscellaneous": 40, "Office": 140}
+BRANDS = (
+    "Nordhem",
+    "Casaluce",
+    "Oakline",
+    "Brightwood",
+    "Maison Vert",
+    "Kobo",
+    "Ferro&Co",
+    "Lumio",
+)
+PRICE_MEDIAN = {
+    "Bathroom": 180,
+    "Bedroom": 320,
+    "Kitchen": 150,
+    "Lights": 60,
+    "Living room": 260,
+    "Miscellaneous": 40,
+    "Office": 140,
+}
 # Named colours for the dominant-colour attribute: (name, hue range in degrees) for saturated
 # pixels; unsaturated pixels are black, grey or white by value.
-HUES = (("red", 0, 15), ("orange", 15, 40), ("yellow", 40, 70), ("green", 70, 170),
-        ("blue", 170, 260), ("purple", 260, 300), ("pink", 300, 345), ("red", 345, 360))
+HUES = (
+    ("red", 0, 15),
+    ("orange", 15, 40),
+    ("yellow", 40, 70),
+    ("green", 70, 170),
+    ("blue", 170, 260),
+    ("purple", 260, 300),
+    ("pink", 300, 345),
+    ("red", 345, 360),
+)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -195,15 +272,28 @@ def read_items(sh3f: Path) -> list[Item]:
         p = {k[: -len(f"#{n}")]: v for k, v in props.items() if k.endswith(f"#{n}")}
         rot = tuple(float(x) for x in p["modelRotation"].split()) if "modelRotation" in p else None
         raw_id = p["id"]
-        items.append(Item(
-            id=re.sub(r"[^a-z0-9]+", "-", raw_id.lower()).strip("-"),
-            name=p.get("name") or raw_id.split("#")[-1].replace("_", " ").replace("-", " ").capitalize(),
-            category=p["category"],
-            tags=";".join(t.strip() for t in p.get("tags", "").split(",") if t.strip() and t.strip() != "Blend Swap"),
-            width=float(p["width"]), depth=float(p["depth"]), height=float(p["height"]),
-            creator=p.get("creator", "").strip(),
-            licence=LICENCES.get(sh3f.stem, "CC-BY-3.0"),
-            source=sh3f.name, icon=p["icon"].lstrip("/"), model=p["model"].lstrip("/"), rotation=rot))
+        items.append(
+            Item(
+                id=re.sub(r"[^a-z0-9]+", "-", raw_id.lower()).strip("-"),
+                name=p.get("name")
+                or raw_id.split("#")[-1].replace("_", " ").replace("-", " ").capitalize(),
+                category=p["category"],
+                tags=";".join(
+                    t.strip()
+                    for t in p.get("tags", "").split(",")
+                    if t.strip() and t.strip() != "Blend Swap"
+                ),
+                width=float(p["width"]),
+                depth=float(p["depth"]),
+                height=float(p["height"]),
+                creator=p.get("creator", "").strip(),
+                licence=LICENCES.get(sh3f.stem, "CC-BY-3.0"),
+                source=sh3f.name,
+                icon=p["icon"].lstrip("/"),
+                model=p["model"].lstrip("/"),
+                rotation=rot,
+            )
+        )
         n += 1
     return items
 
@@ -247,15 +337,20 @@ def product_type(product_id: str, name: str, tags: str) -> str:
         for type_, pattern in TYPE_RULES:
             if re.search(pattern, text):
                 return type_
-    raise ValueError(f"no product type for {product_id!r} ({name!r}, tags {tags!r}): add a rule or an override")
+    raise ValueError(
+        f"no product type for {product_id!r} ({name!r}, tags {tags!r}): add a rule or an override"
+    )
 
 
 def business_fields(item: Item) -> dict[str, object]:
     """Synthetic price, stock and brand, drawn from a generator seeded by the product id."""
     rng = _rng(item.id, "business")
     price = PRICE_MEDIAN[item.category] * math.exp(rng.normal(0, 0.5))
-    return {"price": round(price, 2), "in_stock": bool(rng.random() < 0.85),
-            "brand": BRANDS[int(rng.integers(len(BRANDS)))]}
+    return {
+        "price": round(price, 2),
+        "in_stock": bool(rng.random() < 0.85),
+        "brand": BRANDS[int(rng.integers(len(BRANDS)))],
+    }
 
 
 def _rng(product_id: str, purpose: str) -> np.random.Generator:
@@ -275,7 +370,8 @@ def assign_splits(items: list[Item]) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- rendering
 def load_model(model_dir: Path, obj_name: str, item: Item):
-    """Load the OBJ as a trimesh scene: upright (catalogue rotation), sized, centred, unit height."""
+    """Load the OBJ as a trimesh scene: upright (catalogue rotation), sized, centred, unit
+    height."""
     import trimesh
 
     scene = trimesh.load(model_dir / obj_name, force="scene", process=False)
@@ -293,7 +389,9 @@ def load_model(model_dir: Path, obj_name: str, item: Item):
     lo = np.min([m.bounds[0] for m in meshes], axis=0)
     hi = np.max([m.bounds[1] for m in meshes], axis=0)
     extent = np.maximum(hi - lo, 1e-6)
-    target = np.array([item.width, item.height, item.depth])  # Sweet Home 3D: x width, y height, z depth
+    target = np.array(
+        [item.width, item.height, item.depth]
+    )  # Sweet Home 3D: x width, y height, z depth
     scale = target / extent / target.max()
     tf = np.diag([*scale, 1.0])
     tf[:3, 3] = -(lo + hi) / 2 * scale
@@ -315,7 +413,9 @@ def _fix_visual(mesh):
             colour = getattr(mat, "diffuse", None)
             if colour is None:
                 colour = getattr(mat, "main_color", np.array([200, 200, 200, 255]))
-            mesh.visual = trimesh.visual.ColorVisuals(mesh, face_colors=np.tile(np.asarray(colour, np.uint8), (len(mesh.faces), 1)))
+            mesh.visual = trimesh.visual.ColorVisuals(
+                mesh, face_colors=np.tile(np.asarray(colour, np.uint8), (len(mesh.faces), 1))
+            )
     return mesh
 
 
@@ -337,7 +437,9 @@ def _scene_mesh(meshes):
     return pyrender.Mesh(primitives=[prim for p in parts for prim in p.primitives])
 
 
-def _render(renderer, mesh, camera_pose, lights, ambient: float, bg=(0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    renderer, mesh, camera_pose, lights, ambient: float, bg=(0, 0, 0)
+) -> tuple[np.ndarray, np.ndarray]:
     """RGB and object coverage (bool) of one render; lights are ``(direction, colour, intensity)``.
 
     OSMesa has no framebuffer objects, so no alpha channel: the depth buffer is the mask."""
@@ -346,12 +448,17 @@ def _render(renderer, mesh, camera_pose, lights, ambient: float, bg=(0, 0, 0)) -
     scene.add(mesh)
     scene.add(pyrender.PerspectiveCamera(yfov=math.radians(camera_pose[1])), pose=camera_pose[0])
     for direction, colour, intensity in lights:
-        scene.add(pyrender.DirectionalLight(color=colour, intensity=intensity), pose=_look_at(direction, np.zeros(3)))
+        scene.add(
+            pyrender.DirectionalLight(color=colour, intensity=intensity),
+            pose=_look_at(direction, np.zeros(3)),
+        )
     rgb, depth = renderer.render(scene)
     return rgb, depth > 0
 
 
-def render_views(meshes, item: Item, n_views: int = N_VIEWS, size: int = SIZE) -> list[tuple[Image.Image, np.ndarray]]:
+def render_views(
+    meshes, item: Item, n_views: int = N_VIEWS, size: int = SIZE
+) -> list[tuple[Image.Image, np.ndarray]]:
     """``n_views`` customer-style photos, each with the object's mask: random view, light, scale,
     position and background."""
     pyrender = _pyrender()
@@ -366,7 +473,9 @@ def render_views(meshes, item: Item, n_views: int = N_VIEWS, size: int = SIZE) -
             distance = rng.uniform(1.5, 2.6)
             target = np.array([rng.uniform(-0.15, 0.15), rng.uniform(-0.1, 0.1), 0.0])
             eye = target + distance * _direction(azimuth, elevation)
-            light_dir = np.array([rng.uniform(-1, 1), rng.uniform(0.3, 1.5), rng.uniform(-0.2, 1.2)])
+            light_dir = np.array(
+                [rng.uniform(-1, 1), rng.uniform(0.3, 1.5), rng.uniform(-0.2, 1.2)]
+            )
             light = (light_dir, _warmth(rng), rng.uniform(2.0, 5.0))
             rgb, covered = _render(renderer, mesh, (_look_at(eye, target), 40), [light], 0.25)
             alpha = np.where(covered, 255, 0).astype(np.uint8)
@@ -379,7 +488,9 @@ def render_views(meshes, item: Item, n_views: int = N_VIEWS, size: int = SIZE) -
     return out
 
 
-def render_shop_photos(meshes, item: Item, size: int = SIZE) -> list[tuple[Image.Image, np.ndarray]]:
+def render_shop_photos(
+    meshes, item: Item, size: int = SIZE
+) -> list[tuple[Image.Image, np.ndarray]]:
     """Clean studio photos from the ``SHOP_ANGLES``, each with the object's mask: a light plain
     background, soft key and fill light, the object filling the frame with a ``SHOP_MARGIN``."""
     pyrender = _pyrender()
@@ -418,8 +529,13 @@ def render_shop_photos(meshes, item: Item, size: int = SIZE) -> list[tuple[Image
 def _direction(azimuth: float, elevation: float) -> np.ndarray:
     """Unit vector from the origin towards a camera at ``azimuth`` (0 = the front, +z) and
     ``elevation`` (radians)."""
-    return np.array([math.sin(azimuth) * math.cos(elevation), math.sin(elevation),
-                     math.cos(azimuth) * math.cos(elevation)])
+    return np.array(
+        [
+            math.sin(azimuth) * math.cos(elevation),
+            math.sin(elevation),
+            math.cos(azimuth) * math.cos(elevation),
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- masks and boxes
@@ -432,7 +548,8 @@ def downsample_mask(covered: np.ndarray, factor: int) -> np.ndarray:
 
 
 def box_from_mask(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """``(left, top, right, bottom)`` in pixels of the mask's true pixels (right/bottom exclusive)."""
+    """``(left, top, right, bottom)`` in pixels of the mask's true pixels (right/bottom
+    exclusive)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if len(rows) == 0:
         raise ValueError("empty mask: the object is not in the picture")
@@ -492,9 +609,13 @@ def background(rng: np.random.Generator, size: int) -> Image.Image:
             x0, y0 = rng.uniform(-size / 4, size, 2)
             w, h = rng.uniform(size / 8, size / 2, 2)
             fill = tuple(int(c) for c in _muted(rng))
-            (draw.rectangle if rng.random() < 0.6 else draw.ellipse)([x0, y0, x0 + w, y0 + h], fill=fill)
+            (draw.rectangle if rng.random() < 0.6 else draw.ellipse)(
+                [x0, y0, x0 + w, y0 + h], fill=fill
+            )
         arr = np.asarray(img.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float64)
-    return Image.fromarray(np.ascontiguousarray(np.clip(arr, 0, 255).astype(np.uint8))).convert("RGBA")
+    return Image.fromarray(np.ascontiguousarray(np.clip(arr, 0, 255).astype(np.uint8))).convert(
+        "RGBA"
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -505,7 +626,10 @@ def build(out_dir: Path = OUT_DIR, limit: int | None = None) -> None:
     archives = sorted(SOURCE_DIR.glob("*.sh3f"))
     if not archives:
         raise SystemExit(f"no .sh3f files in {SOURCE_DIR}: apt-get install sweethome3d-furniture")
-    items = sorted((i for a in archives for i in read_items(a) if i.category in SHOP_CATEGORIES), key=lambda i: i.id)
+    items = sorted(
+        (i for a in archives for i in read_items(a) if i.category in SHOP_CATEGORIES),
+        key=lambda i: i.id,
+    )
     ids = [i.id for i in items]
     assert len(set(ids)) == len(ids), "product ids must be unique"
     splits = assign_splits(items)  # of every product, so that --limit keeps each product's split
@@ -521,31 +645,48 @@ def build(out_dir: Path = OUT_DIR, limit: int | None = None) -> None:
         colour, colour_hex = dominant_colour(icon)
         shop = Image.new("RGBA", icon.size, (255, 255, 255, 255))
         shop.alpha_composite(icon)
-        shop.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS).save(tmp_out / "icons" / f"{item.id}.png", optimize=True)
+        shop.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS).save(
+            tmp_out / "icons" / f"{item.id}.png", optimize=True
+        )
         with tempfile.TemporaryDirectory() as model_tmp:
             prefix = item.model.rsplit("/", 1)[0] + "/"
             for name in z.namelist():
                 if name.startswith(prefix) and not name.endswith("/"):
-                    dest = Path(model_tmp) / name[len(prefix):]
+                    dest = Path(model_tmp) / name[len(prefix) :]
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(z.read(name))
-            meshes = load_model(Path(model_tmp), item.model[len(prefix):], item)
+            meshes = load_model(Path(model_tmp), item.model[len(prefix) :], item)
         views = render_views(meshes, item)
         for v, (img, mask) in enumerate(views):
             img.save(tmp_out / "views" / f"{item.id}_{v}.jpg", quality=90, optimize=True)
             boxes.append((f"views/{item.id}_{v}.jpg", *box_from_mask(mask)))
         # one tiny 1-bit PNG per product, its views' masks side by side (2,472 files would take
         # 4 KiB of disk each for about 250 bytes of data)
-        Image.fromarray(np.hstack([mask for _, mask in views])).save(tmp_out / "views_masks" / f"{item.id}.png", optimize=True)
+        Image.fromarray(np.hstack([mask for _, mask in views])).save(
+            tmp_out / "views_masks" / f"{item.id}.png", optimize=True
+        )
         for v, (img, mask) in enumerate(render_shop_photos(meshes, item)):
             img.save(tmp_out / "shop" / f"{item.id}_{v}.jpg", quality=SHOP_QUALITY, optimize=True)
             boxes.append((f"shop/{item.id}_{v}.jpg", *box_from_mask(mask)))
-        rows.append({"id": item.id, "name": item.name, "category": item.category,
-                     "type": product_type(item.id, item.name, item.tags), "tags": item.tags,
-                     "width_cm": item.width, "depth_cm": item.depth, "height_cm": item.height,
-                     "colour": colour, "colour_hex": colour_hex, "split": splits[item.id],
-                     **business_fields(item), "creator": item.creator, "licence": item.licence,
-                     "source": item.source})
+        rows.append(
+            {
+                "id": item.id,
+                "name": item.name,
+                "category": item.category,
+                "type": product_type(item.id, item.name, item.tags),
+                "tags": item.tags,
+                "width_cm": item.width,
+                "depth_cm": item.depth,
+                "height_cm": item.height,
+                "colour": colour,
+                "colour_hex": colour_hex,
+                "split": splits[item.id],
+                **business_fields(item),
+                "creator": item.creator,
+                "licence": item.licence,
+                "source": item.source,
+            }
+        )
     with open(tmp_out / "products.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -565,22 +706,31 @@ def build(out_dir: Path = OUT_DIR, limit: int | None = None) -> None:
 
 def write_attribution(path: Path, rows: list[dict]) -> None:
     """Per-item credit, as CC-BY-3.0 requires."""
-    lines = ["# Attribution", "",
-             "Products, icons and 3D models come from the Debian package `sweethome3d-furniture` 1.8-1",
-             "(Sweet Home 3D furniture libraries, eTeks and contributors). The icons are copied; the",
-             "`views/` and `shop/` photos (and the `views_masks/`) are renderings of the 3D models made",
-             "by `data/build_catalog.py`.",
-             "Items marked CC-BY-3.0 are licensed under the Creative Commons Attribution 3.0 Unported",
-             "licence (https://creativecommons.org/licenses/by/3.0/); items marked CC0-1.0 are in the",
-             "public domain. Changes: icons composited on white and resized; models re-rendered.", "",
-             "| id | name | creator | licence |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['id']} | {r['name']} | {r['creator'] or 'unknown'} | {r['licence']} |" for r in rows]
+    lines = [
+        "# Attribution",
+        "",
+        "Products, icons and 3D models come from the Debian package `sweethome3d-furniture` 1.8-1",
+        "(Sweet Home 3D furniture libraries, eTeks and contributors). The icons are copied; the",
+        "`views/` and `shop/` photos (and the `views_masks/`) are renderings of the 3D models made",
+        "by `data/build_catalog.py`.",
+        "Items marked CC-BY-3.0 are licensed under the Creative Commons Attribution 3.0 Unported",
+        "licence (https://creativecommons.org/licenses/by/3.0/); items marked CC0-1.0 are in the",
+        "public domain. Changes: icons composited on white and resized; models re-rendered.",
+        "",
+        "| id | name | creator | licence |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['id']} | {r['name']} | {r['creator'] or 'unknown'} | {r['licence']} |" for r in rows
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT_DIR)
-    parser.add_argument("--limit", type=int, default=None, help="only the first N products (for a quick look)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="only the first N products (for a quick look)"
+    )
     args = parser.parse_args()
     build(args.out, args.limit)

@@ -15,6 +15,7 @@ Run it with ``make catalog`` (or alone: ``python data/build_real_photos.py``); i
 composited on white, and saved as JPEG; ``real_photos.csv`` records each one's type, source package,
 original path, licence, author and source.
 """
+
 from __future__ import annotations
 
 import csv
@@ -92,21 +93,21 @@ def read_rcc(data: bytes) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
 
     def name(offset: int) -> str:
-        (length,) = struct.unpack(">H", data[names + offset: names + offset + 2])
-        return data[names + offset + 6: names + offset + 6 + 2 * length].decode("utf-16-be")
+        (length,) = struct.unpack(">H", data[names + offset : names + offset + 2])
+        return data[names + offset + 6 : names + offset + 6 + 2 * length].decode("utf-16-be")
 
     def walk(index: int, prefix: str) -> None:
         at = tree + index * entry
-        name_offset, flags = struct.unpack(">IH", data[at: at + 6])
+        name_offset, flags = struct.unpack(">IH", data[at : at + 6])
         path = prefix + (name(name_offset) if index else "")
         if flags & 2:  # a directory: its children follow
-            count, first = struct.unpack(">II", data[at + 6: at + 14])
+            count, first = struct.unpack(">II", data[at + 6 : at + 14])
             for child in range(first, first + count):
                 walk(child, path + "/" if path else "")
             return
-        (offset,) = struct.unpack(">I", data[at + 10: at + 14])
-        (size,) = struct.unpack(">I", data[payload + offset: payload + offset + 4])
-        blob = data[payload + offset + 4: payload + offset + 4 + size]
+        (offset,) = struct.unpack(">I", data[at + 10 : at + 14])
+        (size,) = struct.unpack(">I", data[payload + offset : payload + offset + 4])
+        blob = data[payload + offset + 4 : payload + offset + 4 + size]
         if flags & 4:
             raise ValueError(f"{path}: zstd-compressed entries are not supported")
         out[path] = zlib.decompress(blob[4:]) if flags & 1 else blob
@@ -121,7 +122,11 @@ def gcompris_credits(readme: str) -> dict[str, tuple[str, str, str]]:
     for block in re.split(r"\n\s*\n", readme):
         fields = dict(re.findall(r"^(Copyright|Source|License):\s*(.*)$", block, re.M))
         for file in re.findall(r"^\s*(\S+\.(?:webp|png|jpg|svg))\s*$", block, re.M):
-            credits[file] = (fields.get("Copyright", ""), fields.get("License", ""), fields.get("Source", ""))
+            credits[file] = (
+                fields.get("Copyright", ""),
+                fields.get("License", ""),
+                fields.get("Source", ""),
+            )
     return credits
 
 
@@ -168,8 +173,17 @@ def build(out_dir: Path = OUT_DIR) -> None:
                 original = path
             name = f"{PREFIX[package]}_{Path(path).stem}.jpg"
             to_photo(data).save(tmp_out / name, quality=90, optimize=True)
-            rows.append({"file": name, "type": type_, "source_package": f"{package} {version}",
-                         "original_path": original, "licence": licence, "author": author, "source": source})
+            rows.append(
+                {
+                    "file": name,
+                    "type": type_,
+                    "source_package": f"{package} {version}",
+                    "original_path": original,
+                    "licence": licence,
+                    "author": author,
+                    "source": source,
+                }
+            )
     with open(tmp_out / "real_photos.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -182,16 +196,27 @@ def build(out_dir: Path = OUT_DIR) -> None:
 
 
 def write_attribution(path: Path, rows: list[dict]) -> None:
-    lines = ["# Attribution: real photos", "",
-             "Real photographs and photo cut-outs of household products, from three Debian packages,",
-             "downsized to at most 256 pixels a side (transparency on white) by `data/build_real_photos.py`.",
-             "Licences: CC0-1.0 and public domain (GCompris's categorization photos, from Wikimedia Commons",
-             "and publicdomainpictures.net, as the README beside them says; scikit-image's coffee photo);",
-             "CC-BY-SA-3.0 (Scratch 1.4 media, © MIT: https://creativecommons.org/licenses/by-sa/3.0/;",
-             "the downsized copies here are shared under the same licence).", "",
-             "| file | type | package | author | licence | source |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['file']} | {r['type']} | {r['source_package']} | {r['author'] or 'unknown'} | {r['licence']} "
-              f"| {r['source'] or r['original_path']} |" for r in rows]
+    lines = [
+        "# Attribution: real photos",
+        "",
+        "Real photographs and photo cut-outs of household products, from three Debian packages,",
+        "downsized to at most 256 pixels a side (transparency on white) by "
+        "`data/build_real_photos.py`.",
+        "Licences: CC0-1.0 and public domain (GCompris's categorization photos, from Wikimedia "
+        "Commons",
+        "and publicdomainpictures.net, as the README beside them says; scikit-image's coffee "
+        "photo);",
+        "CC-BY-SA-3.0 (Scratch 1.4 media, © MIT: https://creativecommons.org/licenses/by-sa/3.0/;",
+        "the downsized copies here are shared under the same licence).",
+        "",
+        "| file | type | package | author | licence | source |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['file']} | {r['type']} | {r['source_package']} | {r['author'] or 'unknown'} | "
+        f"{r['licence']} | {r['source'] or r['original_path']} |"
+        for r in rows
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

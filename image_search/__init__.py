@@ -1,4 +1,5 @@
-"""image_search: the visual product search system built in *Visual Product Search — the executable book*.
+"""image_search: the visual product search system built in *Visual Product Search — the executable
+book*.
 
 Three stages: embed the query image (:mod:`.encoders`), retrieve approximate nearest neighbours
 from a FAISS index of the catalog (:mod:`.indexer`, :mod:`.searcher`), re-rank with business rules,
@@ -10,21 +11,57 @@ steal the cores they share with other processes and with each other (benchmarks/
 measures it); the variable must be set before either library starts its thread pool, which is why it
 is set here, once, rather than where threads start.
 """
+
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .catalog import Catalog, Product, load_catalog, load_catalog_csv
 from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, l2_normalize, load_encoder
-from .errors import (BackendUnavailableError, CatalogError, ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
-                     ModelUnavailableError, UnsafePathError)
+from .errors import (
+    BackendUnavailableError,
+    CatalogError,
+    ImageSearchError,
+    IndexMismatchError,
+    InvalidImageError,
+    InvalidRequestError,
+    ModelUnavailableError,
+    UnsafePathError,
+)
 from .images import load_image
 from .indexer import ProductIndex
-from .reranker import Reranker, RerankConfig
-from .searcher import Filters, SearchRequest, SearchResults, Searcher, Timings, build_index
-from . import text, training  # noqa: E402,F401 (register the "minilm-lit" and "lit" encoders)
+from .reranker import RerankConfig, Reranker
+from .searcher import Filters, Searcher, SearchRequest, SearchResults, Timings, build_index
+
+# isort: split
+from . import text, training  # noqa: F401 (register the "minilm-lit" and "lit" encoders)
 
 __version__ = "0.1.0"
-__all__ = ["Catalog", "Product", "load_catalog", "load_catalog_csv", "CatalogError", "BackendUnavailableError", "DEFAULT_ENCODER", "Encoder", "encode_paths", "l2_normalize",
-           "load_encoder", "ImageSearchError", "IndexMismatchError", "InvalidImageError", "InvalidRequestError",
-           "ModelUnavailableError", "UnsafePathError", "load_image", "ProductIndex", "Reranker", "RerankConfig", "Filters",
-           "SearchRequest", "SearchResults", "Searcher", "Timings", "build_index"]
+__all__ = [
+    "Catalog",
+    "Product",
+    "load_catalog",
+    "load_catalog_csv",
+    "CatalogError",
+    "BackendUnavailableError",
+    "DEFAULT_ENCODER",
+    "Encoder",
+    "encode_paths",
+    "l2_normalize",
+    "load_encoder",
+    "ImageSearchError",
+    "IndexMismatchError",
+    "InvalidImageError",
+    "InvalidRequestError",
+    "ModelUnavailableError",
+    "UnsafePathError",
+    "load_image",
+    "ProductIndex",
+    "Reranker",
+    "RerankConfig",
+    "Filters",
+    "SearchRequest",
+    "SearchResults",
+    "Searcher",
+    "Timings",
+    "build_index",
+]

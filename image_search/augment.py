@@ -4,6 +4,7 @@ how recall falls as each gets stronger.
 Every corruption takes a ``strength`` in ``[0, 1]`` (0 = the image unchanged) and a ``seed``, so
 the same call always gives the same pixels.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -62,7 +63,7 @@ def _occlusion(im: Image.Image, s: float, rng: np.random.Generator) -> Image.Ima
     bh = int(min(h, round(area / max(bw, 1))))
     x, y = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
     out = np.array(im)
-    out[y:y + bh, x:x + bw] = int(rng.integers(90, 170))
+    out[y : y + bh, x : x + bw] = int(rng.integers(90, 170))
     return Image.fromarray(out)
 
 
@@ -70,7 +71,9 @@ def _lighting(im: Image.Image, s: float, rng: np.random.Generator) -> Image.Imag
     out = ImageEnhance.Brightness(im).enhance(1.0 - 0.7 * s)
     out = ImageEnhance.Contrast(out).enhance(1.0 - 0.5 * s)
     cast = np.array([1.0, 1.0 - 0.25 * s, 1.0 - 0.5 * s], dtype=np.float32)  # warm: less blue
-    return Image.fromarray(np.clip(np.asarray(out, dtype=np.float32) * cast, 0, 255).astype(np.uint8))
+    return Image.fromarray(
+        np.clip(np.asarray(out, dtype=np.float32) * cast, 0, 255).astype(np.uint8)
+    )
 
 
 def _clutter(im: Image.Image, s: float, rng: np.random.Generator) -> Image.Image:
@@ -82,18 +85,26 @@ def _clutter(im: Image.Image, s: float, rng: np.random.Generator) -> Image.Image
     scale = 1.0 - 0.6 * s
     pw, ph = max(1, round(w * scale)), max(1, round(h * scale))
     product = np.asarray(im.resize((pw, ph), Image.BICUBIC))
-    mask = (product.min(axis=2) < 240)  # the studio backdrop is near-white
+    mask = product.min(axis=2) < 240  # the studio backdrop is near-white
     x, y = int(rng.integers(0, w - pw + 1)), int(rng.integers(0, h - ph + 1))
-    region = bg[y:y + ph, x:x + pw]
+    region = bg[y : y + ph, x : x + pw]
     region[mask] = product[mask]
     return Image.fromarray(bg)
 
 
-_CORRUPTIONS = {"crop": _crop, "rotation": _rotation, "blur": _blur, "occlusion": _occlusion,
-                "lighting": _lighting, "clutter": _clutter}
+_CORRUPTIONS = {
+    "crop": _crop,
+    "rotation": _rotation,
+    "blur": _blur,
+    "occlusion": _occlusion,
+    "lighting": _lighting,
+    "clutter": _clutter,
+}
 
 
-def encode_corrupted(encoder, paths, kind: str, strength: float, seed: int = 0, batch_size: int = 32) -> np.ndarray:
+def encode_corrupted(
+    encoder, paths, kind: str, strength: float, seed: int = 0, batch_size: int = 32
+) -> np.ndarray:
     """Embed corrupted copies of image files (image ``i`` corrupted with seed ``seed + i``),
     caching the vectors under ``<encoder>+corrupt`` keyed by file checksum, kind, strength and
     seed, so re-running an experiment costs nothing. Chapter 10."""
@@ -101,8 +112,11 @@ def encode_corrupted(encoder, paths, kind: str, strength: float, seed: int = 0, 
 
     keys = [f"{file_checksum(p)}:{kind}:{strength:.4f}:{seed + i}" for i, p in enumerate(paths)]
     return EmbeddingCache(f"{encoder.name}+corrupt", encoder.dim).fetch(
-        keys, lambda missing: encoder.encode_images([corrupt(paths[i], kind, strength, seed + i) for i in missing],
-                                                    batch_size=batch_size))
+        keys,
+        lambda missing: encoder.encode_images(
+            [corrupt(paths[i], kind, strength, seed + i) for i in missing], batch_size=batch_size
+        ),
+    )
 
 
 __all__ = ["KINDS", "corrupt", "encode_corrupted"]

@@ -3,6 +3,7 @@
 Chapter 04 tells how the catalog was made; ``data/build_catalog.py`` rebuilds it. The book's catalog
 lives in ``data/catalog``; :func:`load_catalog_csv` reads a shop's own CSV and images instead.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,24 @@ from .errors import CatalogError, ImageSearchError
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data" / "catalog"
 UNSPECIFIED = "unspecified"  # category and type of a user's product when its CSV has no such column
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-_COLUMNS = ("id", "name", "category", "type", "tags", "width_cm", "depth_cm", "height_cm", "colour",
-            "colour_hex", "split", "price", "in_stock", "brand", "creator", "licence")
+_COLUMNS = (
+    "id",
+    "name",
+    "category",
+    "type",
+    "tags",
+    "width_cm",
+    "depth_cm",
+    "height_cm",
+    "colour",
+    "colour_hex",
+    "split",
+    "price",
+    "in_stock",
+    "brand",
+    "creator",
+    "licence",
+)
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -145,8 +162,9 @@ class Catalog:
         try:
             return self._boxes[key]
         except KeyError:
-            raise CatalogError(f"no object box for {key}: boxes.csv lists the catalog's views and "
-                               "shop photos") from None
+            raise CatalogError(
+                f"no object box for {key}: boxes.csv lists the catalog's views and shop photos"
+            ) from None
 
     def object_mask(self, view_path: str | Path) -> np.ndarray:
         """The product's mask (bool, height x width) in one of its customer photos, from
@@ -161,7 +179,7 @@ class Catalog:
         with Image.open(mask_file) as im:
             masks = np.asarray(im.convert("1"))
         size = masks.shape[0]
-        return masks[:, int(m.group(2)) * size:(int(m.group(2)) + 1) * size].copy()
+        return masks[:, int(m.group(2)) * size : (int(m.group(2)) + 1) * size].copy()
 
     def _relative(self, path: str | Path) -> str:
         p = Path(path)
@@ -178,8 +196,10 @@ class Catalog:
         if not path.is_file():
             raise CatalogError(f"no object boxes at {path} (run `make catalog`)")
         with open(path, newline="", encoding="utf-8") as f:
-            return {r["file"]: (int(r["left"]), int(r["top"]), int(r["right"]), int(r["bottom"]))
-                    for r in csv.DictReader(f)}
+            return {
+                r["file"]: (int(r["left"]), int(r["top"]), int(r["right"]), int(r["bottom"]))
+                for r in csv.DictReader(f)
+            }
 
     def fingerprint(self) -> str:
         """SHA-256 over the sorted product ids and the SHA-256 of every shop photo of each (what an
@@ -234,14 +254,23 @@ def load_catalog(root: str | Path | None = None) -> Catalog:
 def _product(row: dict[str, str], line: int, source: str) -> Product:
     where = f"{source} line {line}"
     return Product(
-        id=_text(row, "id", where), name=_text(row, "name", where),
-        category=_text(row, "category", where), type=_text(row, "type", where),
+        id=_text(row, "id", where),
+        name=_text(row, "name", where),
+        category=_text(row, "category", where),
+        type=_text(row, "type", where),
         tags=tuple(t for t in row["tags"].split(";") if t),
-        width_cm=_number(row, "width_cm", where), depth_cm=_number(row, "depth_cm", where),
-        height_cm=_number(row, "height_cm", where), colour=row["colour"],
-        colour_hex=row["colour_hex"], split=row["split"], price=_number(row, "price", where),
-        in_stock=_boolean(row, "in_stock", where), brand=row["brand"], creator=row["creator"],
-        licence=row["licence"])
+        width_cm=_number(row, "width_cm", where),
+        depth_cm=_number(row, "depth_cm", where),
+        height_cm=_number(row, "height_cm", where),
+        colour=row["colour"],
+        colour_hex=row["colour_hex"],
+        split=row["split"],
+        price=_number(row, "price", where),
+        in_stock=_boolean(row, "in_stock", where),
+        brand=row["brand"],
+        creator=row["creator"],
+        licence=row["licence"],
+    )
 
 
 def real_photos(root: str | Path | None = None) -> tuple[list[Path], list[str]]:
@@ -255,8 +284,9 @@ def real_photos(root: str | Path | None = None) -> tuple[list[Path], list[str]]:
 
 
 # --------------------------------------------------------------------------- a shop's own catalog
-def load_catalog_csv(csv_path: str | Path, images_dir: str | Path,
-                     progress: bool = False) -> Catalog:
+def load_catalog_csv(
+    csv_path: str | Path, images_dir: str | Path, progress: bool = False
+) -> Catalog:
     """Read a shop's own catalog: a UTF-8, comma-separated CSV with a header row, and a folder of
     images.
 
@@ -290,12 +320,14 @@ def load_catalog_csv(csv_path: str | Path, images_dir: str | Path,
     for line, row in rows:
         where = f"{name} line {line}"
         p = Product(
-            id=_text(row, "id", where), name=_text(row, "name", where),
+            id=_text(row, "id", where),
+            name=_text(row, "name", where),
             category=_text(row, "category", where) if "category" in row else UNSPECIFIED,
             type=_text(row, "type", where) if "type" in row else UNSPECIFIED,
             price=_number(row, "price", where, empty=math.nan) if "price" in row else math.nan,
             in_stock=_boolean(row, "in_stock", where, empty=True) if "in_stock" in row else True,
-            brand=row.get("brand", "").strip())
+            brand=row.get("brand", "").strip(),
+        )
         paths, missing = _images_of(p.id, row.get("images", ""), images_dir, convention, where)
         products.append(p)
         images[p.id] = tuple(paths)
@@ -306,24 +338,32 @@ def load_catalog_csv(csv_path: str | Path, images_dir: str | Path,
     if problems:
         total = sum(len(v) for v in images.values())
         more = f"; … and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise CatalogError(f"{name}: {len(problems)} missing or unreadable image(s) of {total} "
-                           "listed: " + "; ".join(problems[:5]) + more)
+        raise CatalogError(
+            f"{name}: {len(problems)} missing or unreadable image(s) of {total} "
+            "listed: " + "; ".join(problems[:5]) + more
+        )
     return Catalog(root=images_dir, products=tuple(products), images=images)
 
 
-def _images_of(product_id: str, cell: str, images_dir: Path, convention: Mapping[str, list[Path]],
-               where: str) -> tuple[list[Path], list[str]]:
+def _images_of(
+    product_id: str, cell: str, images_dir: Path, convention: Mapping[str, list[Path]], where: str
+) -> tuple[list[Path], list[str]]:
     """A product's image files (its ``images`` cell, else the file-name convention) and the
     problems found (missing files)."""
     line = where.rsplit(" ", 1)[1]
     parts = [part.strip() for part in cell.split(";") if part.strip()]
     if parts:
         paths = [_inside(images_dir, part, f"{where}, column 'images'") for part in parts]
-        gone = [f"line {line}: {part} not found"
-                for part, path in zip(parts, paths) if not path.is_file()]
+        gone = [
+            f"line {line}: {part} not found"
+            for part, path in zip(parts, paths)
+            if not path.is_file()
+        ]
         return paths, gone
-    paths = [_inside(images_dir, path.name, f"{where}, image file")
-             for path in convention.get(product_id, [])]
+    paths = [
+        _inside(images_dir, path.name, f"{where}, image file")
+        for path in convention.get(product_id, [])
+    ]
     if paths:
         return paths, []
     pid = product_id
@@ -332,8 +372,11 @@ def _images_of(product_id: str, cell: str, images_dir: Path, convention: Mapping
 
 def _convention_files(images_dir: Path) -> dict[str, list[Path]]:
     """``<id>.<ext>`` then ``<id>_<n>.<ext>`` (n ascending) of the images folder, by id."""
-    plain = {path.stem: path for path in sorted(images_dir.iterdir())
-             if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()}
+    plain = {
+        path.stem: path
+        for path in sorted(images_dir.iterdir())
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    }
     out = {pid: [path] for pid, path in plain.items()}
     for pid, paths in _numbered_files(images_dir).items():
         out.setdefault(pid, []).extend(p for p in paths if p.is_file())
@@ -348,15 +391,20 @@ def _inside(images_dir: Path, relative: str, where: str) -> Path:
     return path
 
 
-def _unreadable(images: Mapping[str, tuple[Path, ...]], lines: list[int], images_dir: Path,
-                progress: bool) -> list[str]:
+def _unreadable(
+    images: Mapping[str, tuple[Path, ...]], lines: list[int], images_dir: Path, progress: bool
+) -> list[str]:
     from tqdm.auto import tqdm
 
     from .images import load_image
 
     problems = []
-    todo = [(line, path) for line, paths in zip(lines, images.values()) for path in paths
-            if path.is_file()]
+    todo = [
+        (line, path)
+        for line, paths in zip(lines, images.values())
+        for path in paths
+        if path.is_file()
+    ]
     for line, path in tqdm(todo, desc="checking images", unit="image", disable=not progress):
         try:
             load_image(path)
@@ -377,9 +425,11 @@ def _read_rows(csv_path: Path, required: Sequence[str]) -> list[tuple[int, dict[
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise CatalogError(f"{name} line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset "
-                           f"{e.start}); save the file as UTF-8") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise CatalogError(
+            f"{name} line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start}); save the file as UTF-8"
+        ) from None
     if not text.strip():
         raise CatalogError(f"{name} is empty: expected a header row and one row per product")
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -387,21 +437,26 @@ def _read_rows(csv_path: Path, required: Sequence[str]) -> list[tuple[int, dict[
     if len(header) == 1:
         for sep, label in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'")):
             if sep in header[0]:
-                raise CatalogError(f"{name} line 1: the header is one column containing {label}; "
-                                   "the file must be comma-separated")
+                raise CatalogError(
+                    f"{name} line 1: the header is one column containing {label}; "
+                    "the file must be comma-separated"
+                )
     missing = [c for c in required if c not in header]
     if missing:
-        raise CatalogError(f"{name} line 1: missing required column(s) "
-                           f"{', '.join(map(repr, missing))} "
-                           f"(the header has {', '.join(map(repr, header))})")
+        raise CatalogError(
+            f"{name} line 1: missing required column(s) "
+            f"{', '.join(map(repr, missing))} "
+            f"(the header has {', '.join(map(repr, header))})"
+        )
     rows = []
     for fields in reader:
         line = reader.line_num
         if not any(f.strip() for f in fields):
             continue
         if len(fields) != len(header):
-            raise CatalogError(f"{name} line {line}: {len(fields)} fields, "
-                               f"the header has {len(header)}")
+            raise CatalogError(
+                f"{name} line {line}: {len(fields)} fields, the header has {len(header)}"
+            )
         rows.append((line, dict(zip(header, fields))))
     if not rows:
         raise CatalogError(f"{name} has a header but no products")
@@ -434,8 +489,9 @@ def _boolean(row: dict[str, str], column: str, where: str, empty: bool | None = 
     if not text and empty is not None:
         return empty
     if text not in _BOOLEANS:
-        raise CatalogError(f"{where}, column {column!r}: {row[column]!r} is not one of "
-                           "true/false, yes/no, 1/0")
+        raise CatalogError(
+            f"{where}, column {column!r}: {row[column]!r} is not one of true/false, yes/no, 1/0"
+        )
     return _BOOLEANS[text]
 
 
@@ -443,12 +499,14 @@ def _check_unique(products: Sequence[Product], lines: Sequence[int], source: str
     first: dict[str, int] = {}
     for p, line in zip(products, lines):
         if p.id in first:
-            raise CatalogError(f"{source} line {line}, column 'id': duplicate id {p.id!r} "
-                               f"(first on line {first[p.id]})")
+            raise CatalogError(
+                f"{source} line {line}, column 'id': duplicate id {p.id!r} "
+                f"(first on line {first[p.id]})"
+            )
         first[p.id] = line
 
 
-# --------------------------------------------------------------------------- near-duplicates (chapter 04)
+# --------------------------------------------------------------------- near-duplicates (chapter 04)
 @dataclass(frozen=True)
 class DuplicatePair:
     """Two products whose images look (nearly) the same; ``id_a < id_b``. Chapter 04."""
@@ -458,13 +516,17 @@ class DuplicatePair:
     similarity: float  # cosine similarity of embeddings, or 1 - Hamming distance / bits for hashes
 
 
-def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float = 0.95) -> list[DuplicatePair]:
+def near_duplicates(
+    ids: Sequence[str], embeddings: np.ndarray, threshold: float = 0.95
+) -> list[DuplicatePair]:
     """Every pair of items whose L2-normalised embeddings have cosine similarity ``>= threshold``,
-    most similar first. Exact (all pairs, ``n²/2`` dot products): fine for thousands of items; use an
-    ANN index's range search beyond that. Chapter 04."""
+    most similar first. Exact (all pairs, ``n²/2`` dot products): fine for thousands of items; use
+    an ANN index's range search beyond that. Chapter 04."""
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or len(x) != len(ids):
-        raise ValueError(f"need one embedding row per id: {len(ids)} ids, embeddings of shape {x.shape}")
+        raise ValueError(
+            f"need one embedding row per id: {len(ids)} ids, embeddings of shape {x.shape}"
+        )
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     sims = x @ x.T
     rows, cols = np.nonzero(np.triu(sims >= threshold, k=1))
@@ -472,7 +534,8 @@ def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float
 
 
 def perceptual_hashes(paths: Sequence[str | Path], hash_size: int = 8) -> np.ndarray:
-    """DCT perceptual hash (``imagehash.phash``) of each image as a ``(n, hash_size²)`` bool array. Chapter 04."""
+    """DCT perceptual hash (``imagehash.phash``) of each image as a ``(n, hash_size²)`` bool array.
+    Chapter 04."""
     import imagehash
     from PIL import Image
 
@@ -483,7 +546,9 @@ def perceptual_hashes(paths: Sequence[str | Path], hash_size: int = 8) -> np.nda
     return out
 
 
-def hash_duplicates(ids: Sequence[str], hashes: np.ndarray, max_distance: int = 4) -> list[DuplicatePair]:
+def hash_duplicates(
+    ids: Sequence[str], hashes: np.ndarray, max_distance: int = 4
+) -> list[DuplicatePair]:
     """Pairs whose perceptual hashes differ in at most ``max_distance`` bits; ``similarity`` is
     ``1 - distance / bits``. Chapter 04."""
     h = np.asarray(hashes, dtype=bool)
@@ -493,11 +558,14 @@ def hash_duplicates(ids: Sequence[str], hashes: np.ndarray, max_distance: int = 
     distance = hi @ (1 - hi).T + (1 - hi) @ hi.T  # Hamming distance of every pair
     rows, cols = np.nonzero(np.triu(distance <= max_distance, k=1))
     bits = h.shape[1]
-    return _sorted_pairs((ids[i], ids[j], 1.0 - float(distance[i, j]) / bits) for i, j in zip(rows, cols))
+    return _sorted_pairs(
+        (ids[i], ids[j], 1.0 - float(distance[i, j]) / bits) for i, j in zip(rows, cols)
+    )
 
 
 def duplicate_groups(pairs: Sequence[DuplicatePair]) -> list[tuple[str, ...]]:
-    """Connected groups of items linked by duplicate pairs (sorted ids; largest group first). Chapter 04."""
+    """Connected groups of items linked by duplicate pairs (sorted ids; largest group first).
+    Chapter 04."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 

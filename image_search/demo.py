@@ -3,6 +3,7 @@
 Chapter 09 walks through it; ``python -m image_search demo`` runs it from a terminal. The
 evaluation helpers it uses live in :mod:`image_search.evaluation`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ class DemoReport:
 
     encoder: str
     report: RetrievalReport
-    median: Timings          # median ms per stage over single-image queries
+    median: Timings  # median ms per stage over single-image queries
     n_timed: int
     grid_path: Path | None
 
@@ -34,20 +35,31 @@ class DemoReport:
         r = self.report
         line = f"Recall@1 {r.recall[1]:.3f}, Recall@10 {r.recall[10]:.3f}"
         if 10 in r.type_precision:
-            line += (f", type P@10 {r.type_precision[10]:.3f}"
-                     f" (ceiling {r.type_precision_ceiling[10]:.3f})")
+            line += (
+                f", type P@10 {r.type_precision[10]:.3f}"
+                f" (ceiling {r.type_precision_ceiling[10]:.3f})"
+            )
         return line + f" on {r.n_queries} {self.queries}"
 
     def __str__(self) -> str:
         m = self.median
-        return (f"{self.headline()}\nencoder {self.encoder}: {self.report}\n"
-                f"median latency over {self.n_timed} single queries: decode {m.decode_ms:.1f} ms, "
-                f"embed {m.embed_ms:.1f} ms, ANN {m.ann_ms:.2f} ms, re-rank {m.rerank_ms:.2f} ms, "
-                f"total {m.total_ms:.1f} ms" + (f"\nresult grid: {self.grid_path}" if self.grid_path else ""))
+        return (
+            f"{self.headline()}\nencoder {self.encoder}: {self.report}\n"
+            f"median latency over {self.n_timed} single queries: decode {m.decode_ms:.1f} ms, "
+            f"embed {m.embed_ms:.1f} ms, ANN {m.ann_ms:.2f} ms, re-rank {m.rerank_ms:.2f} ms, "
+            f"total {m.total_ms:.1f} ms"
+            + (f"\nresult grid: {self.grid_path}" if self.grid_path else "")
+        )
 
 
-def run_demo(encoder: str = DEFAULT_ENCODER, out: Path | None = None, n_timed: int = 50,
-             n_grid: int = 6, progress: bool = True, searcher: Searcher | None = None) -> DemoReport:
+def run_demo(
+    encoder: str = DEFAULT_ENCODER,
+    out: Path | None = None,
+    n_timed: int = 50,
+    n_grid: int = 6,
+    progress: bool = True,
+    searcher: Searcher | None = None,
+) -> DemoReport:
     """Index the catalog (or use ``searcher``), evaluate on the test split's customer photos, time
     single queries, and (with ``out``) save a result grid PNG. A shop's own catalog has no customer
     photos: its products' catalogue photos are the queries then, a sanity check (each should find
@@ -57,7 +69,10 @@ def run_demo(encoder: str = DEFAULT_ENCODER, out: Path | None = None, n_timed: i
     what = "held-out customer photos"
     if not paths:
         true_ids = searcher.catalog.ids
-        paths, what = [searcher.catalog.icon_path(i) for i in true_ids], "catalogue photos (a sanity check)"
+        paths, what = (
+            [searcher.catalog.icon_path(i) for i in true_ids],
+            "catalogue photos (a sanity check)",
+        )
     report, results = evaluate(searcher, paths, true_ids, progress=progress)
     rng = np.random.default_rng(0)
     timed = [paths[i] for i in rng.choice(len(paths), size=min(n_timed, len(paths)), replace=False)]
@@ -70,8 +85,12 @@ def run_demo(encoder: str = DEFAULT_ENCODER, out: Path | None = None, n_timed: i
         from .viz import result_grid
 
         pick = rng.choice(len(paths), size=min(n_grid, len(paths)), replace=False)
-        fig = result_grid([paths[i] for i in pick], [results[i] for i in pick], searcher.catalog,
-                          [true_ids[i] for i in pick])
+        fig = result_grid(
+            [paths[i] for i in pick],
+            [results[i] for i in pick],
+            searcher.catalog,
+            [true_ids[i] for i in pick],
+        )
         grid_path = atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110))
     return DemoReport(searcher.encoder.name, report, median, len(timed), grid_path, what)
 

@@ -5,9 +5,10 @@ Every machine starts from the same shipped vectors, so a number measured on them
 CPU; the cache holds what is computed here. Both are keyed by the encoder's *fingerprint* (weights,
 preprocessing, backend, library versions), so a changed model never returns stale vectors. The cache
 is best effort: a damaged file is discarded and recomputed with one warning, and a cache that cannot
-be written (read-only, full disk) is kept in memory. Chapter 09 introduces it; chapter 12 uses it for
-incremental indexing.
+be written (read-only, full disk) is kept in memory. Chapter 09 introduces it; chapter 12 uses it
+for incremental indexing.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "embeddings"
 MAX_CACHE_BYTES = 8 * 2**30  # a cache file larger than this is refused as damaged
-_DIGEST_BYTES = 8            # per-entry SHA-256 prefix binding each key to its vector
+_DIGEST_BYTES = 8  # per-entry SHA-256 prefix binding each key to its vector
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -54,8 +55,13 @@ def fingerprint_of(encoder) -> str:
     return getattr(encoder, "fingerprint", "") or f"{encoder.name}-{encoder.dim}"
 
 
-def encode_paths(encoder, paths: Sequence[str | Path], batch_size: int = 32,
-                 progress: bool = True, use_cache: bool = True) -> np.ndarray:
+def encode_paths(
+    encoder,
+    paths: Sequence[str | Path],
+    batch_size: int = 32,
+    progress: bool = True,
+    use_cache: bool = True,
+) -> np.ndarray:
     """Embed image files, ``(n, dim)`` float32 unit rows: each image's vector comes from the
     shipped canonical embeddings or the cache when its checksum is there for this encoder's
     fingerprint, and is computed (then cached) otherwise. Chapter 09."""
@@ -64,7 +70,10 @@ def encode_paths(encoder, paths: Sequence[str | Path], batch_size: int = 32,
         return encoder.encode_images(paths, batch_size=batch_size, progress=progress)
     return EmbeddingCache.of(encoder).fetch(
         [file_checksum(p) for p in paths],
-        lambda missing: encoder.encode_images([paths[i] for i in missing], batch_size=batch_size, progress=progress))
+        lambda missing: encoder.encode_images(
+            [paths[i] for i in missing], batch_size=batch_size, progress=progress
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- the cache
@@ -81,7 +90,8 @@ def _warn_once(path: Path, what: str, message: str) -> None:
 @dataclass(frozen=True)
 class EmbeddingCache:
     """A ``.npz`` file of image checksum -> vector for one encoder fingerprint. Each entry carries a
-    digest binding its key to its vector, so a damaged or shuffled file is detected and discarded."""
+    digest binding its key to its vector, so a damaged or shuffled file is detected and
+    discarded."""
 
     name: str
     dim: int
@@ -106,7 +116,9 @@ class EmbeddingCache:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnsafePathError) as e:
-            _warn_once(path, "read", f"embedding cache {path} is damaged ({e}); its vectors are recomputed")
+            _warn_once(
+                path, "read", f"embedding cache {path} is damaged ({e}); its vectors are recomputed"
+            )
         return {**stored, **_MEMORY.get(path, {})}
 
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -119,18 +131,25 @@ class EmbeddingCache:
         return found
 
     def fetch(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray]) -> np.ndarray:
-        """The vectors of ``keys`` in order, ``(len(keys), dim)`` float32: cached or shipped ones are
-        read, the rest come from ``compute(indices of the missing keys)`` and are cached."""
+        """The vectors of ``keys`` in order, ``(len(keys), dim)`` float32: cached or shipped ones
+        are read, the rest come from ``compute(indices of the missing keys)`` and are cached."""
         keys = list(keys)
         found = self.get(keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
         if missing:
             new = np.asarray(compute(missing), dtype=np.float32)
             if new.shape != (len(missing), self.dim):
-                raise ValueError(f"the encoder returned shape {new.shape} for {len(missing)} images of dim {self.dim}")
+                raise ValueError(
+                    f"the encoder returned shape {new.shape} for {len(missing)} images of dim "
+                    f"{self.dim}"
+                )
             self.put([keys[i] for i in missing], new)
             found.update({keys[i]: new[j] for j, i in enumerate(missing)})
-        return np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, self.dim), np.float32)
+        return (
+            np.stack([found[k] for k in keys]).astype(np.float32)
+            if keys
+            else np.zeros((0, self.dim), np.float32)
+        )
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Add entries. Best effort: when the file cannot be written (read-only folder, full disk)
@@ -145,15 +164,21 @@ class EmbeddingCache:
             atomic_write(path, lambda f: _write_entries(f, stored))
             _MEMORY.pop(path, None)
         except OSError as e:
-            _warn_once(path, "write", f"cannot write the embedding cache {path} ({e.strerror or e}); "
-                       "keeping its vectors in memory for this session")
+            _warn_once(
+                path,
+                "write",
+                f"cannot write the embedding cache {path} ({e.strerror or e}); "
+                "keeping its vectors in memory for this session",
+            )
             _MEMORY.setdefault(path, {}).update(zip(keys, vectors))
 
 
 def _digests(keys: Sequence[str], vectors: np.ndarray) -> np.ndarray:
     out = np.empty((len(keys), _DIGEST_BYTES), dtype=np.uint8)
     for i, (k, v) in enumerate(zip(keys, vectors)):
-        out[i] = np.frombuffer(hashlib.sha256(k.encode() + v.tobytes()).digest()[:_DIGEST_BYTES], np.uint8)
+        out[i] = np.frombuffer(
+            hashlib.sha256(k.encode() + v.tobytes()).digest()[:_DIGEST_BYTES], np.uint8
+        )
     return out
 
 
@@ -170,7 +195,10 @@ def _read_entries(path: Path, dim: int) -> dict[str, np.ndarray]:
     keys, vectors, digests = arrays["keys"], arrays["vectors"], arrays["digests"]
     n = len(keys)
     if keys.ndim != 1 or vectors.shape != (n, dim) or digests.shape != (n, _DIGEST_BYTES):
-        raise ValueError(f"shapes {keys.shape}, {vectors.shape}, {digests.shape} do not fit {n} entries of dim {dim}")
+        raise ValueError(
+            f"shapes {keys.shape}, {vectors.shape}, {digests.shape} do not fit {n} entries of dim "
+            f"{dim}"
+        )
     if not np.isfinite(vectors).all():
         raise ValueError("vectors hold NaN or inf")
     key_list = keys.tolist()
@@ -195,7 +223,11 @@ def _read_npz(data: bytes, expected: dict[str, str]) -> dict[str, np.ndarray]:
             version = np.lib.format.read_magic(buf)
             if version not in ((1, 0), (2, 0)):
                 raise ValueError(f"{name} has npy format version {version}")
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(buf)
             if fortran or dtype.hasobject or not dtype.str.lstrip("<>|=").startswith(kind):
                 raise ValueError(f"{name} has dtype {dtype.str}, expected {kind}")
@@ -206,7 +238,7 @@ def _read_npz(data: bytes, expected: dict[str, str]) -> dict[str, np.ndarray]:
     return out
 
 
-# --------------------------------------------------------------------------- shipped canonical embeddings
+# --------------------------------------------------------------------- shipped canonical embeddings
 @dataclass(frozen=True)
 class ShippedEmbeddings:
     """One canonical embedding set in ``data/embeddings/``: ``<stem>.npy`` (one row per image) and
@@ -226,7 +258,10 @@ def _load_shipped(stem: str, mtime: float) -> ShippedEmbeddings:
     manifest = json.loads((SHIPPED_DIR / f"{stem}.json").read_text())
     raw = np.load(SHIPPED_DIR / f"{stem}.npy", allow_pickle=False)
     if raw.shape != (len(manifest["images"]), manifest["dim"]) or not np.isfinite(raw).all():
-        raise ValueError(f"data/embeddings/{stem}.npy does not match its manifest: rebuild it with `make embeddings`")
+        raise ValueError(
+            f"data/embeddings/{stem}.npy does not match its manifest: rebuild it with `make "
+            "embeddings`"
+        )
     return ShippedEmbeddings(manifest, l2_normalize(raw))
 
 
@@ -253,17 +288,27 @@ def shipped_vectors(fingerprint: str, dim: int, keys: Sequence[str]) -> dict[str
     return out
 
 
-def write_shipped(encoder, paths: Sequence[Path], root: Path, folder: Path = SHIPPED_DIR,
-                  dtype: str = "float16", progress: bool = True) -> Path:
+def write_shipped(
+    encoder,
+    paths: Sequence[Path],
+    root: Path,
+    folder: Path = SHIPPED_DIR,
+    dtype: str = "float16",
+    progress: bool = True,
+) -> Path:
     """Embed ``paths`` (computed here, never read from a cache) and write them as a canonical set
     named after the encoder: ``<name>.npy`` in ``dtype`` and ``<name>.json``. ``root`` makes the
     manifest's paths relative. ``make embeddings`` calls it. Chapter 09."""
     paths = [Path(p) for p in paths]
     vectors = encoder.encode_images(paths, progress=progress)
     manifest = {
-        "encoder": encoder.name, "dim": int(encoder.dim), "fingerprint": fingerprint_of(encoder),
-        "fingerprint_parts": getattr(encoder, "fingerprint_parts", {}), "dtype": dtype,
-        "count": len(paths), "made_by": "make embeddings",
+        "encoder": encoder.name,
+        "dim": int(encoder.dim),
+        "fingerprint": fingerprint_of(encoder),
+        "fingerprint_parts": getattr(encoder, "fingerprint_parts", {}),
+        "dtype": dtype,
+        "count": len(paths),
+        "made_by": "make embeddings",
         "images": [[str(p.relative_to(root)), file_checksum(p)] for p in paths],
     }
     stem = safe_name(encoder.name)
@@ -287,7 +332,8 @@ def catalog_image_paths(catalog) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Rewrite the shipped canonical embedding sets (``make embeddings``; arguments: encoder names)."""
+    """Rewrite the shipped canonical embedding sets (``make embeddings``; arguments: encoder
+    names)."""
     import argparse
 
     from .catalog import load_catalog
@@ -304,5 +350,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["l2_normalize", "file_checksum", "fingerprint_of", "encode_paths", "EmbeddingCache", "ShippedEmbeddings",
-           "shipped_sets", "shipped_vectors", "write_shipped", "catalog_image_paths"]
+__all__ = [
+    "l2_normalize",
+    "file_checksum",
+    "fingerprint_of",
+    "encode_paths",
+    "EmbeddingCache",
+    "ShippedEmbeddings",
+    "shipped_sets",
+    "shipped_vectors",
+    "write_shipped",
+    "catalog_image_paths",
+]

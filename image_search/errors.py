@@ -1,4 +1,5 @@
 """The exceptions the package raises on bad input (chapter 02 lists them)."""
+
 from __future__ import annotations
 
 
@@ -29,7 +30,8 @@ class ModelUnavailableError(ImageSearchError, RuntimeError):
 
 class UnsafePathError(ImageSearchError, OSError):
     """A path the package was asked to read or write is not a regular file (a FIFO, a device, a
-    directory, a symlink loop) or is too large: refused rather than hang, exhaust memory, or replace it."""
+    directory, a symlink loop) or is too large: refused rather than hang, exhaust memory, or replace
+    it."""
 
 
 class BackendUnavailableError(ImageSearchError, RuntimeError):

@@ -3,6 +3,7 @@ and time single queries. Chapter 09 introduces it; chapters 07 and 12 reuse :fun
 
 It takes a searcher as an argument and never imports the online path (``searcher``, ``reranker``).
 """
+
 from __future__ import annotations
 
 from dataclasses import fields, replace
@@ -25,8 +26,13 @@ def product_types(catalog: Catalog) -> Mapping[str, str] | None:
     return types if all(types.values()) else None
 
 
-def evaluate(searcher: "Searcher", paths: Sequence[Path], true_ids: Sequence[str], k: int = 10,
-             progress: bool = True) -> tuple[RetrievalReport, list["SearchResults"]]:
+def evaluate(
+    searcher: "Searcher",
+    paths: Sequence[Path],
+    true_ids: Sequence[str],
+    k: int = 10,
+    progress: bool = True,
+) -> tuple[RetrievalReport, list["SearchResults"]]:
     """Run every query photo through the searcher (embeddings cached) and score the rankings:
     exact-product recall, MRR, category precision and, when the catalog has product types, type
     precision and graded NDCG. Chapter 09."""
@@ -34,13 +40,19 @@ def evaluate(searcher: "Searcher", paths: Sequence[Path], true_ids: Sequence[str
     results = [searcher.search(embedding=e, k=k) for e in embeddings]
     category_of = {p.id: p.category for p in searcher.catalog.products}
     ks = tuple(x for x in (1, 5, 10) if x <= k)
-    report = retrieval_report([r.ids for r in results], true_ids, category_of, ks=ks,
-                              type_of=product_types(searcher.catalog))
+    report = retrieval_report(
+        [r.ids for r in results],
+        true_ids,
+        category_of,
+        ks=ks,
+        type_of=product_types(searcher.catalog),
+    )
     return report, results
 
 
-def median_timings(searcher: "Searcher", paths: Sequence[Path], k: int = 10,
-                   warmup: int = 3) -> "Timings":
+def median_timings(
+    searcher: "Searcher", paths: Sequence[Path], k: int = 10, warmup: int = 3
+) -> "Timings":
     """Median per-stage latency (decode, embed, ANN, re-rank) of single-image queries, after
     ``warmup`` untimed ones. Chapter 09."""
     if not paths:
@@ -48,8 +60,13 @@ def median_timings(searcher: "Searcher", paths: Sequence[Path], k: int = 10,
     for p in paths[:warmup]:
         searcher.search(p, k=k)
     timings = [searcher.search(p, k=k).timings for p in paths]
-    return replace(timings[0], **{f.name: float(np.median([getattr(t, f.name) for t in timings]))
-                                  for f in fields(timings[0])})
+    return replace(
+        timings[0],
+        **{
+            f.name: float(np.median([getattr(t, f.name) for t in timings]))
+            for f in fields(timings[0])
+        },
+    )
 
 
 __all__ = ["product_types", "evaluate", "median_timings"]

@@ -4,6 +4,7 @@ crops and multi-crop embeddings, and weighted concatenation with attributes. Cha
 Chapters 06 and 08 reuse :func:`exact_retrieval` and :class:`Pca`. Offline work: this module never
 imports the online path (``searcher``, ``reranker``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,19 +20,27 @@ from .metrics import RetrievalReport, retrieval_report
 
 # --------------------------------------------------------------------------- exact retrieval
 def top_k(query_embeddings: np.ndarray, index_embeddings: np.ndarray, k: int) -> np.ndarray:
-    """Row indices of the ``k`` highest inner products per query, best first (ties: lower index first)."""
+    """Row indices of the ``k`` highest inner products per query, best first (ties: lower index
+    first)."""
     q = np.asarray(query_embeddings, dtype=np.float32)
     x = np.asarray(index_embeddings, dtype=np.float32)
     if q.ndim != 2 or x.ndim != 2 or q.shape[1] != x.shape[1]:
-        raise ValueError(f"query and index embeddings must be 2-D with equal width, not {q.shape} and {x.shape}")
+        raise ValueError(
+            f"query and index embeddings must be 2-D with equal width, not {q.shape} and {x.shape}"
+        )
     k = min(int(k), len(x))
     return np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]
 
 
-def exact_retrieval(query_embeddings: np.ndarray, true_ids: Sequence[Hashable], index_embeddings: np.ndarray,
-                    index_ids: Sequence[Hashable], category_of: Mapping[Hashable, str] | None = None,
-                    ks: Sequence[int] = (1, 5, 10), type_of: Mapping[Hashable, str] | None = None
-                    ) -> tuple[RetrievalReport, list[list[Hashable]]]:
+def exact_retrieval(
+    query_embeddings: np.ndarray,
+    true_ids: Sequence[Hashable],
+    index_embeddings: np.ndarray,
+    index_ids: Sequence[Hashable],
+    category_of: Mapping[Hashable, str] | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    type_of: Mapping[Hashable, str] | None = None,
+) -> tuple[RetrievalReport, list[list[Hashable]]]:
     """Exact (brute-force) inner-product search of every query against an index, scored with
     :func:`~image_search.metrics.retrieval_report` (``category_of`` and ``type_of`` as there);
     returns the report and the top-``max(ks)`` rankings. The quick way to compare features without
@@ -42,7 +51,9 @@ def exact_retrieval(query_embeddings: np.ndarray, true_ids: Sequence[Hashable], 
     if len(index_embeddings) != len(index_ids):
         raise ValueError(f"{len(index_embeddings)} index rows for {len(index_ids)} ids")
     ids = list(index_ids)
-    rankings = [[ids[j] for j in row] for row in top_k(query_embeddings, index_embeddings, max(ks)).tolist()]
+    rankings = [
+        [ids[j] for j in row] for row in top_k(query_embeddings, index_embeddings, max(ks)).tolist()
+    ]
     return retrieval_report(rankings, list(true_ids), category_of, ks=ks, type_of=type_of), rankings
 
 
@@ -52,9 +63,9 @@ class Pca:
     """A fitted PCA projection (optionally whitening). ``apply`` centres, projects, scales and
     L2-normalises, so its output drops into an inner-product index. Fit with :func:`fit_pca`."""
 
-    mean: np.ndarray         # (d,)
-    components: np.ndarray   # (dim, d), rows are principal directions
-    variances: np.ndarray    # (dim,), variance along each kept direction
+    mean: np.ndarray  # (d,)
+    components: np.ndarray  # (dim, d), rows are principal directions
+    variances: np.ndarray  # (dim,), variance along each kept direction
     whiten: bool = False
     eps: float = 1e-6
 
@@ -84,7 +95,9 @@ def fit_pca(x: np.ndarray, dim: int, whiten: bool = False, eps: float | None = N
     variances = s[:dim] ** 2 / (len(x) - 1)
     vt = vt[:dim] * np.sign(vt[:dim, :1] + 1e-30)  # fix each direction's sign: deterministic output
     eps = float(variances[0] * 1e-3) if eps is None else float(eps)
-    return Pca(mean.astype(np.float32), vt.astype(np.float32), variances.astype(np.float32), whiten, eps)
+    return Pca(
+        mean.astype(np.float32), vt.astype(np.float32), variances.astype(np.float32), whiten, eps
+    )
 
 
 # --------------------------------------------------------------------------- crops
@@ -118,7 +131,8 @@ class Crop:
 @dataclass
 class CropEncoder:
     """An encoder that crops each image first. Its ``name`` includes the crop, so
-    :func:`~image_search.encoders.encode_paths` caches each crop's embeddings separately. Chapter 05."""
+    :func:`~image_search.encoders.encode_paths` caches each crop's embeddings separately.
+    Chapter 05."""
 
     base: Encoder
     crop: Crop
@@ -131,13 +145,21 @@ class CropEncoder:
     def dim(self) -> int:
         return self.base.dim
 
-    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        return self.base.encode_images([self.crop(load_image(im)) for im in images], batch_size=batch_size,
-                                       progress=progress)
+    def encode_images(
+        self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
+        return self.base.encode_images(
+            [self.crop(load_image(im)) for im in images], batch_size=batch_size, progress=progress
+        )
 
 
-def multi_crop_embeddings(encoder: Encoder, paths: Sequence, crops: Sequence[Crop],
-                          weights: Sequence[float] | None = None, progress: bool = False) -> np.ndarray:
+def multi_crop_embeddings(
+    encoder: Encoder,
+    paths: Sequence,
+    crops: Sequence[Crop],
+    weights: Sequence[float] | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """The (weighted) mean of the embeddings of several crops of each image, re-normalised: a cheap
     test-time augmentation for queries whose product fills only part of the photo. Each crop's
     embeddings are cached on disk. Chapter 05."""
@@ -148,7 +170,11 @@ def multi_crop_embeddings(encoder: Encoder, paths: Sequence, crops: Sequence[Cro
         raise ValueError(f"{len(weights)} weights for {len(crops)} crops")
     total = np.zeros((len(paths), encoder.dim), dtype=np.float64)
     for crop, w in zip(crops, weights):
-        enc = encoder if crop.scale == 1 and crop.cx == 0.5 and crop.cy == 0.5 else CropEncoder(encoder, crop)
+        enc = (
+            encoder
+            if crop.scale == 1 and crop.cx == 0.5 and crop.cy == 0.5
+            else CropEncoder(encoder, crop)
+        )
         total += w * encode_paths(enc, paths, progress=progress)
     return l2_normalize(total)
 
@@ -166,5 +192,13 @@ def weighted_concat(parts: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
     return l2_normalize(np.concatenate([l2_normalize(x) * np.float32(w) for x, w in parts], axis=1))
 
 
-__all__ = ["top_k", "exact_retrieval", "Pca", "fit_pca", "Crop", "CropEncoder", "multi_crop_embeddings",
-           "weighted_concat"]
+__all__ = [
+    "top_k",
+    "exact_retrieval",
+    "Pca",
+    "fit_pca",
+    "Crop",
+    "CropEncoder",
+    "multi_crop_embeddings",
+    "weighted_concat",
+]

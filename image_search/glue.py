@@ -6,9 +6,10 @@ myst-nb role, e.g. ``{glue:text}`../notebooks/09_end_to_end.ipynb::r1:.3f```, so
 says what the notebook printed. The last cell of each notebook calls :func:`check_glued`: under
 nbval (CI) it compares every number of this run with the one committed in the notebook file, within
 the tolerance declared where it was glued, and fails with a table of the differences. Timings are
-glued with ``tol=None`` and never compared. Chapter 07 explains how tolerances are chosen; chapter 11
-collects the headline numbers with :func:`glued`.
+glued with ``tol=None`` and never compared. Chapter 07 explains how tolerances are chosen;
+chapter 11 collects the headline numbers with :func:`glued`.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,10 +23,14 @@ from pathlib import Path
 
 GLUE_PREFIX = "application/papermill.record/"  # what myst-nb's own glue() uses for display=False
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-RECORD_ENV = "IMAGE_SEARCH_GLUE_RECORD"  # set to 1 by `make execute`: record new numbers, compare nothing
+RECORD_ENV = (
+    "IMAGE_SEARCH_GLUE_RECORD"  # set to 1 by `make execute`: record new numbers, compare nothing
+)
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
-TIMING: None = None  # the tolerance of a timing: never compared (a machine's speed is not a regression)
+TIMING: None = (
+    None  # the tolerance of a timing: never compared (a machine's speed is not a regression)
+)
 
 
 def rate_tol(n: int, flips: int = 3) -> float:
@@ -54,13 +59,17 @@ class Glued:
             return self.value == committed
         if math.isnan(float(self.value)) or math.isnan(float(committed)):
             return math.isnan(float(self.value)) and math.isnan(float(committed))
-        return abs(float(self.value) - float(committed)) <= self.tol + self.rel * abs(float(committed))
+        return abs(float(self.value) - float(committed)) <= self.tol + self.rel * abs(
+            float(committed)
+        )
 
 
 _RUN: dict[str, Glued] = {}  # what this kernel glued, by name
 
 
-def glue(name: str, value, tol: float | None = 0.0, rel: float = 0.0, display: bool = False) -> None:
+def glue(
+    name: str, value, tol: float | None = 0.0, rel: float = 0.0, display: bool = False
+) -> None:
     """Glue ``value`` into the notebook under ``name`` for the chapter to quote, and record its
     tolerance: ``tol`` absolute plus ``rel`` relative (``0``: must reproduce exactly, as counts do;
     ``rate_tol(n)`` for a share of ``n`` queries; ``TIMING`` (``None``) for a time, never
@@ -69,7 +78,9 @@ def glue(name: str, value, tol: float | None = 0.0, rel: float = 0.0, display: b
     from IPython.display import display as ipy_display
 
     if not _NAME.match(name):
-        raise ValueError(f"glue name {name!r}: use letters, digits and _ (a myst-nb role has to quote it)")
+        raise ValueError(
+            f"glue name {name!r}: use letters, digits and _ (a myst-nb role has to quote it)"
+        )
     if _is_figure(value):
         from myst_nb import glue as myst_glue
 
@@ -84,8 +95,10 @@ def glue(name: str, value, tol: float | None = 0.0, rel: float = 0.0, display: b
     bundle = {GLUE_PREFIX + "text/plain": text}
     if display:
         bundle["text/plain"] = f"{name} = {text}"
-    metadata = {"scrapbook": {"name": name, "mime_prefix": GLUE_PREFIX},
-                "image_search": {"tol": tol, "rel": rel}}
+    metadata = {
+        "scrapbook": {"name": name, "mime_prefix": GLUE_PREFIX},
+        "image_search": {"tol": tol, "rel": rel},
+    }
     ipy_display(bundle, raw=True, metadata=metadata)
 
 
@@ -168,18 +181,32 @@ def check_glued(notebook: str) -> None:
         return
     diffs = differences(glued(notebook), current)
     if diffs:
-        rows = [("name", "committed", "new", "tolerance")] + [(d.name, _fmt(d.committed), _fmt(d.new), d.tolerance)
-                                                              for d in diffs]
+        rows = [("name", "committed", "new", "tolerance")] + [
+            (d.name, _fmt(d.committed), _fmt(d.new), d.tolerance) for d in diffs
+        ]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
-        raise AssertionError(f"{len(diffs)} of {len(current)} glued numbers of {notebook} do not reproduce:\n{table}")
+        raise AssertionError(
+            f"{len(diffs)} of {len(current)} glued numbers of {notebook} do not reproduce:\n{table}"
+        )
     timings = sum(1 for g in current.values() if g.tol is None)
-    print(f"all {len(current)} glued numbers reproduce the committed ones within their tolerances "
-          f"({timings} timings shown, not compared)")
+    print(
+        f"all {len(current)} glued numbers reproduce the committed ones within their tolerances "
+        f"({timings} timings shown, not compared)"
+    )
 
 
 def _fmt(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-__all__ = ["TIMING", "rate_tol", "Glued", "glue", "glued", "Difference", "differences", "check_glued"]
+__all__ = [
+    "TIMING",
+    "rate_tol",
+    "Glued",
+    "glue",
+    "glued",
+    "Difference",
+    "differences",
+    "check_glued",
+]

@@ -5,6 +5,7 @@ The front door of the system: every image, from the catalog or from a user, goes
 side and at most :data:`MAX_ASPECT` : 1, or raises :class:`~image_search.errors.InvalidImageError`
 with a one-line reason; nothing else escapes it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -27,15 +28,19 @@ from .errors import InvalidImageError
 
 ImageLike = Union[str, Path, bytes, bytearray, Image.Image, np.ndarray]
 
-MAX_PIXELS = 40_000_000          # refuse anything larger before decoding (decompression bombs)
-MAX_SIDE = 1024                  # legal but huge photos are downscaled to this longest side
-MAX_BYTES = 50 * 1024 * 1024     # refuse uploads larger than this
-MAX_ASPECT = 4.0                 # longer/shorter side beyond this is padded with white (encoders
-                                 # resize the short side: a 1x1024 sliver would become 256x262144)
-MAX_ARRAY_BYTES = 16 * MAX_PIXELS  # float32 RGBA at the pixel limit (640 MB); bigger arrays are refused
-MAX_JPEG_SCANS = 100             # real encoders write 1 (baseline) to about 20 (progressive) scans; each
-                                 # scan is another pass over every coefficient (libtiff's limit is 100 too)
-MAX_JPEG_SEGMENTS = 1000         # marker segments (tables, metadata, scans) of one JPEG; real files have tens
+MAX_PIXELS = 40_000_000  # refuse anything larger before decoding (decompression bombs)
+MAX_SIDE = 1024  # legal but huge photos are downscaled to this longest side
+MAX_BYTES = 50 * 1024 * 1024  # refuse uploads larger than this
+MAX_ASPECT = 4.0  # longer/shorter side beyond this is padded with white (encoders
+# resize the short side: a 1x1024 sliver would become 256x262144)
+MAX_ARRAY_BYTES = (
+    16 * MAX_PIXELS
+)  # float32 RGBA at the pixel limit (640 MB); bigger arrays are refused
+MAX_JPEG_SCANS = 100  # real encoders write 1 (baseline) to about 20 (progressive) scans; each
+# scan is another pass over every coefficient (libtiff's limit is 100 too)
+MAX_JPEG_SEGMENTS = (
+    1000  # marker segments (tables, metadata, scans) of one JPEG; real files have tens
+)
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
 _DECODERS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # only these plugins ever see the bytes
 
@@ -89,7 +94,9 @@ def decode_bytes(data: bytes) -> Image.Image:
     except UnidentifiedImageError:
         raise InvalidImageError(_unidentified(data)) from None
     except Exception as e:  # any decoder failure on untrusted bytes is a bad image, never a crash
-        raise InvalidImageError(f"corrupt or truncated image ({type(e).__name__}: {_first_line(e)})") from None
+        raise InvalidImageError(
+            f"corrupt or truncated image ({type(e).__name__}: {_first_line(e)})"
+        ) from None
 
 
 def _decode(data: bytes) -> Image.Image:
@@ -117,8 +124,8 @@ def _check_jpeg_segments(data: bytes) -> None:
     Each scan (an SOS segment) of a progressive JPEG is another pass over every coefficient of the
     image, so a small file that repeats one scan a thousand times decodes for minutes. The walk is
     exact, not a byte search: segment lengths are followed, and a scan's entropy-coded data cannot
-    hold a marker because its 0xFF bytes are escaped as 0xFF00. It stops at the first EOI (the end of
-    the image the decoder reads); damage is left for the decoder to report.
+    hold a marker because its 0xFF bytes are escaped as 0xFF00. It stops at the first EOI (the end
+    of the image the decoder reads); damage is left for the decoder to report.
     """
     pos, scans, segments = 2, 0, 0
     while (m := _JPEG_MARKER.search(data, pos)) is not None:
@@ -127,16 +134,20 @@ def _check_jpeg_segments(data: bytes) -> None:
             return
         segments += 1
         if segments > MAX_JPEG_SEGMENTS:
-            raise InvalidImageError(f"JPEG with more than {MAX_JPEG_SEGMENTS} marker segments refused "
-                                    f"(real photos have tens)")
+            raise InvalidImageError(
+                f"JPEG with more than {MAX_JPEG_SEGMENTS} marker segments refused "
+                f"(real photos have tens)"
+            )
         if marker in (0x01, 0xD8):  # TEM, SOI: no length field
             continue
         if marker == 0xDA:
             scans += 1
             if scans > MAX_JPEG_SCANS:
-                raise InvalidImageError(f"JPEG with more than {MAX_JPEG_SCANS} scans refused: each scan is "
-                                        f"another pass over the whole image (a decoding-time bomb)")
-        pos += int.from_bytes(data[pos:pos + 2], "big")
+                raise InvalidImageError(
+                    f"JPEG with more than {MAX_JPEG_SCANS} scans refused: each scan is "
+                    f"another pass over the whole image (a decoding-time bomb)"
+                )
+        pos += int.from_bytes(data[pos : pos + 2], "big")
 
 
 # Pillow warns about odd tags, bad EXIF blocks or palette quirks in untrusted files; a decode that
@@ -169,12 +180,20 @@ def _pil_warnings_silenced() -> Iterator[None]:
                 _quiet_window = None
 
 
-_NOT_A_FILE = {stat.S_IFDIR: "is a directory", stat.S_IFIFO: "is a FIFO (named pipe)",
-               stat.S_IFCHR: "is a character device", stat.S_IFBLK: "is a block device",
-               stat.S_IFSOCK: "is a socket"}
-_OS_ERRORS = {errno.ENOENT: "no such file", errno.ELOOP: "symlink loop (too many levels of symbolic links)",
-              errno.ENAMETOOLONG: "name too long", errno.ENOTDIR: "part of the path is not a directory",
-              errno.EACCES: "permission denied"}
+_NOT_A_FILE = {
+    stat.S_IFDIR: "is a directory",
+    stat.S_IFIFO: "is a FIFO (named pipe)",
+    stat.S_IFCHR: "is a character device",
+    stat.S_IFBLK: "is a block device",
+    stat.S_IFSOCK: "is a socket",
+}
+_OS_ERRORS = {
+    errno.ENOENT: "no such file",
+    errno.ELOOP: "symlink loop (too many levels of symbolic links)",
+    errno.ENAMETOOLONG: "name too long",
+    errno.ENOTDIR: "part of the path is not a directory",
+    errno.EACCES: "permission denied",
+}
 
 
 def _read_file(path: Path) -> bytes:
@@ -186,20 +205,34 @@ def _read_file(path: Path) -> bytes:
     try:
         kind = stat.S_IFMT(os.stat(path).st_mode)
         if kind == stat.S_IFREG:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
+            fd = os.open(
+                path,
+                os.O_RDONLY
+                | os.O_NONBLOCK
+                | getattr(os, "O_NOCTTY", 0)
+                | getattr(os, "O_BINARY", 0),
+            )
             with open(fd, "rb") as f:
-                kind = stat.S_IFMT(os.fstat(f.fileno()).st_mode)  # the path may have been swapped since
+                kind = stat.S_IFMT(
+                    os.fstat(f.fileno()).st_mode
+                )  # the path may have been swapped since
                 if kind == stat.S_IFREG:
-                    data = f.read(MAX_BYTES + 1)  # never more than the limit, even if the file grows
+                    data = f.read(
+                        MAX_BYTES + 1
+                    )  # never more than the limit, even if the file grows
     except ValueError:
-        raise InvalidImageError(f"cannot read image {_show(path)}: the path holds a NUL byte") from None
+        raise InvalidImageError(
+            f"cannot read image {_show(path)}: the path holds a NUL byte"
+        ) from None
     except OSError as e:
         reason = _OS_ERRORS.get(e.errno) or e.strerror or type(e).__name__
         if e.errno == errno.ENOENT and os.path.islink(path):
             reason = "broken symlink (its target does not exist)"
         raise InvalidImageError(f"cannot read image {_show(path)}: {reason}") from None
     if kind != stat.S_IFREG:
-        raise InvalidImageError(f"cannot read image {_show(path)}: {_NOT_A_FILE.get(kind, 'not a regular file')}")
+        raise InvalidImageError(
+            f"cannot read image {_show(path)}: {_NOT_A_FILE.get(kind, 'not a regular file')}"
+        )
     if len(data) > MAX_BYTES:
         raise InvalidImageError(f"image file is larger than {MAX_BYTES // 2**20} MB: {_show(path)}")
     return data
@@ -264,7 +297,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         white.alpha_composite(img)
         img = white.convert("RGB")
     img = _pad_aspect(img)
-    img.info.pop("exif", None)  # applied above; a copy would be parsed again by every later load_image
+    img.info.pop(
+        "exif", None
+    )  # applied above; a copy would be parsed again by every later load_image
     return img
 
 
@@ -288,13 +323,18 @@ def _from_array(arr: np.ndarray) -> Image.Image:
         raise InvalidImageError(f"image array must hold real numbers, not {arr.dtype}")
     _check_pixels(arr.shape[1], arr.shape[0])
     if arr.nbytes > MAX_ARRAY_BYTES:
-        raise InvalidImageError(f"image array of {arr.nbytes / 1e6:,.0f} MB ({arr.dtype}) is over the "
-                                f"{MAX_ARRAY_BYTES / 1e6:,.0f} MB limit: pass uint8 or float32 pixels")
+        raise InvalidImageError(
+            f"image array of {arr.nbytes / 1e6:,.0f} MB ({arr.dtype}) is over the "
+            f"{MAX_ARRAY_BYTES / 1e6:,.0f} MB limit: pass uint8 or float32 pixels"
+        )
     if arr.dtype != np.uint8:
         scale = 255.0 if _finite_max(arr, refuse=True) <= 1.0 else 1.0
         arr = _to_uint8(arr, multiply=scale)
     with _pil_warnings_silenced():
-        return _guard(lambda: _to_rgb(Image.fromarray(np.ascontiguousarray(arr))), "cannot convert the image array")
+        return _guard(
+            lambda: _to_rgb(Image.fromarray(np.ascontiguousarray(arr))),
+            "cannot convert the image array",
+        )
 
 
 _CHUNK = 1 << 18  # array elements converted at a time: float64 temporaries stay near 2 MB
@@ -306,7 +346,8 @@ def _row_chunks(arr: np.ndarray) -> Iterator[slice]:
 
 
 def _finite_max(arr: np.ndarray, refuse: bool) -> float:
-    """The largest value of ``arr``, read in chunks of rows; NaN and inf count as 0, or are refused."""
+    """The largest value of ``arr``, read in chunks of rows; NaN and inf count as 0, or are
+    refused."""
     top = -math.inf
     for rows in _row_chunks(arr):
         block = arr[rows]
@@ -321,11 +362,14 @@ def _finite_max(arr: np.ndarray, refuse: bool) -> float:
 
 
 def _to_uint8(arr: np.ndarray, divide: float = 1.0, multiply: float = 1.0) -> np.ndarray:
-    """``clip(round(arr / divide * multiply), 0, 255)`` as uint8, NaN and inf as 0, converted in chunks
-    of rows: no full-size float temporaries (a float64 copy of a 40 Mpx RGBA array is 1.3 GB)."""
+    """``clip(round(arr / divide * multiply), 0, 255)`` as uint8, NaN and inf as 0, converted in
+    chunks of rows: no full-size float temporaries (a float64 copy of a 40 Mpx RGBA array is 1.3
+    GB)."""
     out = np.empty(arr.shape, np.uint8)
     for rows in _row_chunks(arr):
-        block = np.nan_to_num(arr[rows].astype(np.float64), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        block = np.nan_to_num(
+            arr[rows].astype(np.float64), copy=False, nan=0.0, posinf=0.0, neginf=0.0
+        )
         block /= divide
         block *= multiply
         np.clip(block, 0, 255, out=block)

@@ -3,6 +3,7 @@
 Every metric takes one ranked list of ids and the set of relevant ids (or, for the ``mean_*``
 forms, one of each per query). Gains for NDCG may be graded via a ``{id: gain}`` mapping.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -31,14 +32,16 @@ def hit_at_k(ranked: Sequence[Hashable], relevant, k: int) -> float:
 
 
 def precision_at_k(ranked: Sequence[Hashable], relevant, k: int) -> float:
-    """Share of the top ``k`` slots holding a relevant item (a short list counts empty slots as misses)."""
+    """Share of the top ``k`` slots holding a relevant item (a short list counts empty slots as
+    misses)."""
     _check_k(k)
     relevant = set(relevant)
     return sum(1 for r in ranked[:k] if r in relevant) / k
 
 
 def average_precision(ranked: Sequence[Hashable], relevant, k: int | None = None) -> float:
-    """Mean of precision@i over the ranks i of the relevant items found (divided by all relevant)."""
+    """Mean of precision@i over the ranks i of the relevant items found (divided by all
+    relevant)."""
     relevant = set(relevant)
     if not relevant:
         return 0.0
@@ -60,13 +63,14 @@ def reciprocal_rank(ranked: Sequence[Hashable], relevant, k: int | None = None) 
 
 
 def ndcg_at_k(ranked: Sequence[Hashable], relevant, k: int) -> float:
-    """Normalised discounted cumulative gain with gains ``2**rel - 1`` and ``log2(rank + 1)`` discounts.
+    """Normalised discounted cumulative gain with gains ``2**rel - 1`` and ``log2(rank + 1)``
+    discounts.
 
     ``relevant`` is a set (gain 1 each) or a mapping id -> graded relevance.
     """
     _check_k(k)
     grades = dict(relevant) if isinstance(relevant, Mapping) else {r: 1.0 for r in relevant}
-    return _ndcg(ranked, {r: 2.0 ** g - 1 for r, g in grades.items()}, k)
+    return _ndcg(ranked, {r: 2.0**g - 1 for r, g in grades.items()}, k)
 
 
 def _ndcg(ranked: Sequence[Hashable], gain: Mapping[Hashable, float], k: int) -> float:
@@ -80,7 +84,11 @@ def _ndcg(ranked: Sequence[Hashable], gain: Mapping[Hashable, float], k: int) ->
 def _mean(fn: Callable, rankings, relevants, *args) -> float:
     if len(rankings) != len(relevants):
         raise ValueError(f"{len(rankings)} rankings for {len(relevants)} relevance sets")
-    return float(np.mean([fn(r, rel, *args) for r, rel in zip(rankings, relevants)])) if rankings else 0.0
+    return (
+        float(np.mean([fn(r, rel, *args) for r, rel in zip(rankings, relevants)]))
+        if rankings
+        else 0.0
+    )
 
 
 def product_recall(rankings, true_ids: Sequence[Hashable], k: int) -> float:
@@ -107,8 +115,9 @@ def overlap_recall(found, exact, k: int) -> float:
         raise ValueError(f"{len(found)} approximate rows for {len(exact)} exact rows")
     if not len(found):
         return 0.0
-    return float(np.mean([len(set(list(f)[:k]) & set(list(e)[:k])) / k
-                          for f, e in zip(found, exact)]))
+    return float(
+        np.mean([len(set(list(f)[:k]) & set(list(e)[:k])) / k for f, e in zip(found, exact)])
+    )
 
 
 def intra_list_diversity(vectors: np.ndarray) -> float:
@@ -156,8 +165,13 @@ class Interval:
         return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
-def bootstrap_ci(values: Sequence[float], n_resamples: int = 2000, level: float = 0.95, seed: int = 0,
-                 groups: Sequence[Hashable] | None = None) -> Interval:
+def bootstrap_ci(
+    values: Sequence[float],
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    groups: Sequence[Hashable] | None = None,
+) -> Interval:
     """Percentile bootstrap interval of the mean of per-query ``values``. Chapter 07.
 
     With ``groups`` (e.g. the product each query photo shows) whole groups are resampled, so
@@ -177,7 +191,12 @@ def bootstrap_ci(values: Sequence[float], n_resamples: int = 2000, level: float 
         pick = rng.integers(0, len(keys), (n_resamples, len(keys)))
         means = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
     alpha = (1 - level) / 2
-    return Interval(float(v.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)), level)
+    return Interval(
+        float(v.mean()),
+        float(np.quantile(means, alpha)),
+        float(np.quantile(means, 1 - alpha)),
+        level,
+    )
 
 
 @dataclass(frozen=True)
@@ -189,7 +208,7 @@ class RetrievalReport:
     product, 1 for another of its type, 0 otherwise)."""
 
     n_queries: int
-    recall: dict[int, float]              # exact-product recall@k (= hit rate, one relevant item)
+    recall: dict[int, float]  # exact-product recall@k (= hit rate, one relevant item)
     mrr: float
     category_precision: dict[int, float]  # share of the top k in the query product's category
     type_precision: dict[int, float] = field(default_factory=dict)
@@ -199,15 +218,21 @@ class RetrievalReport:
     def __str__(self) -> str:
         parts = [f"R@{k}={v:.3f}" for k, v in self.recall.items()] + [f"MRR={self.mrr:.3f}"]
         parts += [f"catP@{k}={v:.3f}" for k, v in self.category_precision.items()]
-        parts += [f"typeP@{k}={v:.3f} (ceiling {self.type_precision_ceiling[k]:.3f})"
-                  for k, v in self.type_precision.items()]
+        parts += [
+            f"typeP@{k}={v:.3f} (ceiling {self.type_precision_ceiling[k]:.3f})"
+            for k, v in self.type_precision.items()
+        ]
         parts += [f"NDCG@10={self.ndcg:.3f}"] if self.ndcg is not None else []
         return f"{self.n_queries} queries: " + " ".join(parts)
 
 
-def retrieval_report(rankings: Sequence[Sequence[str]], true_ids: Sequence[str],
-                     category_of: Mapping[str, str] | None = None, ks: Sequence[int] = (1, 5, 10),
-                     type_of: Mapping[str, str] | None = None) -> RetrievalReport:
+def retrieval_report(
+    rankings: Sequence[Sequence[str]],
+    true_ids: Sequence[str],
+    category_of: Mapping[str, str] | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    type_of: Mapping[str, str] | None = None,
+) -> RetrievalReport:
     """Exact-product recall@k and MRR; with ``category_of``, category precision@k; with
     ``type_of`` (every indexed product's type), type precision@k, its ceiling and graded NDCG@10.
     Chapter 09."""
@@ -230,12 +255,22 @@ def _attribute_precision(rankings, true_ids, attribute_of: Mapping[str, str], k:
     """Mean share of the top ``k`` (empty slots are misses) with the true product's attribute."""
     if not len(true_ids):
         return 0.0
-    return float(np.mean([precision_at_k([attribute_of.get(r) for r in ranked], {attribute_of[t]}, k)
-                          for ranked, t in zip(rankings, true_ids)]))
+    return float(
+        np.mean(
+            [
+                precision_at_k([attribute_of.get(r) for r in ranked], {attribute_of[t]}, k)
+                for ranked, t in zip(rankings, true_ids)
+            ]
+        )
+    )
 
 
-def type_ndcg(rankings: Sequence[Sequence[str]], true_ids: Sequence[str],
-              type_of: Mapping[str, str], k: int = 10) -> float:
+def type_ndcg(
+    rankings: Sequence[Sequence[str]],
+    true_ids: Sequence[str],
+    type_of: Mapping[str, str],
+    k: int = 10,
+) -> float:
     """Mean graded NDCG@k: gain 2 for the exact product, 1 for another product of its type (from
     ``type_of``, which must list every indexed product), 0 otherwise; the ideal ranking puts the
     exact product first, then as many of its type as exist. Chapter 07."""

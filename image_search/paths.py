@@ -1,9 +1,10 @@
 """Files the package reads and writes: the cache folder, safe file names, regular-file checks and
 atomic writes. Every path the package writes (indexes, embedding caches, trained models, the demo
 PNG) goes through :func:`atomic_write`; every index or cache file it reads goes through
-:func:`read_regular`. Chapter 02 explains why (bad input loses nothing); chapter 08 uses them to save
-indexes.
+:func:`read_regular`. Chapter 02 explains why (bad input loses nothing); chapter 08 uses them to
+save indexes.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,22 +21,32 @@ def cache_dir() -> Path:
     ``$XDG_CACHE_HOME/image_search`` (default ``~/.cache/image_search``); never the working
     directory. Created on first use. Chapter 09."""
     env = os.environ.get("IMAGE_SEARCH_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "image_search"
+    base = (
+        Path(env)
+        if env
+        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "image_search"
+    )
     base = base.expanduser().resolve()
     base.mkdir(parents=True, exist_ok=True)
     return base
 
 
 def safe_name(name: str) -> str:
-    """``name`` as a file name: letters, digits, ``-``, ``_`` and ``.`` kept, anything else ``_``."""
+    """``name`` as a file name: letters, digits, ``-``, ``_`` and ``.`` kept, anything else
+    ``_``."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
 
 def path_kind(mode: int) -> str:
     """What an ``os.stat`` mode is, in words: "a regular file", "a directory", "a FIFO", ..."""
-    for test, words in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
-                        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, words in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return words
     return "not a regular file"
@@ -65,7 +76,9 @@ def check_write_target(path: str | Path) -> Path:
     except OSError as e:
         raise UnsafePathError(f"cannot write {path}: {e.strerror}") from None
     if not stat.S_ISREG(mode):
-        raise UnsafePathError(f"refusing to write {path}: it is {path_kind(mode)}, not a regular file")
+        raise UnsafePathError(
+            f"refusing to write {path}: it is {path_kind(mode)}, not a regular file"
+        )
     return real
 
 
@@ -125,7 +138,9 @@ def read_regular(path: str | Path, max_bytes: int) -> bytes:
     if st.st_size > max_bytes:
         raise UnsafePathError(f"{path} is {st.st_size:,} bytes, over the {max_bytes:,}-byte limit")
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(real, flags)  # O_NONBLOCK: even a file swapped for a FIFO since the stat cannot block
+    fd = os.open(
+        real, flags
+    )  # O_NONBLOCK: even a file swapped for a FIFO since the stat cannot block
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise UnsafePathError(f"{path} is not a regular file")
@@ -149,5 +164,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["cache_dir", "safe_name", "path_kind", "check_write_target", "atomic_write", "atomic_write_bytes",
-           "read_regular"]
+__all__ = [
+    "cache_dir",
+    "safe_name",
+    "path_kind",
+    "check_write_target",
+    "atomic_write",
+    "atomic_write_bytes",
+    "read_regular",
+]

@@ -5,6 +5,7 @@ a re-ranking policy per query. Chapter 13.
 Everything runs on precomputed embeddings (numpy only), so thousands of simulated sessions
 take seconds, and every random choice comes from a seeded generator.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ class User:
     taste: float
 
 
-def simulate_users(products: Sequence[Product], n: int, seed: int = 0, browsers: float = 0.5) -> list[User]:
+def simulate_users(
+    products: Sequence[Product], n: int, seed: int = 0, browsers: float = 0.5
+) -> list[User]:
     """``n`` users whose preferred category, colour and brand are drawn from the catalog's own
     frequencies, with a price band around a random product's price. A share ``browsers`` of them
     browse (``taste`` ≈ 0.8: they click whatever suits their style); the others search for one
@@ -46,8 +49,19 @@ def simulate_users(products: Sequence[Product], n: int, seed: int = 0, browsers:
     for uid in range(n):
         a, b, c, d = (products[int(i)] for i in rng.integers(0, len(products), 4))
         centre = d.price
-        users.append(User(uid, a.category, b.colour, c.brand, (round(centre * 0.5, 2), round(centre * 1.5, 2)),
-                          round(float(np.clip(rng.normal(0.8 if rng.random() < browsers else 0.1, 0.08), 0, 1)), 3)))
+        users.append(
+            User(
+                uid,
+                a.category,
+                b.colour,
+                c.brand,
+                (round(centre * 0.5, 2), round(centre * 1.5, 2)),
+                round(
+                    float(np.clip(rng.normal(0.8 if rng.random() < browsers else 0.1, 0.08), 0, 1)),
+                    3,
+                ),
+            )
+        )
     return users
 
 
@@ -78,11 +92,16 @@ class TasteClickModel:
         return examination(k, self.position_bias)
 
     def relevance(self, cosine_to_target: np.ndarray, is_target: np.ndarray) -> np.ndarray:
-        sim = np.clip((np.asarray(cosine_to_target) - self.similar_floor) / (1 - self.similar_floor), 0, 1)
+        sim = np.clip(
+            (np.asarray(cosine_to_target) - self.similar_floor) / (1 - self.similar_floor), 0, 1
+        )
         return np.where(is_target, 1.0, self.similar_weight * sim)
 
-    def click_probabilities(self, user: User, relevance: np.ndarray, preferences: np.ndarray) -> np.ndarray:
-        """Per-rank click probabilities of a shown list (``relevance``, ``preferences`` in rank order)."""
+    def click_probabilities(
+        self, user: User, relevance: np.ndarray, preferences: np.ndarray
+    ) -> np.ndarray:
+        """Per-rank click probabilities of a shown list (``relevance``, ``preferences`` in rank
+        order)."""
         attract = (1 - user.taste) * np.asarray(relevance) + user.taste * np.asarray(preferences)
         return self.examine(len(attract)) * np.clip(attract, 0, 1)
 
@@ -115,7 +134,8 @@ class Bandit(Protocol):
 
 
 class _RidgeArms:
-    """One ridge regression of reward on context per arm: ``A = ridge·I + Σ x xᵀ``, ``b = Σ r x``."""
+    """One ridge regression of reward on context per arm: ``A = ridge·I + Σ x xᵀ``,
+    ``b = Σ r x``."""
 
     def __init__(self, n_arms: int, dim: int, ridge: float = 1.0) -> None:
         self.A = np.stack([np.eye(dim) * ridge for _ in range(n_arms)])
@@ -147,7 +167,9 @@ class LinearThompson(_RidgeArms):
     """Linear Thompson sampling (Agrawal & Goyal, ICML 2013): sample θ ~ N(A⁻¹b, v²A⁻¹) per arm
     and play the arm whose sample scores the context highest."""
 
-    def __init__(self, n_arms: int, dim: int, v: float = 0.5, ridge: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self, n_arms: int, dim: int, v: float = 0.5, ridge: float = 1.0, seed: int = 0
+    ) -> None:
         super().__init__(n_arms, dim, ridge)
         self.v = v
         self.rng = np.random.default_rng(seed)
@@ -157,7 +179,7 @@ class LinearThompson(_RidgeArms):
         scores = []
         for A, b in zip(self.A, self.b):
             A_inv = np.linalg.inv(A)
-            theta = self.rng.multivariate_normal(A_inv @ b, self.v ** 2 * A_inv, method="cholesky")
+            theta = self.rng.multivariate_normal(A_inv @ b, self.v**2 * A_inv, method="cholesky")
             scores.append(theta @ x)
         return int(np.argmax(scores))
 
@@ -185,16 +207,16 @@ class Oracle:
 class SimulationLog:
     """What happened in each round of :func:`simulate`."""
 
-    arm: np.ndarray            # arm played
-    reward: np.ndarray         # clicks observed
-    expected: np.ndarray       # expected clicks of the arm played
+    arm: np.ndarray  # arm played
+    reward: np.ndarray  # clicks observed
+    expected: np.ndarray  # expected clicks of the arm played
     best_expected: np.ndarray  # expected clicks of the best arm (the oracle's)
-    history: np.ndarray        # the user's clicks before the round
-    diversity: np.ndarray      # intra-list diversity of the shown top k
-    coverage: np.ndarray       # distinct categories in the shown top k
-    user: np.ndarray           # user index
-    arm_expected: np.ndarray   # (rounds, arms) expected clicks of every arm
-    context: np.ndarray        # (rounds, features) what the strategy saw
+    history: np.ndarray  # the user's clicks before the round
+    diversity: np.ndarray  # intra-list diversity of the shown top k
+    coverage: np.ndarray  # distinct categories in the shown top k
+    user: np.ndarray  # user index
+    arm_expected: np.ndarray  # (rounds, arms) expected clicks of every arm
+    context: np.ndarray  # (rounds, features) what the strategy saw
     clicked_categories: tuple[tuple[str, ...], ...] = field(repr=False, default=())
 
     @property
@@ -208,8 +230,8 @@ class ShopEnvironment:
     """Catalog embeddings, users, a click model and the candidate policies. Chapter 13."""
 
     products: tuple[Product, ...]
-    icons: np.ndarray          # (n, d) shop-photo embeddings, unit rows, in ``products`` order
-    views: np.ndarray          # (n, v, d) customer-photo embeddings (the queries)
+    icons: np.ndarray  # (n, d) shop-photo embeddings, unit rows, in ``products`` order
+    views: np.ndarray  # (n, v, d) customer-photo embeddings (the queries)
     users: tuple[User, ...]
     policies: tuple[Policy, ...]
     click_model: TasteClickModel = TasteClickModel()
@@ -222,7 +244,9 @@ class ShopEnvironment:
         past clicks that went to products other than the one searched for."""
         return np.array([1.0, min(n_clicks, 20) / 20, browse_rate])
 
-    def rerank(self, cand: np.ndarray, sims: np.ndarray, user_vec: np.ndarray | None, policy: Policy) -> np.ndarray:
+    def rerank(
+        self, cand: np.ndarray, sims: np.ndarray, user_vec: np.ndarray | None, policy: Policy
+    ) -> np.ndarray:
         """The top ``k`` of ANN candidates ``cand`` (visual scores ``sims``) under a policy."""
         score = np.asarray(sims, dtype=np.float64)
         if user_vec is not None and policy.user_weight:
@@ -256,27 +280,42 @@ def preference_matrix(users: Sequence[User], products: Sequence[Product]) -> np.
     col = np.array([p.colour for p in products])
     brand = np.array([p.brand for p in products])
     price = np.array([p.price for p in products])
-    return np.stack([0.4 * (cat == u.category) + 0.3 * (col == u.colour) + 0.2 * (brand == u.brand)
-                     + 0.1 * ((price >= u.price_band[0]) & (price <= u.price_band[1])) for u in users])
+    return np.stack(
+        [
+            0.4 * (cat == u.category)
+            + 0.3 * (col == u.colour)
+            + 0.2 * (brand == u.brand)
+            + 0.1 * ((price >= u.price_band[0]) & (price <= u.price_band[1]))
+            for u in users
+        ]
+    )
 
 
-def simulate(env: ShopEnvironment, strategy: Bandit | Oracle, rounds: int, seed: int = 0) -> SimulationLog:
+def simulate(
+    env: ShopEnvironment, strategy: Bandit | Oracle, rounds: int, seed: int = 0
+) -> SimulationLog:
     """Run ``rounds`` searches: pick a policy with ``strategy`` from the visible context, show its
-    top k, draw clicks from the click model, update the user's history and the strategy. Chapter 13."""
+    top k, draw clicks from the click model, update the user's history and the strategy.
+    Chapter 13."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # tiny matrices: BLAS threads only add overhead
         return _simulate(env, strategy, rounds, seed)
 
 
-def _simulate(env: ShopEnvironment, strategy: Bandit | Oracle, rounds: int, seed: int) -> SimulationLog:
+def _simulate(
+    env: ShopEnvironment, strategy: Bandit | Oracle, rounds: int, seed: int
+) -> SimulationLog:
     who, target, view = env.query_plan(rounds, seed)
     rng = np.random.default_rng(seed + 1)
     pref = preference_matrix(env.users, env.products)
     clicks: dict[int, list[int]] = {}
     off_target: dict[int, int] = {}
     cat = np.array([p.category for p in env.products])
-    cols = {f: np.zeros(rounds) for f in ("arm", "reward", "expected", "best", "history", "diversity", "coverage")}
+    cols = {
+        f: np.zeros(rounds)
+        for f in ("arm", "reward", "expected", "best", "history", "diversity", "coverage")
+    }
     clicked_cats = []
     all_expected = np.zeros((rounds, len(env.policies)))
     contexts = np.zeros((rounds, len(env.context(0, 0.0))))
@@ -305,19 +344,35 @@ def _simulate(env: ShopEnvironment, strategy: Bandit | Oracle, rounds: int, seed
             strategy.update(arm, x, reward)
         hist.extend(int(c) for c in clicked)
         off_target[u] = off_target.get(u, 0) + int((clicked != tgt).sum())
-        for f, v in (("arm", arm), ("reward", reward), ("expected", expected[arm]), ("best", max(expected)),
-                     ("history", len(hist) - len(clicked)), ("diversity", intra_list_diversity(env.icons[top])),
-                     ("coverage", len(set(cat[top])))):
+        for f, v in (
+            ("arm", arm),
+            ("reward", reward),
+            ("expected", expected[arm]),
+            ("best", max(expected)),
+            ("history", len(hist) - len(clicked)),
+            ("diversity", intra_list_diversity(env.icons[top])),
+            ("coverage", len(set(cat[top]))),
+        ):
             cols[f][t] = v
         clicked_cats.append(tuple(cat[clicked]))
-    return SimulationLog(cols["arm"].astype(int), cols["reward"], cols["expected"], cols["best"],
-                         cols["history"].astype(int), cols["diversity"], cols["coverage"].astype(int), who,
-                         all_expected, contexts, tuple(clicked_cats))
+    return SimulationLog(
+        cols["arm"].astype(int),
+        cols["reward"],
+        cols["expected"],
+        cols["best"],
+        cols["history"].astype(int),
+        cols["diversity"],
+        cols["coverage"].astype(int),
+        who,
+        all_expected,
+        contexts,
+        tuple(clicked_cats),
+    )
 
 
 def category_concentration(log: SimulationLog, last: int = 10, min_clicks: int = 5) -> float:
-    """Filter-bubble measure: over users with at least ``min_clicks`` clicks, the mean share of their
-    ``last`` clicks that fall in their most-clicked category."""
+    """Filter-bubble measure: over users with at least ``min_clicks`` clicks, the mean share of
+    their ``last`` clicks that fall in their most-clicked category."""
     per_user: dict[int, list[str]] = {}
     for u, cats in zip(log.user.tolist(), log.clicked_categories):
         per_user.setdefault(u, []).extend(cats)
@@ -329,6 +384,20 @@ def category_concentration(log: SimulationLog, last: int = 10, min_clicks: int =
     return float(np.mean(shares)) if shares else 0.0
 
 
-__all__ = ["User", "simulate_users", "preference", "TasteClickModel", "user_vector", "Policy",
-           "LinUCB", "LinearThompson", "FixedPolicy", "Oracle", "SimulationLog", "ShopEnvironment", "simulate", "preference_matrix",
-           "category_concentration"]
+__all__ = [
+    "User",
+    "simulate_users",
+    "preference",
+    "TasteClickModel",
+    "user_vector",
+    "Policy",
+    "LinUCB",
+    "LinearThompson",
+    "FixedPolicy",
+    "Oracle",
+    "SimulationLog",
+    "ShopEnvironment",
+    "simulate",
+    "preference_matrix",
+    "category_concentration",
+]

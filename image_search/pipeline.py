@@ -21,7 +21,13 @@ import numpy as np
 from .catalog import Catalog
 from .encoders import EmbeddingCache, Encoder, file_checksum, load_encoder
 from .errors import InvalidRequestError
-from .stores import BackendUnavailableError, VectorStore, catalog_fingerprint, indexed_photos, product_digest
+from .stores import (
+    BackendUnavailableError,
+    VectorStore,
+    catalog_fingerprint,
+    indexed_photos,
+    product_digest,
+)
 from .stores.filters import Attributes
 
 ENGINES = ("local", "ray")

@@ -1,5 +1,7 @@
 """Second stage: business rules, attribute boosts, near-duplicate removal, MMR diversity, a hook for
-personalisation and an optional learned ranker. Chapter 09 introduces it; chapter 13 personalises it."""
+personalisation and an optional learned ranker. Chapter 09 introduces it; chapter 13 personalises
+it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,12 +37,15 @@ class RerankConfig:
 
     def __post_init__(self) -> None:
         if self.model is not None and not isinstance(self.model, LinearRanker):
-            raise InvalidRequestError(f"model must be a LinearRanker, not {type(self.model).__name__}")
+            raise InvalidRequestError(
+                f"model must be a LinearRanker, not {type(self.model).__name__}"
+            )
         if self.mmr_lambda is not None and not 0.0 <= self.mmr_lambda <= 1.0:
             raise InvalidRequestError(f"mmr_lambda must be in [0, 1], not {self.mmr_lambda}")
         if self.dedupe_threshold is not None and not -1.0 <= self.dedupe_threshold <= 1.0:
             raise InvalidRequestError(
-                f"dedupe_threshold must be a cosine in [-1, 1], not {self.dedupe_threshold}")
+                f"dedupe_threshold must be a cosine in [-1, 1], not {self.dedupe_threshold}"
+            )
 
 
 @dataclass(frozen=True)
@@ -57,20 +62,33 @@ class Reranker:
     def __init__(self, catalog: Catalog, config: RerankConfig = RerankConfig()) -> None:
         self.catalog, self.config = catalog, config
 
-    def rerank(self, ids: Sequence[str], scores: np.ndarray, vectors: np.ndarray, k: int,
-               user_vector: np.ndarray | None = None) -> Ranked:
+    def rerank(
+        self,
+        ids: Sequence[str],
+        scores: np.ndarray,
+        vectors: np.ndarray,
+        k: int,
+        user_vector: np.ndarray | None = None,
+    ) -> Ranked:
         """Re-rank candidates (``ids`` with ANN ``scores`` and stored ``vectors``) down to ``k``."""
         cfg = self.config
         ids = list(ids)
         scores = np.asarray(scores, dtype=np.float32)[: len(ids)]
         vectors = np.asarray(vectors, dtype=np.float32)
         if len(scores) != len(ids) or len(vectors) != len(ids):
-            raise InvalidRequestError(f"{len(ids)} candidates with {len(scores)} scores and {len(vectors)} vectors")
-        base = scores if cfg.model is None or not ids else \
-            cfg.model.score_candidates(self.catalog, ids, scores, vectors).astype(np.float32)
+            raise InvalidRequestError(
+                f"{len(ids)} candidates with {len(scores)} scores and {len(vectors)} vectors"
+            )
+        base = (
+            scores
+            if cfg.model is None or not ids
+            else cfg.model.score_candidates(self.catalog, ids, scores, vectors).astype(np.float32)
+        )
         adjusted = base + attribute_boost(self.catalog, ids, cfg.boosts)
         if user_vector is not None and cfg.user_weight:
-            adjusted = adjusted + cfg.user_weight * (vectors @ np.asarray(user_vector, dtype=np.float32))
+            adjusted = adjusted + cfg.user_weight * (
+                vectors @ np.asarray(user_vector, dtype=np.float32)
+            )
         order = list(np.argsort(-adjusted, kind="stable"))
         if cfg.dedupe_threshold is not None:
             order = [order[j] for j in remove_near_duplicates(vectors[order], cfg.dedupe_threshold)]
@@ -80,11 +98,15 @@ class Reranker:
         return Ranked(tuple(ids[i] for i in order), adjusted[order])
 
 
-def attribute_boost(catalog: Catalog, ids: Sequence[str], boosts: Sequence[tuple[str, str, float]]) -> np.ndarray:
+def attribute_boost(
+    catalog: Catalog, ids: Sequence[str], boosts: Sequence[tuple[str, str, float]]
+) -> np.ndarray:
     """Score added to each candidate by the ``(attribute, value, weight)`` boosts it matches."""
     out = np.zeros(len(ids), dtype=np.float32)
     for attribute, value, weight in boosts:
-        out += weight * np.array([_matches(getattr(catalog[i], attribute), value) for i in ids], dtype=np.float32)
+        out += weight * np.array(
+            [_matches(getattr(catalog[i], attribute), value) for i in ids], dtype=np.float32
+        )
     return out
 
 
@@ -93,7 +115,8 @@ def _matches(field, value: str) -> bool:
 
 
 def remove_near_duplicates(vectors: np.ndarray, threshold: float) -> list[int]:
-    """Indices to keep, in order: each row is dropped if its cosine to a kept earlier row ≥ threshold."""
+    """Indices to keep, in order: each row is dropped if its cosine to a kept earlier row ≥
+    threshold."""
     kept: list[int] = []
     for i in range(len(vectors)):
         if not kept or float(np.max(vectors[kept] @ vectors[i])) < threshold:

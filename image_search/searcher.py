@@ -2,6 +2,7 @@
 
 Chapter 02 defines the request/response contract; chapter 09 builds the searcher.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -20,7 +21,7 @@ from .images import ImageLike, load_image
 from .indexer import ProductIndex
 from .paths import cache_dir, safe_name
 from .rejection import Rejector
-from .reranker import Reranker, RerankConfig
+from .reranker import RerankConfig, Reranker
 from .stores import VectorStore, catalog_fingerprint, indexed_photos
 from .stores.filters import Attributes, Filters
 from .text import DEFAULT_ALPHA, check_text, compose_query
@@ -39,54 +40,83 @@ class SearchRequest:
     k: int = 10
     filters: Filters = field(default_factory=Filters)
     user_vector: np.ndarray | None = None
-    crop: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) px of the decoded image
+    crop: tuple[int, int, int, int] | None = (
+        None  # (left, top, right, bottom) px of the decoded image
+    )
     text: str | None = None
     alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.embedding is not None and (self.image is not None or self.text is not None):
-            raise InvalidRequestError("give an embedding alone, or an image and/or a text, not both")
+            raise InvalidRequestError(
+                "give an embedding alone, or an image and/or a text, not both"
+            )
         if self.embedding is None and self.image is None and self.text is None:
             raise InvalidRequestError("give an image, a text, both, or an embedding")
         if self.text is not None:
             object.__setattr__(self, "text", check_text(self.text))
         if self.alpha is not None:
             if self.image is None or self.text is None:
-                raise InvalidRequestError("alpha weighs the text of a composed query: give an image and a text")
-            compose_query(np.ones(1, np.float32), np.ones(1, np.float32), self.alpha)  # validates alpha
+                raise InvalidRequestError(
+                    "alpha weighs the text of a composed query: give an image and a text"
+                )
+            compose_query(
+                np.ones(1, np.float32), np.ones(1, np.float32), self.alpha
+            )  # validates alpha
         if self.crop is not None:
             object.__setattr__(self, "crop", _check_crop(self.crop, self.image is not None))
-        if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or not 1 <= self.k <= MAX_K:
+        if (
+            not isinstance(self.k, (int, np.integer))
+            or isinstance(self.k, bool)
+            or not 1 <= self.k <= MAX_K
+        ):
             raise InvalidRequestError(f"k must be an integer from 1 to {MAX_K}, not {self.k!r}")
         if not isinstance(self.filters, Filters):
-            raise InvalidRequestError(f"filters must be a Filters, not {type(self.filters).__name__}")
+            raise InvalidRequestError(
+                f"filters must be a Filters, not {type(self.filters).__name__}"
+            )
         for name in ("embedding", "user_vector"):
             v = getattr(self, name)
             if v is not None:
                 arr = _as_float32(v)
                 if arr is None or arr.ndim != 1 or arr.size == 0 or not np.isfinite(arr).all():
                     what = f"shape {arr.shape}" if arr is not None else type(v).__name__
-                    raise InvalidRequestError(f"{name} must be a finite 1-D vector of numbers, not {what}")
+                    raise InvalidRequestError(
+                        f"{name} must be a finite 1-D vector of numbers, not {what}"
+                    )
                 if name == "embedding" and not np.any(arr):
-                    raise InvalidRequestError("embedding is all zeros: it has no direction to search in")
+                    raise InvalidRequestError(
+                        "embedding is all zeros: it has no direction to search in"
+                    )
                 object.__setattr__(self, name, arr)
 
 
 def _check_crop(crop, has_image: bool) -> tuple[int, int, int, int]:
-    """A region of interest as four integer pixels ``(left, top, right, bottom)``, right/bottom exclusive."""
+    """A region of interest as four integer pixels ``(left, top, right, bottom)``, right/bottom
+    exclusive."""
     if not has_image:
         raise InvalidRequestError("crop needs an image; an embedding cannot be cropped")
-    if (not isinstance(crop, (tuple, list)) or len(crop) != 4
-            or not all(isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) for c in crop)):
-        raise InvalidRequestError(f"crop must be four integers (left, top, right, bottom), not {crop!r}")
+    if (
+        not isinstance(crop, (tuple, list))
+        or len(crop) != 4
+        or not all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) for c in crop
+        )
+    ):
+        raise InvalidRequestError(
+            f"crop must be four integers (left, top, right, bottom), not {crop!r}"
+        )
     left, top, right, bottom = (int(c) for c in crop)
     if left < 0 or top < 0 or right <= left or bottom <= top:
-        raise InvalidRequestError(f"crop {crop!r} is not a box: need 0 <= left < right and 0 <= top < bottom")
+        raise InvalidRequestError(
+            f"crop {crop!r} is not a box: need 0 <= left < right and 0 <= top < bottom"
+        )
     return left, top, right, bottom
 
 
 def _as_float32(v) -> np.ndarray | None:
-    """``v`` as a float32 array, or ``None`` when it is not numeric (1e300 becomes inf, refused by the caller)."""
+    """``v`` as a float32 array, or ``None`` when it is not numeric (1e300 becomes inf, refused by
+    the caller)."""
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             return np.asarray(v, dtype=np.float32)
@@ -131,22 +161,45 @@ class SearchResults:
 
     def table(self) -> pd.DataFrame:
         """The results as a table: rank, id, name, type, category, price, in stock, score."""
-        return pd.DataFrame([{"rank": r + 1, "id": p.id, "name": p.name, "type": p.type, "category": p.category,
-                              "price": p.price, "in_stock": p.in_stock, "score": round(float(s), 4)}
-                             for r, (p, s) in enumerate(zip(self.products, self.scores))])
+        return pd.DataFrame(
+            [
+                {
+                    "rank": r + 1,
+                    "id": p.id,
+                    "name": p.name,
+                    "type": p.type,
+                    "category": p.category,
+                    "price": p.price,
+                    "in_stock": p.in_stock,
+                    "score": round(float(s), 4),
+                }
+                for r, (p, s) in enumerate(zip(self.products, self.scores))
+            ]
+        )
 
 
 class Searcher:
     """Image in, ranked products out. Build one with :meth:`from_catalog`, or over any
     :class:`~image_search.stores.VectorStore` (FAISS, Qdrant, Milvus). Chapter 09."""
 
-    def __init__(self, index: VectorStore, catalog: Catalog, encoder: Encoder,
-                 reranker: Reranker | None = None, candidates: int = 50, rejector: Rejector | None = None) -> None:
+    def __init__(
+        self,
+        index: VectorStore,
+        catalog: Catalog,
+        encoder: Encoder,
+        reranker: Reranker | None = None,
+        candidates: int = 50,
+        rejector: Rejector | None = None,
+    ) -> None:
         if index.encoder != encoder.name or index.dim != encoder.dim:
-            raise IndexMismatchError(f"index was built with {index.encoder} ({index.dim}-d), "
-                                     f"not {encoder.name} ({encoder.dim}-d)")
+            raise IndexMismatchError(
+                f"index was built with {index.encoder} ({index.dim}-d), "
+                f"not {encoder.name} ({encoder.dim}-d)"
+            )
         if rejector is not None and rejector.encoder not in ("", encoder.name):
-            raise InvalidRequestError(f"the rejector was calibrated for {rejector.encoder}, not {encoder.name}")
+            raise InvalidRequestError(
+                f"the rejector was calibrated for {rejector.encoder}, not {encoder.name}"
+            )
         self.index, self.catalog, self.encoder, self.rejector = index, catalog, encoder, rejector
         if isinstance(index, ProductIndex) and not index.has_attributes:  # filters need them
             ids = index.ids
@@ -155,24 +208,46 @@ class Searcher:
         self.candidates = candidates
 
     @classmethod
-    def from_catalog(cls, encoder: str | Encoder = DEFAULT_ENCODER, factory: str = "Flat",
-                     catalog: Catalog | None = None, rerank: RerankConfig = RerankConfig(),
-                     progress: bool = True) -> "Searcher":
+    def from_catalog(
+        cls,
+        encoder: str | Encoder = DEFAULT_ENCODER,
+        factory: str = "Flat",
+        catalog: Catalog | None = None,
+        rerank: RerankConfig = RerankConfig(),
+        progress: bool = True,
+    ) -> "Searcher":
         """Index every product's shop photo (embeddings cached on disk) and return a searcher."""
         catalog = catalog or load_catalog()
         enc = load_encoder(encoder) if isinstance(encoder, str) else encoder
         index = build_index(catalog, enc, factory, progress=progress)
         return cls(index, catalog, enc, Reranker(catalog, rerank))
 
-    def search(self, image: ImageLike | None = None, k: int = 10, filters: Filters | None = None,
-               embedding: np.ndarray | None = None, user_vector: np.ndarray | None = None,
-               crop: tuple[int, int, int, int] | None = None, text: str | None = None,
-               alpha: float | None = None) -> SearchResults:
+    def search(
+        self,
+        image: ImageLike | None = None,
+        k: int = 10,
+        filters: Filters | None = None,
+        embedding: np.ndarray | None = None,
+        user_vector: np.ndarray | None = None,
+        crop: tuple[int, int, int, int] | None = None,
+        text: str | None = None,
+        alpha: float | None = None,
+    ) -> SearchResults:
         """Search with an image (optionally a ``crop`` box of it), a ``text``, both (a composed
         query), or a precomputed embedding. Text needs an encoder with a text tower
         (``minilm-lit``, chapter 06)."""
-        return self.run(SearchRequest(image=image, embedding=embedding, k=k, filters=filters or Filters(),
-                                      user_vector=user_vector, crop=crop, text=text, alpha=alpha))
+        return self.run(
+            SearchRequest(
+                image=image,
+                embedding=embedding,
+                k=k,
+                filters=filters or Filters(),
+                user_vector=user_vector,
+                crop=crop,
+                text=text,
+                alpha=alpha,
+            )
+        )
 
     def run(self, request: SearchRequest) -> SearchResults:
         """Answer a validated :class:`SearchRequest`."""
@@ -183,30 +258,52 @@ class Searcher:
             image = load_image(request.image)
             image, box = self._region(image, request.crop)
             t1 = time.perf_counter()
-        query, found = self._query(request, image if request.image is not None else None, box is None)
+        query, found = self._query(
+            request, image if request.image is not None else None, box is None
+        )
         box = box or found
         if request.user_vector is not None and request.user_vector.shape[0] != self.index.dim:
-            raise InvalidRequestError(f"user_vector must have {self.index.dim} values, not {request.user_vector.shape[0]}")
+            raise InvalidRequestError(
+                f"user_vector must have {self.index.dim} values, not {request.user_vector.shape[0]}"
+            )
         t2 = time.perf_counter()
         request.filters.check(self.catalog)
-        scores, ids = self.index.search(query[None, :], max(request.k, self.candidates), filters=request.filters)
+        scores, ids = self.index.search(
+            query[None, :], max(request.k, self.candidates), filters=request.filters
+        )
         t3 = time.perf_counter()
         ms = 1000.0
         why = self._no_match(scores[0][: len(ids[0])]) if request.text is None else None
         if why is not None:
-            return SearchResults((), np.zeros(0, np.float32), (), Timings((t1 - t0) * ms, (t2 - t1) * ms,
-                                                                          (t3 - t2) * ms), box=box, no_match=why)
-        ranked = self.reranker.rerank(ids[0], scores[0], self.index.vectors(ids[0]), request.k, request.user_vector)
+            return SearchResults(
+                (),
+                np.zeros(0, np.float32),
+                (),
+                Timings((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms),
+                box=box,
+                no_match=why,
+            )
+        ranked = self.reranker.rerank(
+            ids[0], scores[0], self.index.vectors(ids[0]), request.k, request.user_vector
+        )
         t4 = time.perf_counter()
-        return SearchResults(ranked.ids, ranked.scores, tuple(self.catalog[i] for i in ranked.ids),
-                             Timings((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t4 - t3) * ms), box=box)
+        return SearchResults(
+            ranked.ids,
+            ranked.scores,
+            tuple(self.catalog[i] for i in ranked.ids),
+            Timings((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t4 - t3) * ms),
+            box=box,
+        )
 
     def _region(self, image, crop) -> tuple[object, tuple[int, int, int, int] | None]:
-        """The part of a decoded photo to search: the caller's ``crop`` box, else the whole photo."""
+        """The part of a decoded photo to search: the caller's ``crop`` box, else the whole
+        photo."""
         if crop is None:
             return image, None
         if crop[2] > image.width or crop[3] > image.height:
-            raise InvalidRequestError(f"crop {crop} reaches outside the decoded {image.width}x{image.height} image")
+            raise InvalidRequestError(
+                f"crop {crop} reaches outside the decoded {image.width}x{image.height} image"
+            )
         return image.crop(crop), crop
 
     def _query(self, request: SearchRequest, image, locate: bool = True):
@@ -232,18 +329,28 @@ class Searcher:
         if request.embedding is not None:
             query = request.embedding
             if query.shape[0] != self.index.dim:
-                raise InvalidRequestError(f"embedding must have {self.index.dim} values, not {query.shape[0]}")
-            query = query / float(np.abs(query).max())  # first to [-1, 1]: huge values cannot overflow the norm
+                raise InvalidRequestError(
+                    f"embedding must have {self.index.dim} values, not {query.shape[0]}"
+                )
+            query = query / float(
+                np.abs(query).max()
+            )  # first to [-1, 1]: huge values cannot overflow the norm
             return query / float(np.linalg.norm(query))
         if request.text is None:
             return image_vector
         if not hasattr(self.encoder, "encode_texts"):
-            raise InvalidRequestError(f"the {self.encoder.name} encoder has no text tower: search text with "
-                                      f"the minilm-lit encoder")
+            raise InvalidRequestError(
+                f"the {self.encoder.name} encoder has no text tower: search text with "
+                f"the minilm-lit encoder"
+            )
         text_vector = self.encoder.encode_texts([request.text])[0]
         if image_vector is None:
             return text_vector
-        alpha = request.alpha if request.alpha is not None else getattr(self.encoder, "alpha", DEFAULT_ALPHA)
+        alpha = (
+            request.alpha
+            if request.alpha is not None
+            else getattr(self.encoder, "alpha", DEFAULT_ALPHA)
+        )
         return compose_query(image_vector, text_vector, alpha)
 
     def _no_match(self, ann_scores: np.ndarray) -> str | None:
@@ -254,11 +361,17 @@ class Searcher:
             return None
         return self.rejector.reason(ann_scores)
 
-    def search_batch(self, images: Iterable[ImageLike], k: int = 10, filters: Filters | None = None,
-                     batch_size: int = 32, errors: str = "raise") -> list[SearchResults]:
-        """Search many images, streamed: each chunk of ``batch_size`` images is decoded, embedded and
-        searched before the next is read, so memory does not grow with the batch (``images`` may be
-        a generator).
+    def search_batch(
+        self,
+        images: Iterable[ImageLike],
+        k: int = 10,
+        filters: Filters | None = None,
+        batch_size: int = 32,
+        errors: str = "raise",
+    ) -> list[SearchResults]:
+        """Search many images, streamed: each chunk of ``batch_size`` images is decoded, embedded
+        and searched before the next is read, so memory does not grow with the batch (``images`` may
+        be a generator).
 
         A bad image raises :class:`InvalidImageError` naming its position (``errors="raise"``), or,
         with ``errors="report"``, gets a result with no products and the reason in ``error``, so the
@@ -266,14 +379,25 @@ class Searcher:
         and ANN times are its share of its chunk's. Chapter 09.
         """
         filters = filters or Filters()
-        SearchRequest(embedding=np.ones(self.index.dim), k=k, filters=filters)  # validate k and filters
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        SearchRequest(
+            embedding=np.ones(self.index.dim), k=k, filters=filters
+        )  # validate k and filters
+        if (
+            not isinstance(batch_size, (int, np.integer))
+            or isinstance(batch_size, bool)
+            or batch_size < 1
+        ):
             raise InvalidRequestError(f"batch_size must be a positive integer, not {batch_size!r}")
         if errors not in ("raise", "report"):
             raise InvalidRequestError(f'errors must be "raise" or "report", not {errors!r}')
-        if isinstance(images, (str, Path, bytes, bytearray)) or (isinstance(images, np.ndarray) and images.ndim != 4) \
-                or not hasattr(images, "__iter__"):
-            raise InvalidRequestError(f"images must be a list or iterable of images, not one {type(images).__name__}")
+        if (
+            isinstance(images, (str, Path, bytes, bytearray))
+            or (isinstance(images, np.ndarray) and images.ndim != 4)
+            or not hasattr(images, "__iter__")
+        ):
+            raise InvalidRequestError(
+                f"images must be a list or iterable of images, not one {type(images).__name__}"
+            )
         filters.check(self.catalog)
         items, out = iter(images), []
         while chunk := list(itertools.islice(items, batch_size)):
@@ -281,8 +405,9 @@ class Searcher:
             del chunk  # before the next chunk is read
         return out
 
-    def _search_chunk(self, chunk: list, start: int, k: int, filters: Filters, batch_size: int,
-                      errors: str) -> list[SearchResults]:
+    def _search_chunk(
+        self, chunk: list, start: int, k: int, filters: Filters, batch_size: int, errors: str
+    ) -> list[SearchResults]:
         """One chunk of :meth:`search_batch`; its decoded images are released when it returns."""
         decoded, decode_ms, failed = [], [], {}
         for i, item in enumerate(chunk):
@@ -302,27 +427,48 @@ class Searcher:
             t2 = time.perf_counter()
             scores, ids = self.index.search(queries, max(k, self.candidates), filters=filters)
             t3 = time.perf_counter()
-            rows, embed_ms, ann_ms = zip(ids, scores), (t2 - t1) * 1000.0 / n, (t3 - t2) * 1000.0 / n
+            rows, embed_ms, ann_ms = (
+                zip(ids, scores),
+                (t2 - t1) * 1000.0 / n,
+                (t3 - t2) * 1000.0 / n,
+            )
         out = []
         for i, ms in enumerate(decode_ms):
             if i in failed:
-                out.append(SearchResults((), np.zeros(0, np.float32), (), Timings(ms), error=failed[i]))
+                out.append(
+                    SearchResults((), np.zeros(0, np.float32), (), Timings(ms), error=failed[i])
+                )
                 continue
             row_ids, row_scores = next(rows)
             why = self._no_match(row_scores[: len(row_ids)])
             if why is not None:
-                out.append(SearchResults((), np.zeros(0, np.float32), (), Timings(ms, embed_ms, ann_ms), no_match=why))
+                out.append(
+                    SearchResults(
+                        (), np.zeros(0, np.float32), (), Timings(ms, embed_ms, ann_ms), no_match=why
+                    )
+                )
                 continue
             t4 = time.perf_counter()
             r = self.reranker.rerank(row_ids, row_scores, self.index.vectors(row_ids), k)
             products = tuple(self.catalog[p] for p in r.ids)
-            out.append(SearchResults(r.ids, r.scores, products,
-                                     Timings(ms, embed_ms, ann_ms, (time.perf_counter() - t4) * 1000.0)))
+            out.append(
+                SearchResults(
+                    r.ids,
+                    r.scores,
+                    products,
+                    Timings(ms, embed_ms, ann_ms, (time.perf_counter() - t4) * 1000.0),
+                )
+            )
         return out
 
 
-def build_index(catalog: Catalog, encoder: Encoder, factory: str = "Flat", progress: bool = True,
-                photos: Callable[[str], Sequence[Path]] | None = None) -> ProductIndex:
+def build_index(
+    catalog: Catalog,
+    encoder: Encoder,
+    factory: str = "Flat",
+    progress: bool = True,
+    photos: Callable[[str], Sequence[Path]] | None = None,
+) -> ProductIndex:
     """Embed every product's photos (cached by checksum) into a new :class:`ProductIndex` with the
     catalog's filterable attributes and fingerprint. ``photos(product_id)`` lists a product's
     images (default: :func:`~image_search.stores.indexed_photos`, every shop photo). Chapter 09."""
@@ -345,5 +491,14 @@ def default_index_path(encoder_name: str = DEFAULT_ENCODER) -> Path:
     return cache_dir() / "indexes" / f"catalog-{safe_name(encoder_name)}.index"
 
 
-__all__ = ["Filters", "SearchRequest", "SearchResults", "Searcher", "Timings", "build_index",
-           "catalog_fingerprint", "default_index_path", "InvalidImageError"]
+__all__ = [
+    "Filters",
+    "SearchRequest",
+    "SearchResults",
+    "Searcher",
+    "Timings",
+    "build_index",
+    "catalog_fingerprint",
+    "default_index_path",
+    "InvalidImageError",
+]

@@ -33,7 +33,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .catalog import Catalog, Product, UNSPECIFIED, load_catalog
+from .catalog import UNSPECIFIED, Catalog, Product, load_catalog
 from .embeddings import EmbeddingCache, encode_paths, fingerprint_of, l2_normalize
 from .encoders import Encoder, load_encoder, make_fingerprint, register_encoder
 from .errors import InvalidRequestError, ModelUnavailableError
@@ -121,8 +121,13 @@ class SentenceTower:
     def _encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        out = self.model.encode(texts, batch_size=1, convert_to_numpy=True,
-                                normalize_embeddings=True, show_progress_bar=False)
+        out = self.model.encode(
+            texts,
+            batch_size=1,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
         return l2_normalize(out)
 
     def _check_tokens(self, texts: list[str]) -> None:
@@ -162,8 +167,13 @@ def load_sentence_tower() -> SentenceTower:
 
 # --------------------------------------------------------------------------- captions
 # the room a category names (Lights and Miscellaneous name none)
-ROOMS = {"Bathroom": "bathroom", "Bedroom": "bedroom", "Kitchen": "kitchen",
-         "Living room": "living room", "Office": "office"}
+ROOMS = {
+    "Bathroom": "bathroom",
+    "Bedroom": "bedroom",
+    "Kitchen": "kitchen",
+    "Living room": "living room",
+    "Office": "office",
+}
 # bands of the (synthetic) price
 PRICE_BANDS = ((75.0, "budget"), (250.0, "mid-range"), (math.inf, "premium"))
 CAPTION_TEMPLATES = (
@@ -326,8 +336,9 @@ def load_label_bridge(label_vectors: np.ndarray | None = None) -> LabelBridge:
         label_vectors = load_sentence_tower().encode_texts(imagenet_labels(), use_cache=True)
     weight, bias = state["_fc.weight"].numpy(), state["_fc.bias"].numpy()
     if np.shape(label_vectors) != (len(weight), MINILM_DIM):
-        raise ModelUnavailableError(f"label vectors of shape {np.shape(label_vectors)} do not fit "
-                                    f"{len(weight)} classes")
+        raise ModelUnavailableError(
+            f"label vectors of shape {np.shape(label_vectors)} do not fit {len(weight)} classes"
+        )
     return LabelBridge(weight, bias, np.asarray(label_vectors, np.float32))
 
 
@@ -681,9 +692,11 @@ def save_text_model(
     from safetensors.numpy import save
 
     h = result.heads
-    tensors = {"image": np.ascontiguousarray(h.image, np.float32),
-               "text": np.ascontiguousarray(h.text, np.float32),
-               "logit_scale": np.array([h.logit_scale], np.float32)}
+    tensors = {
+        "image": np.ascontiguousarray(h.image, np.float32),
+        "text": np.ascontiguousarray(h.text, np.float32),
+        "logit_scale": np.array([h.logit_scale], np.float32),
+    }
     if label_vectors is not None:
         tensors["label_vectors"] = np.ascontiguousarray(label_vectors, np.float32)
     data = save(tensors)
@@ -703,7 +716,8 @@ def save_text_model(
         "logit_scales": [round(v, 4) for v in result.logit_scales],
         "heads_digest": h.digest,
         "label_vectors": "MiniLM's vectors of timm's 1000 ImageNet class descriptions"
-        if label_vectors is not None else None,
+        if label_vectors is not None
+        else None,
         "weights_sha256": hashlib.sha256(data).hexdigest(),
     }
     folder = Path(folder)
@@ -782,8 +796,10 @@ def load_text_encoder(
     model = load_text_model(folder)
     image_tower = load_encoder(model.heads.image_encoder, threads=threads)
     if model.bridge is not None and image_tower.dim != model.bridge.weight.shape[1]:
-        raise ModelUnavailableError(f"the label bridge reads 1280-d EfficientNet-Lite0 features; "
-                                    f"{image_tower.name} gives {image_tower.dim}")
+        raise ModelUnavailableError(
+            f"the label bridge reads 1280-d EfficientNet-Lite0 features; "
+            f"{image_tower.name} gives {image_tower.dim}"
+        )
     if image_tower.dim != model.heads.image.shape[0]:
         raise ModelUnavailableError(
             f"the heads expect {model.heads.image.shape[0]}-d image features; "
@@ -809,8 +825,10 @@ def build_text_model(
     ids = [p.id for p in train]
     image_tower = load_encoder(config.image_encoder)
     if config.label_weight > 0 and image_tower.dim != 1280:
-        raise ValueError(f"the label bridge reads EfficientNet-Lite0's 1280-d features; "
-                         f"{image_tower.name} gives {image_tower.dim}: use label_weight=0")
+        raise ValueError(
+            f"the label bridge reads EfficientNet-Lite0's 1280-d features; "
+            f"{image_tower.name} gives {image_tower.dim}: use label_weight=0"
+        )
     feats = (
         photo_features(catalog, image_tower, ids, progress=progress)
         .astype(np.float16)

@@ -3,6 +3,7 @@
 Captions wrap at word boundaries to the width of their image, so no name is cut mid-word and no
 caption runs into its neighbour; a name too long for its lines ends with "…" after a whole word.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -32,7 +33,7 @@ def caption(text: str, width: int, max_lines: int = 2) -> str:
         words.pop()
     while len(words) > 1 and not any(c.isalnum() for c in words[-1]):  # no "-…": end on a word
         words.pop()
-    return "\n".join(lines[:max_lines - 1] + [" ".join(words) + "…"])
+    return "\n".join(lines[: max_lines - 1] + [" ".join(words) + "…"])
 
 
 def _chars(size_in: float, fontsize: float) -> int:
@@ -40,16 +41,22 @@ def _chars(size_in: float, fontsize: float) -> int:
     return max(4, int(size_in * 72 / (CHAR_WIDTH * fontsize)))
 
 
-def image_grid(images: Sequence[ImageLike], titles: Sequence[str] | None = None, ncols: int = 6,
-               size: float = 1.6, title: str | None = None):
+def image_grid(
+    images: Sequence[ImageLike],
+    titles: Sequence[str] | None = None,
+    ncols: int = 6,
+    size: float = 1.6,
+    title: str | None = None,
+):
     """A grid of images with optional captions (wrapped to three lines); returns the figure.
     Chapter 02."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
     fontsize = 7
     height = nrows * (size + 0.4) + (0.3 if title else 0)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, height), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(ncols * size, height), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.axis("off")
     for i, im in enumerate(images):
@@ -62,15 +69,26 @@ def image_grid(images: Sequence[ImageLike], titles: Sequence[str] | None = None,
     return fig
 
 
-def result_grid(queries: Sequence[ImageLike], results: Sequence[SearchResults], catalog: Catalog,
-                true_ids: Sequence[str] | None = None, k: int = 5, size: float = 1.5):
+def result_grid(
+    queries: Sequence[ImageLike],
+    results: Sequence[SearchResults],
+    catalog: Catalog,
+    true_ids: Sequence[str] | None = None,
+    k: int = 5,
+    size: float = 1.5,
+):
     """One row per query: the query photo, then its top-``k`` shop photos with name (two lines at
     most, wrapped at words), price and score; the true product (when known) is framed in green,
     others in grey. Chapter 02."""
     fontsize = 6.5
     width = _chars(size, fontsize)
-    fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * size, len(queries) * (size + 0.55)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(queries),
+        k + 1,
+        figsize=((k + 1) * size, len(queries) * (size + 0.55)),
+        squeeze=False,
+        layout="constrained",
+    )
     for row, (query, res) in enumerate(zip(queries, results)):
         axes[row, 0].imshow(load_image(query))
         name = f"\n{caption(catalog[true_ids[row]].name, width, 2)}" if true_ids else ""
@@ -94,8 +112,13 @@ def result_grid(queries: Sequence[ImageLike], results: Sequence[SearchResults], 
     return fig
 
 
-def exact_search(query_embeddings: np.ndarray, index_embeddings: np.ndarray,
-                 index_ids: Sequence[str], catalog: Catalog, k: int = 10) -> list[SearchResults]:
+def exact_search(
+    query_embeddings: np.ndarray,
+    index_embeddings: np.ndarray,
+    index_ids: Sequence[str],
+    catalog: Catalog,
+    k: int = 10,
+) -> list[SearchResults]:
     """Brute-force search returning :class:`~image_search.searcher.SearchResults`, to show in
     :func:`result_grid` without building an index (the rankings of
     :func:`~image_search.features.exact_retrieval`). Chapter 05."""
@@ -109,7 +132,9 @@ def exact_search(query_embeddings: np.ndarray, index_embeddings: np.ndarray,
     return out
 
 
-def latency_bars(stage_ms: dict[str, float], budget_ms: float | None = None, title: str | None = None):
+def latency_bars(
+    stage_ms: dict[str, float], budget_ms: float | None = None, title: str | None = None
+):
     """Horizontal bar of the median time per query stage, with an optional budget line."""
     fig, ax = plt.subplots(figsize=(5.5, 2.4))
     left = 0.0

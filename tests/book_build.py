@@ -4,6 +4,7 @@ Used by tests/test_book.py (static HTML checks) and tests/test_browser.py (headl
 both ask `built_book()`, which builds into a temporary folder the first time and then returns
 the same result, so a `pytest tests` run builds the book once.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -23,7 +24,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "_build" / "screenshots"
-# A chapter author can check a private table of contents: BOOK_TOC=/tmp/toc_me.yml pytest tests/test_book.py
+# A chapter author can check a private table of contents: BOOK_TOC=/tmp/toc_me.yml pytest
+# tests/test_book.py
 TOC = Path(os.environ.get("BOOK_TOC") or REPO / "_toc.yml").resolve()
 
 
@@ -67,7 +69,8 @@ def _strip(file: str) -> str:
 
 
 def toc_pages(toc_file: Path = TOC) -> list[Page]:
-    """Every page named in `_toc.yml`, root first, in reading order (`glob`/`url` entries skipped)."""
+    """Every page named in `_toc.yml`, root first, in reading order (`glob`/`url` entries
+    skipped)."""
     toc = yaml.safe_load(toc_file.read_text())
     pages = [Page(_strip(toc["root"]), is_chapter=False, is_root=True)]
 
@@ -113,7 +116,18 @@ def built_book() -> Build:
     out = Path(tempfile.mkdtemp(prefix="book_test_"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     jb = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(jb), "build", str(REPO), "--path-output", str(out), "--toc", str(TOC), "-W", "-n", "--keep-going"]
+    cmd = [
+        str(jb),
+        "build",
+        str(REPO),
+        "--path-output",
+        str(out),
+        "--toc",
+        str(TOC),
+        "-W",
+        "-n",
+        "--keep-going",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - start

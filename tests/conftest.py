@@ -1,4 +1,5 @@
 """Shared fixtures: the real catalog, a temporary cache folder per session."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Tests of the image corruptions of chapter 10."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,7 +28,10 @@ def test_deterministic_same_size_and_changes_image(icon, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_stronger_means_further_from_original(icon, kind):
     ref = np.asarray(icon, dtype=np.float32)
-    dist = [np.abs(np.asarray(corrupt(icon, kind, s, seed=1), dtype=np.float32) - ref).mean() for s in (0.2, 1.0)]
+    dist = [
+        np.abs(np.asarray(corrupt(icon, kind, s, seed=1), dtype=np.float32) - ref).mean()
+        for s in (0.2, 1.0)
+    ]
     assert dist[1] > dist[0]
 
 
@@ -60,12 +64,18 @@ def test_encode_corrupted_caches(tmp_path, monkeypatch, catalog):
     enc = Counting()
     paths = [catalog.icon_path(i) for i in catalog.ids[:3]]
     a = encode_corrupted(enc, paths, "blur", 0.5, seed=0)
-    assert a.shape == (3, enc.dim) and np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5) and Counting.calls == 3
-    assert not np.allclose(a, ColourHistogramEncoder().encode_images(paths))       # really corrupted
+    assert (
+        a.shape == (3, enc.dim)
+        and np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+        and Counting.calls == 3
+    )
+    assert not np.allclose(a, ColourHistogramEncoder().encode_images(paths))  # really corrupted
     np.testing.assert_array_equal(encode_corrupted(enc, paths, "blur", 0.5, seed=0), a)
-    assert Counting.calls == 3                                                     # all three from the cache
-    expected = ColourHistogramEncoder().encode_images([corrupt(p, "blur", 0.5, seed=i) for i, p in enumerate(paths)])
-    np.testing.assert_allclose(a, expected, atol=1e-6)                             # image i has seed + i
+    assert Counting.calls == 3  # all three from the cache
+    expected = ColourHistogramEncoder().encode_images(
+        [corrupt(p, "blur", 0.5, seed=i) for i, p in enumerate(paths)]
+    )
+    np.testing.assert_allclose(a, expected, atol=1e-6)  # image i has seed + i
     encode_corrupted(enc, paths[:2], "blur", 0.5, seed=10)
     encode_corrupted(enc, paths, "blur", 0.7, seed=0)
-    assert Counting.calls == 3 + 2 + 3                                             # new seeds, new strength: new keys
+    assert Counting.calls == 3 + 2 + 3  # new seeds, new strength: new keys

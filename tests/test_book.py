@@ -4,6 +4,7 @@ The book is built once (see book_build.py) into a temporary folder with
 `jupyter-book build . --path-output TMP -W -n --keep-going`; every check below reads that HTML,
 so a chapter added to `_toc.yml` is checked without touching this file.
 """
+
 from __future__ import annotations
 
 import re
@@ -11,9 +12,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from bs4 import BeautifulSoup
-
 from book_build import Build, Page, built_book, html_path, notebook_figures, toc_pages
+from bs4 import BeautifulSoup
 
 PAGES = toc_pages()
 NOTEBOOKS = [p for p in PAGES if p.is_notebook]
@@ -101,7 +101,9 @@ def test_no_broken_internal_links_or_resources(book: Build, soups):
             if frag and target.suffix == ".html" and target in soups:
                 if target not in ids:
                     ids[target] = {t["id"] for t in soups[target].find_all(id=True)}
-                    ids[target] |= {t["name"] for t in soups[target].find_all("a", attrs={"name": True})}
+                    ids[target] |= {
+                        t["name"] for t in soups[target].find_all("a", attrs={"name": True})
+                    }
                 if unquote(frag) not in ids[target]:
                     broken.append(f"{rel}: <{kind}> {url} (no anchor #{frag})")
     assert not broken, "\n".join(sorted(set(broken))[:60])
@@ -126,7 +128,9 @@ def test_notebook_page_shows_its_figures(book: Build, soups, page: Page):
     expected = notebook_figures(page)
     soup = _soup(soups, book, page)
     shown = [img for img in _article(soup).select(".cell_output img")]
-    assert len(shown) == expected, f"{page.docname}: {expected} figures in the notebook, {len(shown)} in the page"
+    assert len(shown) == expected, (
+        f"{page.docname}: {expected} figures in the notebook, {len(shown)} in the page"
+    )
     for img in shown:
         assert _target(html_path(book.html, page), img["src"]).is_file()
 
@@ -134,9 +138,7 @@ def test_notebook_page_shows_its_figures(book: Build, soups, page: Page):
 def test_intro_links_to_every_chapter(book: Build, soups):
     intro = html_path(book.html, PAGES[0])
     body = _article(_soup(soups, book, PAGES[0]))
-    linked = {
-        _target(intro, a["href"]) for a in body.find_all("a", href=True) if _local(a["href"])
-    }
+    linked = {_target(intro, a["href"]) for a in body.find_all("a", href=True) if _local(a["href"])}
     missing = [c.docname for c in CHAPTERS if html_path(book.html, c).resolve() not in linked]
     assert not missing, f"intro does not link to: {missing}"
 
@@ -161,7 +163,9 @@ def test_reader_comfort(book: Build, soups, page: Page):
     assert any("copybutton" in s.get("src", "") for s in soup.find_all("script")), "no copy buttons"
     for script in soup.find_all("script", src=True):
         assert _local(script["src"]), f"external script {script['src']}: the book must work offline"
-    assert not soup.find("a", href=re.compile("executablebooks/jupyter-book")), "placeholder repo link"
+    assert not soup.find("a", href=re.compile("executablebooks/jupyter-book")), (
+        "placeholder repo link"
+    )
     if not page.is_root:
         title = _article(soup).find("h1")
         assert title.select_one(".section-number"), f"{page.docname}: chapter number missing"
@@ -185,7 +189,9 @@ def test_design_docs_have_checkpoint_dropdowns_and_bibliography(book: Build, sou
         if page.is_notebook or not re.match(r"book/\d\d_", page.docname):
             continue
         body = _article(_soup(soups, book, page))
-        if body.find(string=re.compile("Interview checkpoint")) and not body.select(".admonition.dropdown"):
+        if body.find(string=re.compile("Interview checkpoint")) and not body.select(
+            ".admonition.dropdown"
+        ):
             problems.append(f"{page.docname}: checkpoint answers are not dropdowns")
         cites = re.search(r"\{cite[:p}t]", page.source.read_text())
         if cites and not body.select(".citation, .bibtex, dl.citation, div.citation"):

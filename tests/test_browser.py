@@ -11,6 +11,7 @@ the intro's reading routes) with the first chapter's PDF.
 Chromium and chromedriver come from Debian (`make browser-deps` installs them as root); Selenium
 Manager is never asked to download a browser or driver.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,16 +21,22 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from book_build import SCREENSHOTS, Page, built_book, toc_pages
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 PAGES = toc_pages()
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-first-run", "--window-size=1280,1400", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,1400",
+    "--hide-scrollbars",
 ]
 # Requests the browser makes by itself, not the page: the book has no favicon.
 IGNORED_CONSOLE = ("favicon.ico",)
@@ -41,7 +48,10 @@ def _require_chromium() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if not missing:
         return
-    reason = f"{', '.join(missing)} missing: run `make browser-deps` (apt-get install chromium chromium-driver)"
+    reason = (
+        f"{', '.join(missing)} missing: run `make browser-deps` "
+        "(apt-get install chromium chromium-driver)"
+    )
     if os.environ.get("CI"):
         pytest.fail(reason + " — CI must run the browser checks")
     pytest.skip(reason)
@@ -83,8 +93,11 @@ def browser(site):
     driver.set_script_timeout(60)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     slugs = tuple(page.slug for page in PAGES)
-    for old in [*SCREENSHOTS.glob("*.png"), *SCREENSHOTS.glob("*.pdf")]:  # only this run's pictures of the
-        if old.name.startswith(slugs):                                   # book (other tests add their own)
+    for old in [
+        *SCREENSHOTS.glob("*.png"),
+        *SCREENSHOTS.glob("*.pdf"),
+    ]:  # only this run's pictures of the
+        if old.name.startswith(slugs):  # book (other tests add their own)
             old.unlink()
     yield driver
     driver.quit()
@@ -97,7 +110,8 @@ def _open(browser, site: str, page: Page) -> None:
         "const done = arguments[arguments.length - 1];"
         "document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; });"
         "const imgs = Array.from(document.images);"
-        "Promise.all(imgs.map(i => i.complete ? null : new Promise(r => {i.onload = i.onerror = r;})))"
+        "Promise.all(imgs.map(i => i.complete ? null"
+        " : new Promise(r => {i.onload = i.onerror = r;})))"
         ".then(() => done(true));"
     )
 
@@ -123,17 +137,24 @@ def test_page_renders_in_chromium(browser, site, page: Page):
         typeset = browser.execute_async_script(
             "const done = arguments[arguments.length - 1];"
             "if (!window.MathJax || !MathJax.startup) { done(-1); return; }"
-            "MathJax.startup.promise.then(() => done(document.querySelectorAll('article mjx-container').length))"
+            "MathJax.startup.promise"
+            ".then(() => done(document.querySelectorAll('article mjx-container').length))"
             ".catch(e => done('error: ' + e));"
         )
         assert typeset == n_math, f"{page.docname}: {n_math} formulas, MathJax typeset {typeset}"
         errors = browser.execute_script("return document.querySelectorAll('mjx-merror').length;")
         assert errors == 0, f"{page.docname}: {errors} formulas with TeX errors"
 
-    code_blocks = browser.execute_script("return document.querySelectorAll('article div.highlight pre').length;")
+    code_blocks = browser.execute_script(
+        "return document.querySelectorAll('article div.highlight pre').length;"
+    )
     if code_blocks:
-        buttons = browser.execute_script("return document.querySelectorAll('article button.copybtn').length;")
-        assert buttons >= code_blocks, f"{page.docname}: {code_blocks} code blocks, {buttons} copy buttons"
+        buttons = browser.execute_script(
+            "return document.querySelectorAll('article button.copybtn').length;"
+        )
+        assert buttons >= code_blocks, (
+            f"{page.docname}: {code_blocks} code blocks, {buttons} copy buttons"
+        )
 
     severe = [
         entry["message"]
@@ -143,7 +164,8 @@ def test_page_renders_in_chromium(browser, site, page: Page):
     assert not severe, f"{page.docname}: console errors:\n" + "\n".join(severe)
     outside = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"
-        ".filter(n => !n.startsWith(arguments[0]) && !n.startsWith('data:'));", site
+        ".filter(n => !n.startsWith(arguments[0]) && !n.startsWith('data:'));",
+        site,
     )
     assert not outside, f"{page.docname}: requests leave the book (it must work offline): {outside}"
 
@@ -169,7 +191,9 @@ def test_page_renders_in_chromium(browser, site, page: Page):
 @pytest.mark.parametrize("page", [p for p in PAGES if not p.is_notebook], ids=lambda p: p.docname)
 def test_dropdown_answers_fold_and_open(browser, site, page: Page):
     _open(browser, site, page)
-    n = browser.execute_script("return document.querySelectorAll('article .admonition.dropdown').length;")
+    n = browser.execute_script(
+        "return document.querySelectorAll('article .admonition.dropdown').length;"
+    )
     if not n:
         pytest.skip("no dropdown admonitions on this page")
     before, after = browser.execute_script(
@@ -199,11 +223,14 @@ def test_first_chapter_prints_cleanly_to_pdf(browser, site):
     try:
         hidden = browser.execute_script(
             "return ['.bd-sidebar-primary', '.bd-sidebar-secondary', '.bd-header-article']"
-            ".map(s => document.querySelector(s)).filter(e => e && getComputedStyle(e).display !== 'none')"
+            ".map(s => document.querySelector(s))"
+            ".filter(e => e && getComputedStyle(e).display !== 'none')"
             ".map(e => e.className);"
         )
         assert not hidden, f"navigation still printed: {hidden}"
-        folded = browser.execute_script("return document.querySelectorAll('article .toggle-hidden').length;")
+        folded = browser.execute_script(
+            "return document.querySelectorAll('article .toggle-hidden').length;"
+        )
         assert folded == 0, f"{folded} dropdown answers stay folded in print"
         options = PrintOptions()
         options.background = True

@@ -1,4 +1,5 @@
 """The pure functions of ``data/build_catalog.py`` (imported without running the renderer)."""
+
 import csv
 import importlib.util
 import sys
@@ -21,22 +22,41 @@ def bc():
     return module
 
 
-@pytest.mark.parametrize("name, tags, expected", [
-    ("Chair", "Seat", "chair"), ("Armchair ottoman", "Seat", "armchair"),
-    ("Corner sofa", "Couch;Seat", "sofa"), ("Desk lamp", "", "lamp"), ("Desk", "Table", "desk"),
-    ("Coffee table", "", "table"), ("Bedside table", "Nightstand", "cabinet"), ("Bed", "", "bed"),
-    ("Futon couch", "Sofa;Seat", "sofa"), ("Table tennis bat", "Game;Sport", "sports equipment"),
-    ("Table tennis", "Game;Sport", "toy or game"), ("Table fan", "Appliance", "small appliance"),
-    ("Tablet", "Electronics", "electronics"), ("Toilet paper dispenser", "", "bathroom accessory"),
-    ("Toilets unit", "", "toilet"), ("Towel rack", "", "rack or hanger"),
-    ("Paper towel holder", "", "kitchenware"), ("Sink cabinet", "Cupboard", "sink"),
-    ("Washbasin", "", "sink"), ("Shower curtain", "", "curtain"), ("Letter tray", "", "stationery"),
-    ("Sushi tray", "", "tableware"), ("Cup cake", "Food", "food"),
-    ("Coffee cup", "Drink", "cup or glass"), ("Glass table", "Dining", "table"),
-    ("Sunglasses", "", "accessory"), ("Open cardboard box", "", "container"),
-    ("Piano bench", "Music", "stool"), ("Grand piano", "Music", "musical instrument"),
-    ("Dustbin", "Trash", "container"),  # by its tag: no rule knows the name
-])
+@pytest.mark.parametrize(
+    "name, tags, expected",
+    [
+        ("Chair", "Seat", "chair"),
+        ("Armchair ottoman", "Seat", "armchair"),
+        ("Corner sofa", "Couch;Seat", "sofa"),
+        ("Desk lamp", "", "lamp"),
+        ("Desk", "Table", "desk"),
+        ("Coffee table", "", "table"),
+        ("Bedside table", "Nightstand", "cabinet"),
+        ("Bed", "", "bed"),
+        ("Futon couch", "Sofa;Seat", "sofa"),
+        ("Table tennis bat", "Game;Sport", "sports equipment"),
+        ("Table tennis", "Game;Sport", "toy or game"),
+        ("Table fan", "Appliance", "small appliance"),
+        ("Tablet", "Electronics", "electronics"),
+        ("Toilet paper dispenser", "", "bathroom accessory"),
+        ("Toilets unit", "", "toilet"),
+        ("Towel rack", "", "rack or hanger"),
+        ("Paper towel holder", "", "kitchenware"),
+        ("Sink cabinet", "Cupboard", "sink"),
+        ("Washbasin", "", "sink"),
+        ("Shower curtain", "", "curtain"),
+        ("Letter tray", "", "stationery"),
+        ("Sushi tray", "", "tableware"),
+        ("Cup cake", "Food", "food"),
+        ("Coffee cup", "Drink", "cup or glass"),
+        ("Glass table", "Dining", "table"),
+        ("Sunglasses", "", "accessory"),
+        ("Open cardboard box", "", "container"),
+        ("Piano bench", "Music", "stool"),
+        ("Grand piano", "Music", "musical instrument"),
+        ("Dustbin", "Trash", "container"),  # by its tag: no rule knows the name
+    ],
+)
 def test_product_type_rules(bc, name, tags, expected):
     assert bc.product_type("some-id", name, tags) == expected
 
@@ -58,8 +78,11 @@ def test_committed_types_follow_the_rules(bc):
     """products.csv was written by these rules: a rule change without `make catalog` fails here."""
     with open(ROOT / "data" / "catalog" / "products.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    wrong = [(r["id"], r["type"]) for r in rows
-             if bc.product_type(r["id"], r["name"], r["tags"]) != r["type"]]
+    wrong = [
+        (r["id"], r["type"])
+        for r in rows
+        if bc.product_type(r["id"], r["name"], r["tags"]) != r["type"]
+    ]
     assert wrong == []
 
 
@@ -75,9 +98,9 @@ def test_box_from_mask_is_right_bottom_exclusive(bc):
 
 def test_downsample_mask_keeps_pixels_at_least_half_covered(bc):
     covered = np.zeros((4, 4), bool)
-    covered[0, 0:2] = True     # top-left block: 2 of 4
-    covered[0, 2] = True       # top-right block: 1 of 4
-    covered[2:4, 2:4] = True   # bottom-right block: 4 of 4
+    covered[0, 0:2] = True  # top-left block: 2 of 4
+    covered[0, 2] = True  # top-right block: 1 of 4
+    covered[2:4, 2:4] = True  # bottom-right block: 4 of 4
     assert bc.downsample_mask(covered, 2).tolist() == [[True, False], [False, True]]
 
 
@@ -87,19 +110,28 @@ def test_square_crop_centres_the_box_with_a_margin(bc):
     assert right - left == bottom - top == 7
 
 
-@pytest.mark.parametrize("rgb, name", [((0.05, 0.05, 0.05), "black"), ((0.95, 0.95, 0.95), "white"),
-                                       ((0.5, 0.5, 0.52), "grey"), ((0.9, 0.1, 0.1), "red"),
-                                       ((0.5, 0.25, 0.1), "brown"), ((0.1, 0.7, 0.2), "green"),
-                                       ((0.1, 0.2, 0.9), "blue"), ((0.9, 0.85, 0.6), "beige")])
+@pytest.mark.parametrize(
+    "rgb, name",
+    [
+        ((0.05, 0.05, 0.05), "black"),
+        ((0.95, 0.95, 0.95), "white"),
+        ((0.5, 0.5, 0.52), "grey"),
+        ((0.9, 0.1, 0.1), "red"),
+        ((0.5, 0.25, 0.1), "brown"),
+        ((0.1, 0.7, 0.2), "green"),
+        ((0.1, 0.2, 0.9), "blue"),
+        ((0.9, 0.85, 0.6), "beige"),
+    ],
+)
 def test_colour_names(bc, rgb, name):
     assert bc._colour_name(*rgb) == name
 
 
 def test_dominant_colour_ignores_transparent_and_white_pixels(bc):
     icon = np.zeros((20, 20, 4), np.uint8)
-    icon[:, :10] = (20, 40, 220, 255)      # blue object
+    icon[:, :10] = (20, 40, 220, 255)  # blue object
     icon[:, 10:14] = (255, 255, 255, 255)  # white background pixels
-    icon[:, 14:] = (230, 20, 20, 0)        # transparent: not the product
+    icon[:, 14:] = (230, 20, 20, 0)  # transparent: not the product
     name, hex_ = bc.dominant_colour(Image.fromarray(icon, "RGBA"))
     assert (name, hex_) == ("blue", "#1428dc")
 
@@ -111,10 +143,25 @@ def test_parse_properties_handles_continuations_and_escapes(bc):
 
 
 def _items(bc, n_per_category):
-    return [bc.Item(id=f"{c[:3].lower()}-{i}", name="x", category=c, tags="", width=1, depth=1,
-                    height=1, creator="", licence="CC0-1.0", source="s", icon="i", model="m",
-                    rotation=None)
-            for c in bc.SHOP_CATEGORIES for i in range(n_per_category)]
+    return [
+        bc.Item(
+            id=f"{c[:3].lower()}-{i}",
+            name="x",
+            category=c,
+            tags="",
+            width=1,
+            depth=1,
+            height=1,
+            creator="",
+            licence="CC0-1.0",
+            source="s",
+            icon="i",
+            model="m",
+            rotation=None,
+        )
+        for c in bc.SHOP_CATEGORIES
+        for i in range(n_per_category)
+    ]
 
 
 def test_splits_are_seeded_stratified_and_disjoint(bc):
@@ -189,12 +236,16 @@ def test_read_rcc_unpacks_plain_and_zlib_entries(brp):
 
 
 def test_gcompris_credits_reads_each_block(brp):
-    readme = ("Copyright: Ann\nSource: https://x/a.jpg\nLicense: CC0-1.0\nFiles:\nchair.webp\n\n"
-              "Copyright: Bob\nSource: https://x/b.jpg\nLicense: Public Domain\nFiles:\n"
-              "cup.webp\nmug.webp\n")
-    assert brp.gcompris_credits(readme) == {"chair.webp": ("Ann", "CC0-1.0", "https://x/a.jpg"),
-                                            "cup.webp": ("Bob", "Public Domain", "https://x/b.jpg"),
-                                            "mug.webp": ("Bob", "Public Domain", "https://x/b.jpg")}
+    readme = (
+        "Copyright: Ann\nSource: https://x/a.jpg\nLicense: CC0-1.0\nFiles:\nchair.webp\n\n"
+        "Copyright: Bob\nSource: https://x/b.jpg\nLicense: Public Domain\nFiles:\n"
+        "cup.webp\nmug.webp\n"
+    )
+    assert brp.gcompris_credits(readme) == {
+        "chair.webp": ("Ann", "CC0-1.0", "https://x/a.jpg"),
+        "cup.webp": ("Bob", "Public Domain", "https://x/b.jpg"),
+        "mug.webp": ("Bob", "Public Domain", "https://x/b.jpg"),
+    }
 
 
 def test_to_photo_composites_on_white_and_downsizes(brp):

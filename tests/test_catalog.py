@@ -8,16 +8,30 @@ import pytest
 from PIL import Image
 
 from image_search import load_catalog
-from image_search.catalog import (UNSPECIFIED, DuplicatePair, duplicate_groups, hash_duplicates,
-                                  load_catalog_csv, near_duplicates, perceptual_hashes)
+from image_search.catalog import (
+    UNSPECIFIED,
+    DuplicatePair,
+    duplicate_groups,
+    hash_duplicates,
+    load_catalog_csv,
+    near_duplicates,
+    perceptual_hashes,
+)
 from image_search.errors import CatalogError, ImageSearchError
 
 
 def test_catalog_is_complete(catalog):
     assert len(catalog) == 618
     assert len(set(catalog.ids)) == len(catalog)
-    assert set(catalog.categories) == {"Bathroom", "Bedroom", "Kitchen", "Lights", "Living room",
-                                       "Miscellaneous", "Office"}
+    assert set(catalog.categories) == {
+        "Bathroom",
+        "Bedroom",
+        "Kitchen",
+        "Lights",
+        "Living room",
+        "Miscellaneous",
+        "Office",
+    }
     for pid in catalog.ids[::37]:
         assert catalog.icon_path(pid).is_file()
         views = catalog.view_paths(pid)
@@ -156,19 +170,32 @@ def test_bad_prices_are_refused_naming_line_and_column(catalog, tmp_path, price)
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("text, value", [("True", True), ("true", True), ("YES", True),
-                                         ("1", True), ("False", False), ("false", False),
-                                         ("no", False), ("0", False)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("True", True),
+        ("true", True),
+        ("YES", True),
+        ("1", True),
+        ("False", False),
+        ("false", False),
+        ("no", False),
+        ("0", False),
+    ],
+)
 def test_in_stock_spellings(catalog, tmp_path, text, value):
     assert load_catalog(_with_row(catalog, tmp_path, in_stock=text)).products[1].in_stock is value
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"in_stock": "maybe"}, r"line 3, column 'in_stock': 'maybe' is not one of"),
-    ({"category": " "}, r"line 3, column 'category': empty"),
-    ({"type": ""}, r"line 3, column 'type': empty"),
-    ({"width_cm": "wide"}, r"line 3, column 'width_cm': 'wide' is not a number"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"in_stock": "maybe"}, r"line 3, column 'in_stock': 'maybe' is not one of"),
+        ({"category": " "}, r"line 3, column 'category': empty"),
+        ({"type": ""}, r"line 3, column 'type': empty"),
+        ({"width_cm": "wide"}, r"line 3, column 'width_cm': 'wide' is not a number"),
+    ],
+)
 def test_bad_values_are_refused(catalog, tmp_path, changes, message):
     with pytest.raises(CatalogError, match=message):
         load_catalog(_with_row(catalog, tmp_path, **changes))
@@ -185,7 +212,7 @@ def test_an_old_catalog_without_types_is_refused(catalog, tmp_path):
     with open(root / "products.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     col = rows[0].index("type")
-    text = "\n".join(",".join(r[:col] + r[col + 1:]) for r in rows)
+    text = "\n".join(",".join(r[:col] + r[col + 1 :]) for r in rows)
     (root / "products.csv").write_text(text, encoding="utf-8")
     with pytest.raises(CatalogError, match="missing required column.*'type'"):
         load_catalog(root)
@@ -215,15 +242,21 @@ def test_user_catalog_by_file_names_and_images_column(tmp_path):
     _image(img / "more" / "cup-a.jpg")
     _image(img / "cup-b.png")
     _image(img / "unrelated.jpg")
-    csv_path = _csv(tmp_path / "products.csv", "ID,Name,Images\nlamp-1,Desk lamp,\nsofa,Sofa,\n"
-                                               "cup,Cup,more/cup-a.jpg; cup-b.png\n")
+    csv_path = _csv(
+        tmp_path / "products.csv",
+        "ID,Name,Images\nlamp-1,Desk lamp,\nsofa,Sofa,\ncup,Cup,more/cup-a.jpg; cup-b.png\n",
+    )
     cat = load_catalog_csv(csv_path, img)
     assert cat.ids == ["lamp-1", "sofa", "cup"]
-    names = {pid: [p.relative_to(img.resolve()).as_posix() for p in cat.shop_photo_paths(pid)]
-             for pid in cat.ids}
-    assert names == {"lamp-1": ["lamp-1.jpg"],
-                     "sofa": ["sofa.png", "sofa_1.jpg", "sofa_2.webp", "sofa_10.png"],
-                     "cup": ["more/cup-a.jpg", "cup-b.png"]}
+    names = {
+        pid: [p.relative_to(img.resolve()).as_posix() for p in cat.shop_photo_paths(pid)]
+        for pid in cat.ids
+    }
+    assert names == {
+        "lamp-1": ["lamp-1.jpg"],
+        "sofa": ["sofa.png", "sofa_1.jpg", "sofa_2.webp", "sofa_10.png"],
+        "cup": ["more/cup-a.jpg", "cup-b.png"],
+    }
     assert cat.icon_path("sofa").name == "sofa.png" and cat.view_paths("sofa") == []
     p = cat["cup"]
     assert (p.category, p.type, p.brand, p.in_stock) == (UNSPECIFIED, UNSPECIFIED, "", True)
@@ -234,9 +267,12 @@ def test_user_catalog_by_file_names_and_images_column(tmp_path):
 def test_user_catalog_optional_columns(tmp_path):
     _image(tmp_path / "a.jpg")
     _image(tmp_path / "b.jpg")
-    csv_path = _csv(tmp_path / "c.csv", "\ufeffid,name,category,type,price,in_stock,brand\n"
-                                        "a,Chair A,Dining,chair,12.50,Yes,Acme\n"
-                                        "b,Lamp B,Lights,lamp,,0,\n")
+    csv_path = _csv(
+        tmp_path / "c.csv",
+        "\ufeffid,name,category,type,price,in_stock,brand\n"
+        "a,Chair A,Dining,chair,12.50,Yes,Acme\n"
+        "b,Lamp B,Lights,lamp,,0,\n",
+    )
     cat = load_catalog_csv(csv_path, tmp_path)
     a, b = cat["a"], cat["b"]
     assert (a.category, a.type, a.price, a.in_stock) == ("Dining", "chair", 12.5, True)
@@ -245,27 +281,47 @@ def test_user_catalog_optional_columns(tmp_path):
     assert cat.types == ("chair", "lamp") and cat.categories == ("Dining", "Lights")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", r"c.csv is empty"),
-    ("id,name\n", r"c.csv has a header but no products"),
-    ("id;name;price\na;A;3\n",
-     r"c.csv line 1: the header is one column containing semicolons; the file must be comma-sep"),
-    ("id\tname\na\tA\n", r"c.csv line 1: the header is one column containing tabs"),
-    ("id,title\na,A\n",
-     r"c.csv line 1: missing required column\(s\) 'name' \(the header has 'id', 'title'\)"),
-    ("id,name\na,A\nb,B\na,C\n",
-     r"c.csv line 4, column 'id': duplicate id 'a' \(first on line 2\)"),
-    ("id,name,price\na,A,1\nb,B,cheap\n", r"c.csv line 3, column 'price': 'cheap' is not a number"),
-    ("id,name,price\na,A,-2\n", r"c.csv line 2, column 'price': '-2' is not a finite number ≥ 0"),
-    ("id,name,in_stock\na,A,perhaps\n", r"c.csv line 2, column 'in_stock'"),
-    ("id,name,category\na,A,\n", r"c.csv line 2, column 'category': empty"),
-    ("id,name\n,A\n", r"c.csv line 2, column 'id': empty"),
-    ("id,name\na,A,extra\n", r"c.csv line 2: 3 fields, the header has 2"),
-    ("id,name,images\na,A,../secret.jpg\n",
-     r"c.csv line 2, column 'images': '../secret.jpg' is outside the images folder"),
-    ("id,name,images\na,A,/etc/passwd\n",
-     r"c.csv line 2, column 'images': '/etc/passwd' is outside the images folder"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", r"c.csv is empty"),
+        ("id,name\n", r"c.csv has a header but no products"),
+        (
+            "id;name;price\na;A;3\n",
+            r"c.csv line 1: the header is one column containing semicolons; the file must be "
+            r"comma-sep",
+        ),
+        ("id\tname\na\tA\n", r"c.csv line 1: the header is one column containing tabs"),
+        (
+            "id,title\na,A\n",
+            r"c.csv line 1: missing required column\(s\) 'name' \(the header has 'id', 'title'\)",
+        ),
+        (
+            "id,name\na,A\nb,B\na,C\n",
+            r"c.csv line 4, column 'id': duplicate id 'a' \(first on line 2\)",
+        ),
+        (
+            "id,name,price\na,A,1\nb,B,cheap\n",
+            r"c.csv line 3, column 'price': 'cheap' is not a number",
+        ),
+        (
+            "id,name,price\na,A,-2\n",
+            r"c.csv line 2, column 'price': '-2' is not a finite number ≥ 0",
+        ),
+        ("id,name,in_stock\na,A,perhaps\n", r"c.csv line 2, column 'in_stock'"),
+        ("id,name,category\na,A,\n", r"c.csv line 2, column 'category': empty"),
+        ("id,name\n,A\n", r"c.csv line 2, column 'id': empty"),
+        ("id,name\na,A,extra\n", r"c.csv line 2: 3 fields, the header has 2"),
+        (
+            "id,name,images\na,A,../secret.jpg\n",
+            r"c.csv line 2, column 'images': '../secret.jpg' is outside the images folder",
+        ),
+        (
+            "id,name,images\na,A,/etc/passwd\n",
+            r"c.csv line 2, column 'images': '/etc/passwd' is outside the images folder",
+        ),
+    ],
+)
 def test_user_catalog_errors_name_line_and_column(tmp_path, text, message):
     _image(tmp_path / "img" / "a.jpg")
     _image(tmp_path / "img" / "b.jpg")
@@ -295,8 +351,12 @@ def test_user_catalog_reports_every_missing_or_unreadable_image_at_once(tmp_path
         load_catalog_csv(_csv(tmp_path / "c.csv", text), img)
     message = str(e.value)
     assert message.startswith("c.csv: 7 missing or unreadable image(s)") and "\n" not in message
-    for part in ("line 4: no image for id 'p0'", "line 5: no image for id 'p1'",
-                 "line 8: gone.jpg not found", "… and 2 more"):
+    for part in (
+        "line 4: no image for id 'p0'",
+        "line 5: no image for id 'p1'",
+        "line 8: gone.jpg not found",
+        "… and 2 more",
+    ):
         assert part in message
     with pytest.raises(CatalogError, match="line 3: broken.jpg: not an image"):
         load_catalog_csv(_csv(tmp_path / "d.csv", "id,name\nok,Fine\nbroken,Broken\n"), img)
@@ -314,14 +374,19 @@ def test_user_catalog_refuses_a_symlink_out_of_the_images_folder(tmp_path):
         load_catalog_csv(_csv(tmp_path / "c.csv", "id,name\na,A\n"), img)
 
 
-# --------------------------------------------------------------------------- near-duplicates (chapter 04)
+# --------------------------------------------------------------------- near-duplicates (chapter 04)
 def test_near_duplicates_finds_only_close_pairs_sorted():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(4, 16)).astype(np.float32)
-    x = np.vstack([base, base[0] + 0.01 * rng.normal(size=16), base[2] * 3.0])  # e ≈ a; f = c scaled
+    x = np.vstack(
+        [base, base[0] + 0.01 * rng.normal(size=16), base[2] * 3.0]
+    )  # e ≈ a; f = c scaled
     pairs = near_duplicates(["a", "b", "c", "d", "e", "f"], x, threshold=0.99)
     assert [(p.id_a, p.id_b) for p in pairs] == [("c", "f"), ("a", "e")]
-    assert pairs[0].similarity == pytest.approx(1.0, abs=1e-5) and pairs[1].similarity < pairs[0].similarity
+    assert (
+        pairs[0].similarity == pytest.approx(1.0, abs=1e-5)
+        and pairs[1].similarity < pairs[0].similarity
+    )
     assert all(isinstance(p, DuplicatePair) for p in pairs)
     assert near_duplicates(["a", "b", "c", "d", "e", "f"], x, threshold=1.01) == []
 
@@ -346,7 +411,11 @@ def test_perceptual_hash_matches_a_resized_copy_not_another_image(tmp_path):
 
 
 def test_duplicate_groups_joins_chains():
-    pairs = [DuplicatePair("a", "b", 0.99), DuplicatePair("b", "c", 0.98), DuplicatePair("x", "y", 0.97)]
+    pairs = [
+        DuplicatePair("a", "b", 0.99),
+        DuplicatePair("b", "c", 0.98),
+        DuplicatePair("x", "y", 0.97),
+    ]
     assert duplicate_groups(pairs) == [("a", "b", "c"), ("x", "y")]
     assert duplicate_groups([]) == []
     links = [("m", "z"), ("d", "e"), ("k", "m"), ("b", "k"), ("e", "f"), ("p", "q"), ("a", "b")]
@@ -359,7 +428,11 @@ def test_catalog_has_the_variants_chapter_04_reports(catalog):
     from image_search import encode_paths, load_encoder
 
     ids = ["scopia-plug-typea-whites", "scopia-plug-typeb-whites", "blend-swap-cc-0-ammobox"]
-    x = encode_paths(load_encoder("colour-histogram"), [catalog.icon_path(i) for i in ids], progress=False)
+    x = encode_paths(
+        load_encoder("colour-histogram"), [catalog.icon_path(i) for i in ids], progress=False
+    )
     hashes = perceptual_hashes([catalog.icon_path(i) for i in ids])
-    assert ("scopia-plug-typea-whites", "scopia-plug-typeb-whites") in {(p.id_a, p.id_b) for p in hash_duplicates(ids, hashes, 10)}
+    assert ("scopia-plug-typea-whites", "scopia-plug-typeb-whites") in {
+        (p.id_a, p.id_b) for p in hash_duplicates(ids, hashes, 10)
+    }
     assert near_duplicates(ids, x, 0.9)[0].id_a == "scopia-plug-typea-whites"

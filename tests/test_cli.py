@@ -1,5 +1,7 @@
 """The command line, run in-process through ``image_search.__main__.main`` (one real process is
-enough to show the entry point works: ``test_reliability.test_cli_in_a_real_process_prints_no_traceback``)."""
+enough to show the entry point works:
+``test_reliability.test_cli_in_a_real_process_prints_no_traceback``)."""
+
 import json
 
 import pytest
@@ -27,32 +29,51 @@ def index_file(tmp_path_factory):
 
 
 def test_index_reports_what_it_built(index_file, capsys, tmp_path):
-    rc, out, err = cli(capsys, "index", "--encoder", "colour-histogram", "--out", tmp_path / "again.index")
+    rc, out, err = cli(
+        capsys, "index", "--encoder", "colour-histogram", "--out", tmp_path / "again.index"
+    )
     assert rc == 0 and "indexed 618 products with colour-histogram (128-d, Flat)" in out
     assert (tmp_path / "again.index").stat().st_size == index_file.stat().st_size
 
 
 def test_search_prints_a_table_and_json(index_file, catalog, capsys):
     img = catalog.view_paths(catalog.ids[0])[0]
-    rc, out, err = cli(capsys, "search", img, "-k", "3", "--encoder", "colour-histogram", "--index", index_file)
+    rc, out, err = cli(
+        capsys, "search", img, "-k", "3", "--encoder", "colour-histogram", "--index", index_file
+    )
     assert rc == 0, err
     assert "rank" in out and "ms" in out and len(out.splitlines()) == 1 + 3 + 2
-    rc, out, err = cli(capsys, "search", img, "-k", "4", "--category", "Kitchen", "--json", "--encoder",
-                       "colour-histogram", "--index", index_file)
+    rc, out, err = cli(
+        capsys,
+        "search",
+        img,
+        "-k",
+        "4",
+        "--category",
+        "Kitchen",
+        "--json",
+        "--encoder",
+        "colour-histogram",
+        "--index",
+        index_file,
+    )
     data = json.loads(out)
     assert len(data["results"]) == 4 and {r["category"] for r in data["results"]} == {"Kitchen"}
     assert data["timings_ms"]["total"] > 0
 
 
-@pytest.mark.parametrize("args", [
-    ["search", "no/such/file.jpg"],
-    ["search", "{img}", "-k", "0"],
-    ["search", "{img}", "--max-price", "-5"],
-    ["search", "{img}", "--category", "Garage"],
-    ["search", "{img}", "-k", "many"],
-    ["frobnicate"],
-    ["search", "{txt}"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["search", "no/such/file.jpg"],
+        ["search", "{img}", "-k", "0"],
+        ["search", "{img}", "--max-price", "-5"],
+        ["search", "{img}", "--category", "Garage"],
+        ["search", "{img}", "-k", "many"],
+        ["frobnicate"],
+        ["search", "{txt}"],
+    ],
+)
 def test_bad_input_is_one_line_and_non_zero(args, index_file, catalog, tmp_path, capsys):
     txt = tmp_path / "notes.jpg"
     txt.write_text("<html>not an image</html>")
@@ -66,11 +87,28 @@ def test_bad_input_is_one_line_and_non_zero(args, index_file, catalog, tmp_path,
 
 
 def test_missing_files_name_the_path(index_file, catalog, capsys, tmp_path):
-    rc, _, err = cli(capsys, "search", tmp_path / "nope.jpg", "--encoder", "colour-histogram", "--index", index_file)
+    rc, _, err = cli(
+        capsys,
+        "search",
+        tmp_path / "nope.jpg",
+        "--encoder",
+        "colour-histogram",
+        "--index",
+        index_file,
+    )
     assert rc == 1 and err == f"error: cannot read image {tmp_path / 'nope.jpg'}: no such file\n"
-    rc, _, err = cli(capsys, "search", catalog.icon_path(catalog.ids[0]), "--encoder", "colour-histogram",
-                     "--index", tmp_path / "none.index")
-    assert rc == 1 and err.startswith("error: no index file") and str(tmp_path / "none.index") in err
+    rc, _, err = cli(
+        capsys,
+        "search",
+        catalog.icon_path(catalog.ids[0]),
+        "--encoder",
+        "colour-histogram",
+        "--index",
+        tmp_path / "none.index",
+    )
+    assert (
+        rc == 1 and err.startswith("error: no index file") and str(tmp_path / "none.index") in err
+    )
 
 
 def test_an_os_error_on_the_users_path_is_the_users_error(capsys, tmp_path):
@@ -82,12 +120,27 @@ def test_an_os_error_on_the_users_path_is_the_users_error(capsys, tmp_path):
 
 
 def test_an_index_of_another_encoder_is_refused(index_file, catalog, capsys):
-    rc, _, err = cli(capsys, "search", catalog.icon_path(catalog.ids[0]), "--encoder", "raw-pixels", "--index", index_file)
+    rc, _, err = cli(
+        capsys,
+        "search",
+        catalog.icon_path(catalog.ids[0]),
+        "--encoder",
+        "raw-pixels",
+        "--index",
+        index_file,
+    )
     assert rc == 1 and "colour-histogram" in err and "unexpected" not in err
 
 
-@pytest.mark.parametrize("error", [RuntimeError("boom"), ValueError("a bug, not bad input"), KeyError("sofa"),
-                                   OSError(28, "No space left on device", "/somewhere/else")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("boom"),
+        ValueError("a bug, not bad input"),
+        KeyError("sofa"),
+        OSError(28, "No space left on device", "/somewhere/else"),
+    ],
+)
 def test_anything_else_is_unexpected_and_debug_shows_the_traceback(monkeypatch, capsys, error):
     def fail(args):
         raise error
@@ -95,7 +148,11 @@ def test_anything_else_is_unexpected_and_debug_shows_the_traceback(monkeypatch, 
     monkeypatch.setattr(cli_module, "_run", fail)
     monkeypatch.delenv("IMAGE_SEARCH_DEBUG", raising=False)
     rc, _, err = cli(capsys, "demo")
-    assert rc == 1 and err.startswith(f"error: unexpected {type(error).__name__}: ") and len(err.splitlines()) == 1
+    assert (
+        rc == 1
+        and err.startswith(f"error: unexpected {type(error).__name__}: ")
+        and len(err.splitlines()) == 1
+    )
     assert "IMAGE_SEARCH_DEBUG=1" in err
     monkeypatch.setenv("IMAGE_SEARCH_DEBUG", "1")
     with pytest.raises(type(error)):
@@ -107,7 +164,7 @@ def test_the_package_s_own_errors_are_user_errors(monkeypatch, capsys):
         raise InvalidRequestError("k must be an integer\nfrom 1 to 1000")
 
     monkeypatch.setattr(cli_module, "_run", fail)
-    monkeypatch.setenv("IMAGE_SEARCH_DEBUG", "1")           # no traceback even when debugging
+    monkeypatch.setenv("IMAGE_SEARCH_DEBUG", "1")  # no traceback even when debugging
     rc, _, err = cli(capsys, "demo")
     assert (rc, err) == (1, "error: k must be an integer from 1 to 1000\n")
 
@@ -130,17 +187,51 @@ def _shop_catalog(catalog, folder, prices=None):
 def test_a_shops_own_catalog_is_indexed_and_searched(catalog, capsys, tmp_path):
     csv, images = _shop_catalog(catalog, tmp_path, prices=["", "12.50"])
     out_index = tmp_path / "shop.index"
-    rc, out, err = cli(capsys, "index", "--catalog", csv, "--images", images, "--out", out_index,
-                       "--encoder", "colour-histogram")
+    rc, out, err = cli(
+        capsys,
+        "index",
+        "--catalog",
+        csv,
+        "--images",
+        images,
+        "--out",
+        out_index,
+        "--encoder",
+        "colour-histogram",
+    )
     assert rc == 0 and "indexed 12 products" in out, err
-    rc, out, err = cli(capsys, "search", images / "item3.png", "-k", "3", "--json", "--encoder", "colour-histogram",
-                       "--index", out_index, "--catalog", csv, "--images", images)
+    rc, out, err = cli(
+        capsys,
+        "search",
+        images / "item3.png",
+        "-k",
+        "3",
+        "--json",
+        "--encoder",
+        "colour-histogram",
+        "--index",
+        out_index,
+        "--catalog",
+        csv,
+        "--images",
+        images,
+    )
     assert rc == 0, err
     results = json.loads(out)["results"]  # strict JSON: an unknown price is null, never NaN
     assert results[0]["id"] == "item3" and "NaN" not in out
     assert any(r["price"] is None for r in results) or all(r["price"] == 12.5 for r in results)
-    rc, out, err = cli(capsys, "search", images / "item3.png", "--encoder", "colour-histogram", "--index", out_index)
-    assert rc == 1 and "another catalog" in err and "--catalog" in err  # the book's catalog is not the shop's
+    rc, out, err = cli(
+        capsys,
+        "search",
+        images / "item3.png",
+        "--encoder",
+        "colour-histogram",
+        "--index",
+        out_index,
+    )
+    assert (
+        rc == 1 and "another catalog" in err and "--catalog" in err
+    )  # the book's catalog is not the shop's
     rc, out, err = cli(capsys, "search", images / "item3.png", "--catalog", csv)
     assert rc == 1 and "--catalog and --images together" in err
 

@@ -1,4 +1,5 @@
 """The embedding cache (best effort, self-checking) and the shipped canonical embeddings."""
+
 from __future__ import annotations
 
 import io
@@ -35,12 +36,15 @@ def paths(catalog):
 def _counting(enc, monkeypatch):
     calls = []
     real = enc.encode_images
-    monkeypatch.setattr(enc, "encode_images", lambda images, **k: calls.append(len(images)) or real(images, **k))
+    monkeypatch.setattr(
+        enc, "encode_images", lambda images, **k: calls.append(len(images)) or real(images, **k)
+    )
     return calls
 
 
 def _rewrite(path, **changes):
-    """Rewrite members of a cache file (keys, vectors, digests) as a damaged or forged file would."""
+    """Rewrite members of a cache file (keys, vectors, digests) as a damaged or forged file
+    would."""
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
     arrays.update(changes)
@@ -75,17 +79,31 @@ def _forge_shape(path, shape):
     with zipfile.ZipFile(path) as z:
         members = {n: z.read(n) for n in z.namelist()}
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": shape}
+    )
     members["vectors.npy"] = header.getvalue() + b"\0" * 64
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         for n, data in members.items():
             z.writestr(n, data)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bit flip", "huge declared shape", "2-D keys", "wrong width",
-                                    "NaN vectors", "shuffled vectors", "a FIFO"])
-def test_a_damaged_cache_is_discarded_and_recomputed_with_one_warning(enc, cache, paths, damage, monkeypatch,
-                                                                      caplog):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated",
+        "bit flip",
+        "huge declared shape",
+        "2-D keys",
+        "wrong width",
+        "NaN vectors",
+        "shuffled vectors",
+        "a FIFO",
+    ],
+)
+def test_a_damaged_cache_is_discarded_and_recomputed_with_one_warning(
+    enc, cache, paths, damage, monkeypatch, caplog
+):
     truth = E.encode_paths(enc, paths, progress=False)
     path = E.EmbeddingCache.of(enc).path
     _damage_cases(path, truth)[damage]()
@@ -100,8 +118,10 @@ def test_a_damaged_cache_is_discarded_and_recomputed_with_one_warning(enc, cache
 
 def test_a_read_only_cache_folder_is_kept_in_memory(enc, cache, paths, monkeypatch, caplog):
     if os.geteuid() == 0:  # root ignores permissions: simulate the failure instead
+
         def read_only(*a, **k):
             raise PermissionError(13, "Read-only file system")
+
         monkeypatch.setattr(E, "atomic_write", read_only)
     else:
         (cache / "embeddings").mkdir(parents=True)
@@ -111,7 +131,10 @@ def test_a_read_only_cache_folder_is_kept_in_memory(enc, cache, paths, monkeypat
         first = E.encode_paths(enc, paths, progress=False)
         again = E.encode_paths(enc, paths, progress=False)
     assert np.array_equal(first, again) and calls == [len(paths)]  # no recomputation on the retry
-    assert len([r for r in caplog.records if "cannot write the embedding cache" in r.getMessage()]) == 1
+    assert (
+        len([r for r in caplog.records if "cannot write the embedding cache" in r.getMessage()])
+        == 1
+    )
 
 
 def test_a_full_disk_leaves_no_temporary_files(enc, cache, paths, monkeypatch):
@@ -135,7 +158,9 @@ def test_the_cache_key_includes_the_fingerprint(enc, cache, paths, monkeypatch):
     assert calls == [len(paths)]  # a changed model never reads the old vectors
 
 
-def test_shipped_vectors_are_used_when_the_fingerprint_matches(enc, cache, paths, monkeypatch, tmp_path, catalog):
+def test_shipped_vectors_are_used_when_the_fingerprint_matches(
+    enc, cache, paths, monkeypatch, tmp_path, catalog
+):
     folder = tmp_path / "shipped"
     monkeypatch.setattr(E, "SHIPPED_DIR", folder)
     E.write_shipped(enc, paths[:3], catalog.root.parents[1], folder=folder, progress=False)
@@ -154,9 +179,10 @@ def test_the_default_encoder_reads_the_shipped_catalog_embeddings(catalog):
     sets = [s for s in E.shipped_sets() if s.manifest["encoder"] == "efficientnet-lite0"]
     assert sets, "data/embeddings has no efficientnet-lite0 set: run `make embeddings`"
     manifest = sets[0].manifest
-    assert manifest["fingerprint"] == load_encoder().fingerprint, \
-        "the shipped embeddings were made by another model, preprocessing, backend or library version: " \
-        "run `make embeddings`"
+    assert manifest["fingerprint"] == load_encoder().fingerprint, (
+        "the shipped embeddings were made by another model, preprocessing, backend or library "
+        "version: run `make embeddings`"
+    )
     root = catalog.root.parents[1]
     paths = E.catalog_image_paths(catalog)
     assert [p for p, _ in manifest["images"]] == [str(p.relative_to(root)) for p in paths]

@@ -9,20 +9,26 @@ from image_search.encoders import EmbeddingCache
 
 
 def test_default_encoder_is_really_pretrained(lite0, catalog):
-    """ImageNet weights, not random ones: the ImageNet head (re-attached) names the barrel a barrel."""
+    """ImageNet weights, not random ones: the ImageNet head (re-attached) names the barrel a
+    barrel."""
+    import importlib
+
     import timm
 
     from image_search.encoders import PRETRAINED_CNNS
-    import importlib
 
     arch, module, cls, *_ = PRETRAINED_CNNS["efficientnet-lite0"]
     model = timm.create_model(arch, num_classes=1000)
-    state = torch.load(getattr(importlib.import_module(module), cls).get_model_file_path(), weights_only=True)
+    state = torch.load(
+        getattr(importlib.import_module(module), cls).get_model_file_path(), weights_only=True
+    )
     model.load_state_dict(dict(zip(model.state_dict().keys(), state.values())))
     model.eval()
     from image_search.images import load_image
 
-    x = torch.from_numpy(lite0.preprocess(load_image(catalog.icon_path("blend-swap-cc-0-barrel"))))[None]
+    x = torch.from_numpy(lite0.preprocess(load_image(catalog.icon_path("blend-swap-cc-0-barrel"))))[
+        None
+    ]
     with torch.no_grad():
         top5 = model(x).topk(5).indices[0].tolist()
     assert 427 in top5  # ImageNet class 427: "barrel, cask"
@@ -60,7 +66,8 @@ def test_open_clip_without_network_fails_fast(monkeypatch, tmp_path):
 
 
 def test_open_clip_never_probes_the_network(monkeypatch, tmp_path):
-    """Without the weights cached, loading fails at once, with no socket opened (no probe, no retries)."""
+    """Without the weights cached, loading fails at once, with no socket opened (no probe, no
+    retries)."""
     import socket
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -79,12 +86,18 @@ def test_open_clip_never_probes_the_network(monkeypatch, tmp_path):
 def test_fingerprint_names_weights_preprocessing_backend_and_versions(lite0, monkeypatch):
     parts = lite0.fingerprint_parts
     assert {"weights", "preprocess", "torch", "pillow", "onnxruntime"} <= parts.keys()
-    assert parts["preprocess"] == "Preprocess(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))"
+    assert (
+        parts["preprocess"]
+        == "Preprocess(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))"
+    )
     monkeypatch.setenv("IMAGE_SEARCH_ONNX", "0")
     eager = load_encoder("efficientnet-lite0")
     assert eager.backend == "torch" and lite0.backend == "onnxruntime"
     assert eager.fingerprint != lite0.fingerprint  # another backend never reads the other's vectors
-    assert load_encoder("efficientnet-lite2").fingerprint not in (lite0.fingerprint, eager.fingerprint)
+    assert load_encoder("efficientnet-lite2").fingerprint not in (
+        lite0.fingerprint,
+        eager.fingerprint,
+    )
 
 
 def test_eager_encoding_leaves_the_global_thread_count_alone(monkeypatch, catalog):
@@ -100,7 +113,9 @@ def test_failed_onnx_export_warns_and_falls_back(monkeypatch, caplog):
         raise RuntimeError("exporter exploded")
 
     monkeypatch.setattr(torch.onnx, "export", broken)
-    monkeypatch.setenv("IMAGE_SEARCH_CACHE", str(__import__("tempfile").mkdtemp()))  # no cached .onnx
+    monkeypatch.setenv(
+        "IMAGE_SEARCH_CACHE", str(__import__("tempfile").mkdtemp())
+    )  # no cached .onnx
     with caplog.at_level("WARNING", logger="image_search.encoders"):
         enc = load_encoder("efficientnet-lite0")
     assert enc.onnx is None and enc.backend == "torch"
@@ -150,17 +165,28 @@ def test_cache_reuses_vectors_and_keys_by_content(monkeypatch, tmp_path, catalog
 
 
 def test_numpy_preprocessing_equals_torchvision_bit_for_bit(catalog):
-    """The query path resizes and normalises in NumPy; torchvision's transforms give the same floats."""
+    """The query path resizes and normalises in NumPy; torchvision's transforms give the same
+    floats."""
     from PIL import Image
     from torchvision import transforms
 
     from image_search.encoders import Preprocess
     from image_search.images import load_image
 
-    reference = transforms.Compose([
-        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(224),
-        transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
-    images = [load_image(catalog.icon_path(i)) for i in catalog.ids[:3]] + [load_image(catalog.view_paths(catalog.ids[0])[0])]
-    images += [Image.new("RGB", (300, 201), (10, 200, 30)), Image.new("RGB", (129, 517), (250, 3, 90))]
+    reference = transforms.Compose(
+        [
+            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
+    images = [load_image(catalog.icon_path(i)) for i in catalog.ids[:3]] + [
+        load_image(catalog.view_paths(catalog.ids[0])[0])
+    ]
+    images += [
+        Image.new("RGB", (300, 201), (10, 200, 30)),
+        Image.new("RGB", (129, 517), (250, 3, 90)),
+    ]
     for image in images:
         np.testing.assert_array_equal(Preprocess(256, 224)(image), reference(image).numpy())

@@ -1,4 +1,6 @@
-"""The ONNX Runtime path of TorchEncoder gives the same embeddings as PyTorch (benchmarks/bench_encoder.py)."""
+"""The ONNX Runtime path of TorchEncoder gives the same embeddings as PyTorch
+(benchmarks/bench_encoder.py)."""
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,9 @@ from image_search import load_catalog, load_encoder
 def test_onnx_matches_pytorch(monkeypatch, lite0):
     pytest.importorskip("onnxruntime")
     enc = lite0
-    assert enc.onnx is not None, "the default encoder should run in ONNX Runtime when it is installed"
+    assert enc.onnx is not None, (
+        "the default encoder should run in ONNX Runtime when it is installed"
+    )
     catalog = load_catalog()
     images = [catalog.icon_path(i) for i in catalog.ids[:3]]
     fast = enc.encode_images(images)

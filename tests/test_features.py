@@ -1,26 +1,38 @@
 """Tests of image_search.features: exact retrieval, PCA/whitening, crops, concatenation."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from image_search.encoders import RawPixelEncoder, l2_normalize
+from image_search.features import (
+    Crop,
+    CropEncoder,
+    exact_retrieval,
+    fit_pca,
+    multi_crop_embeddings,
+    top_k,
+    weighted_concat,
+)
+
 from conftest import unit_vectors
-from image_search.encoders import RawPixelEncoder
-from image_search.encoders import l2_normalize
-from image_search.features import (Crop, CropEncoder, exact_retrieval, fit_pca, multi_crop_embeddings, top_k,
-                                   weighted_concat)
 
 
 def test_top_k_and_exact_retrieval():
     x = unit_vectors(20, 8)
     assert top_k(x, x, 3)[:, 0].tolist() == list(range(20))
-    report, rankings = exact_retrieval(x[:5], ["a", "b", "c", "d", "e"], x, list("abcdefghijklmnopqrst"), ks=(1, 3))
+    report, rankings = exact_retrieval(
+        x[:5], ["a", "b", "c", "d", "e"], x, list("abcdefghijklmnopqrst"), ks=(1, 3)
+    )
     assert report.recall[1] == 1.0 and len(rankings[0]) == 3
     with pytest.raises(ValueError):
         exact_retrieval(x[:5], ["a"], x, list("abcdefghijklmnopqrst"))
     types = {c: "vowel" if c in "aeiou" else "consonant" for c in "abcdefghijklmnopqrst"}
-    typed, _ = exact_retrieval(x[:5], list("abcde"), x, list("abcdefghijklmnopqrst"), ks=(1,), type_of=types)
+    typed, _ = exact_retrieval(
+        x[:5], list("abcde"), x, list("abcdefghijklmnopqrst"), ks=(1,), type_of=types
+    )
     assert typed.type_precision[1] == 1.0 and typed.ndcg is not None
 
 
@@ -43,7 +55,7 @@ def test_pca_keeps_variance_order_and_whitening_equalises():
 def test_crop_boxes_stay_inside_and_crop_encoder_differs():
     assert Crop(1.0).box(100, 80) == (0, 0, 100, 80)
     assert Crop(0.5).box(100, 100) == (25, 25, 75, 75)
-    assert Crop(0.5, 0.0, 1.0).box(100, 100) == (0, 50, 50, 100)   # clipped into the image
+    assert Crop(0.5, 0.0, 1.0).box(100, 100) == (0, 50, 50, 100)  # clipped into the image
     with pytest.raises(ValueError):
         Crop(0)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
@@ -74,8 +86,11 @@ def test_fit_pca_agrees_with_scikit_learn_up_to_sign():
     np.testing.assert_allclose(ours.mean, theirs.mean_, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ours.apply(x), l2_normalize(theirs.transform(x) * signs), atol=1e-5)
     white = PCA(5, svd_solver="full", whiten=True).fit(x)
-    np.testing.assert_allclose(fit_pca(x, 5, whiten=True, eps=0.0).apply(x), l2_normalize(white.transform(x) * signs),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        fit_pca(x, 5, whiten=True, eps=0.0).apply(x),
+        l2_normalize(white.transform(x) * signs),
+        atol=1e-4,
+    )
 
 
 class CountingEncoder(RawPixelEncoder):
@@ -90,17 +105,23 @@ class CountingEncoder(RawPixelEncoder):
         return super().encode_images(images, batch_size=batch_size, progress=progress)
 
 
-def test_multi_crop_embeddings_is_the_weighted_mean_of_crops_and_cached(catalog, tmp_path, monkeypatch):
+def test_multi_crop_embeddings_is_the_weighted_mean_of_crops_and_cached(
+    catalog, tmp_path, monkeypatch
+):
     monkeypatch.setenv("IMAGE_SEARCH_CACHE", str(tmp_path))
     paths = [catalog.view_paths(i)[0] for i in catalog.ids[:4]]
     enc = CountingEncoder("raw-pixels-counting")
     crops = [Crop(1.0), Crop(0.6, 0.4, 0.6)]
     out = multi_crop_embeddings(enc, paths, crops, weights=[1.0, 3.0])
     full = RawPixelEncoder().encode_images(paths)
-    cropped = RawPixelEncoder().encode_images([crops[1](Image.open(p).convert("RGB")) for p in paths])
+    cropped = RawPixelEncoder().encode_images(
+        [crops[1](Image.open(p).convert("RGB")) for p in paths]
+    )
     np.testing.assert_allclose(out, l2_normalize(full + 3 * cropped), atol=1e-5)
     assert out.shape == (4, enc.dim) and enc.calls == 8
-    np.testing.assert_allclose(multi_crop_embeddings(enc, paths, crops, weights=[1.0, 3.0]), out, atol=1e-6)
+    np.testing.assert_allclose(
+        multi_crop_embeddings(enc, paths, crops, weights=[1.0, 3.0]), out, atol=1e-6
+    )
     assert enc.calls == 8  # both crops came from the on-disk cache
     np.testing.assert_allclose(multi_crop_embeddings(enc, paths, crops[:1]), full, atol=1e-5)
     with pytest.raises(ValueError, match="at least one crop"):

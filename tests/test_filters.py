@@ -8,11 +8,12 @@ import itertools
 import faiss
 import numpy as np
 import pytest
-from conftest import unit_vectors
 
 from image_search import Filters, InvalidRequestError, ProductIndex
 from image_search.__main__ import _parser
 from image_search.stores.filters import Attributes
+
+from conftest import unit_vectors
 
 CATEGORIES = ("rare", "some", "half", "rest")
 

@@ -1,4 +1,5 @@
 """Glued numbers and their tolerances (image_search.glue): what CI compares after each notebook."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,30 @@ def _notebook(tmp_path, values: dict) -> str:
     """A committed notebook holding glue outputs made by glue() itself (via the display hook)."""
     outputs = []
     for name, (value, tol) in values.items():
-        outputs.append({"output_type": "display_data", "data": {G.GLUE_PREFIX + "text/plain": repr(value)},
-                        "metadata": {"scrapbook": {"name": name, "mime_prefix": G.GLUE_PREFIX},
-                                     "image_search": {"tol": tol, "rel": 0.0}}})
-    nb = {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": outputs, "execution_count": 1}],
-          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+        outputs.append(
+            {
+                "output_type": "display_data",
+                "data": {G.GLUE_PREFIX + "text/plain": repr(value)},
+                "metadata": {
+                    "scrapbook": {"name": name, "mime_prefix": G.GLUE_PREFIX},
+                    "image_search": {"tol": tol, "rel": 0.0},
+                },
+            }
+        )
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "source": "",
+                "metadata": {},
+                "outputs": outputs,
+                "execution_count": 1,
+            }
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps(nb))
     return str(path)
@@ -55,20 +75,25 @@ def test_rate_tolerance_is_flips_over_n():
 
 
 def test_numbers_within_tolerance_pass_and_others_fail(tmp_path, capsys):
-    path = _notebook(tmp_path, {"r1": (0.565, 0.004), "n": (744, 0.0), "ms": (12.5, None), "model": ("lite0", 0.0)})
-    G.glue("r1", 0.568, tol=0.004)     # within 0.004
+    path = _notebook(
+        tmp_path,
+        {"r1": (0.565, 0.004), "n": (744, 0.0), "ms": (12.5, None), "model": ("lite0", 0.0)},
+    )
+    G.glue("r1", 0.568, tol=0.004)  # within 0.004
     G.glue("n", 744)
-    G.glue("ms", 99.0, tol=G.TIMING)   # a timing: never compared
+    G.glue("ms", 99.0, tol=G.TIMING)  # a timing: never compared
     G.glue("model", "lite0")
     G.check_glued(path)
     assert "all 4 glued numbers reproduce" in capsys.readouterr().out
 
-    G.glue("r1", 0.570, tol=0.004)     # 0.005 away
-    G.glue("n", 743)                   # a count must be exact
+    G.glue("r1", 0.570, tol=0.004)  # 0.005 away
+    G.glue("n", 743)  # a count must be exact
     with pytest.raises(AssertionError) as e:
         G.check_glued(path)
     table = str(e.value)
-    assert "2 of 4 glued numbers" in table and "r1" in table and "0.565" in table and "0.57" in table
+    assert (
+        "2 of 4 glued numbers" in table and "r1" in table and "0.565" in table and "0.57" in table
+    )
     assert "±0.004" in table and "743" in table
 
 
@@ -98,8 +123,13 @@ def test_committed_notebooks_glue_through_the_checker():
         if not any("glue(" in s for s in sources):
             continue
         last = cells[-1]
-        assert f'check_glued("{path.name}")' in sources[-1], f"{path.name}: the last cell must call check_glued"
-        assert "remove-cell" in last["metadata"].get("tags", []), f"{path.name}: hide the check cell (remove-cell)"
+        assert f'check_glued("{path.name}")' in sources[-1], (
+            f"{path.name}: the last cell must call check_glued"
+        )
+        assert "remove-cell" in last["metadata"].get("tags", []), (
+            f"{path.name}: hide the check cell (remove-cell)"
+        )
         for s in sources:
-            assert not (s.lstrip().startswith("# NBVAL_CHECK_OUTPUT") and "glue(" in s), \
+            assert not (s.lstrip().startswith("# NBVAL_CHECK_OUTPUT") and "glue(" in s), (
                 f"{path.name}: a checked cell glues: {s[:80]!r}"
+            )

@@ -1,7 +1,18 @@
+import io
+import json
+import zipfile
+
+import faiss
 import numpy as np
 import pytest
 
-from image_search import Filters, ImageSearchError, IndexMismatchError, InvalidRequestError, ProductIndex
+from image_search import (
+    Filters,
+    ImageSearchError,
+    IndexMismatchError,
+    InvalidRequestError,
+    ProductIndex,
+)
 from image_search.stores import persistence
 from image_search.stores.filters import Attributes
 
@@ -41,7 +52,9 @@ def test_allow_list_is_applied_inside_the_search():
     index, ids, x = make()
     allowed = {"p10", "p20", "p30"}
     scores, got = index.search(x[:5], 10, allowed=allowed)
-    assert all(set(row) == allowed for row in got)  # only 3 qualify: rows are short, not padded with others
+    assert all(
+        set(row) == allowed for row in got
+    )  # only 3 qualify: rows are short, not padded with others
     assert np.isneginf(scores[:, 3:]).all()
     _, empty = index.search(x[:1], 10, allowed=set())
     assert empty == [[]]
@@ -92,11 +105,6 @@ def test_mismatched_or_damaged_index_is_refused(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Reliability (chapter 02): the id <-> vector mapping stays exact, damaged files are refused.
-import io
-import json
-import zipfile
-
-import faiss
 
 
 @pytest.fixture
@@ -115,18 +123,26 @@ def _check_against_model(index, model, rng, exact_search):
     ids = sorted(model)
     np.testing.assert_array_equal(index.vectors(ids), np.stack([model[i] for i in ids]))
     probe = [ids[j] for j in rng.choice(len(ids), size=min(25, len(ids)), replace=False)]
-    _, got = index.search(np.stack([model[i] for i in probe]), 3, params={"nprobe": 64, "efSearch": 128})
+    _, got = index.search(
+        np.stack([model[i] for i in probe]), 3, params={"nprobe": 64, "efSearch": 128}
+    )
     for want, row in zip(probe, got):
         assert set(row) <= set(model)  # never a removed or unknown product
         if exact_search:
             assert row[0] == want
     sub = set(probe[:5])
-    _, got = index.search(np.stack([model[i] for i in probe[:5]]), 10, allowed=sub | {"never-added"})
+    _, got = index.search(
+        np.stack([model[i] for i in probe[:5]]), 10, allowed=sub | {"never-added"}
+    )
     assert all(set(row) <= sub for row in got)
 
 
-@pytest.mark.parametrize("factory, exact_search", [("Flat", True), ("IVF16,Flat", True), ("HNSW16", False)])
-def test_random_add_update_remove_matches_a_dict_model(tmp_path, factory, exact_search, one_faiss_thread):
+@pytest.mark.parametrize(
+    "factory, exact_search", [("Flat", True), ("IVF16,Flat", True), ("HNSW16", False)]
+)
+def test_random_add_update_remove_matches_a_dict_model(
+    tmp_path, factory, exact_search, one_faiss_thread
+):
     dim, rng = 16, np.random.default_rng(42)
     index = ProductIndex(dim, "test-encoder", factory=factory)
     if not index.is_trained:
@@ -150,20 +166,36 @@ def test_random_add_update_remove_matches_a_dict_model(tmp_path, factory, exact_
                 model.update(zip(ids, x))
             elif op == "remove":
                 existing = sorted(model)
-                ids = [existing[j] for j in rng.choice(len(existing), size=min(len(existing), int(rng.integers(1, 6))), replace=False)]
+                ids = [
+                    existing[j]
+                    for j in rng.choice(
+                        len(existing),
+                        size=min(len(existing), int(rng.integers(1, 6))),
+                        replace=False,
+                    )
+                ]
                 assert index.remove(ids + ["ghost"]) == len(ids)
                 for i in ids:
                     del model[i]
             else:
                 existing = sorted(model)
-                ids = [existing[j] for j in rng.choice(len(existing), size=min(len(existing), int(rng.integers(1, 4))), replace=False)]
+                ids = [
+                    existing[j]
+                    for j in rng.choice(
+                        len(existing),
+                        size=min(len(existing), int(rng.integers(1, 4))),
+                        replace=False,
+                    )
+                ]
                 ids.append(f"p{next_id}")  # update also adds a product not yet present
                 next_id += 1
                 x = fresh(len(ids))
                 index.update(ids, x)
                 model.update(zip(ids, x))
         _check_against_model(index, model, rng, exact_search)
-        if batch % 10 == 9:  # a save/load round trip changes nothing, and work goes on from the loaded copy
+        if (
+            batch % 10 == 9
+        ):  # a save/load round trip changes nothing, and work goes on from the loaded copy
             path = index.save(tmp_path / f"{factory}.index")
             index = ProductIndex.load(path, encoder="test-encoder", dim=dim, metric="ip")
             _check_against_model(index, model, rng, exact_search)
@@ -222,7 +254,7 @@ def test_k_must_be_a_positive_integer():
     for bad in (0, -3, 2.5, True, "5", None):
         with pytest.raises(InvalidRequestError):
             index.search(x[:1], bad)
-    scores, got = index.search(x[:1], 10 ** 9)  # absurdly large: capped at the catalog size
+    scores, got = index.search(x[:1], 10**9)  # absurdly large: capped at the catalog size
     assert len(got[0]) == 200
 
 
@@ -251,8 +283,16 @@ def _npy(a):
     return buf.getvalue()
 
 
-def _rewrite(path, out, manifest_changes=None, arrays=None, members=None, blob=None, recompute=True,
-             compress=False):
+def _rewrite(
+    path,
+    out,
+    manifest_changes=None,
+    arrays=None,
+    members=None,
+    blob=None,
+    recompute=True,
+    compress=False,
+):
     """A copy of an index file with some parts changed (and, unless told, a recomputed checksum)."""
     m = _members(path)
     for name, value in (arrays or {}).items():
@@ -293,12 +333,20 @@ def test_tampered_files_are_refused_even_with_a_valid_checksum(tmp_path, factory
         "swapped labels": dict(arrays={"labels": swapped}),
         "ids not in FAISS": dict(arrays={"labels": outside}),
         "two ids, one label": dict(arrays={"labels": duplicate}),
-        "ids and labels of different lengths": dict(members={"ids.json": json.dumps(ids[:49]).encode()}),
-        "duplicate product ids": dict(members={"ids.json": json.dumps(ids[:49] + ids[:1]).encode()}),
+        "ids and labels of different lengths": dict(
+            members={"ids.json": json.dumps(ids[:49]).encode()}
+        ),
+        "duplicate product ids": dict(
+            members={"ids.json": json.dumps(ids[:49] + ids[:1]).encode()}
+        ),
         "float labels": dict(arrays={"labels": labels.astype(np.float64)}),
         "npy header declaring 800 GB": dict(members={"labels.npy": huge}),
-        "object array": dict(members={"labels.npy": b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, "
-                                                   b"'shape': (50,), }" + b" " * 50 + b"\n" + b"\0" * 400}),
+        "object array": dict(
+            members={
+                "labels.npy": b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, "
+                b"'shape': (50,), }" + b" " * 50 + b"\n" + b"\0" * 400
+            }
+        ),
         "other dimension": dict(blob=faiss.serialize_index(other.index).tobytes()),
         "other metric inside": dict(blob=faiss.serialize_index(l2.index).tobytes()),
         "not a FAISS blob": dict(blob=b"\0" * 100),
@@ -306,7 +354,9 @@ def test_tampered_files_are_refused_even_with_a_valid_checksum(tmp_path, factory
         "unknown format": dict(manifest_changes={"format_version": 1}),
         "compressed (zip bomb)": dict(compress=True),
         "manifest with an extra key": dict(manifest_changes={"extra": 1}),
-        "signatures of other vectors": dict(arrays={"signatures": _array(m, "signatures")[::-1].copy()}),
+        "signatures of other vectors": dict(
+            arrays={"signatures": _array(m, "signatures")[::-1].copy()}
+        ),
     }
     for name, kw in cases.items():
         bad = _rewrite(path, tmp_path / "bad.index", **kw)
@@ -332,20 +382,23 @@ def test_crafted_faiss_sizes_are_refused_before_faiss_allocates(tmp_path, monkey
     path = index.save(tmp_path / "ivf.index")
     blob = bytearray(_members(path)["index.faiss"])
     at = blob.index(b"ilar") + 4
-    blob[at:at + 8] = (10 ** 8).to_bytes(8, "little")  # nlist of the inverted lists: 100 million
+    blob[at : at + 8] = (10**8).to_bytes(8, "little")  # nlist of the inverted lists: 100 million
     seen = []
     real = faiss.deserialize_index
 
     def spy(data):
-        seen.append((faiss.get_deserialization_loop_limit(), faiss.get_deserialization_vector_byte_limit()))
+        seen.append(
+            (faiss.get_deserialization_loop_limit(), faiss.get_deserialization_vector_byte_limit())
+        )
         return real(data)
+
     monkeypatch.setattr(faiss, "deserialize_index", spy)
     with pytest.raises(IndexMismatchError, match="limit"):
         ProductIndex.load(_rewrite(path, tmp_path / "crafted.index", blob=bytes(blob)))
     assert seen and all(limit <= len(blob) + 64 for pair in seen for limit in pair)
     assert faiss.get_deserialization_loop_limit() == 0  # restored afterwards
     header = bytearray(_members(path)["index.faiss"])
-    header[8:16] = (10 ** 12).to_bytes(8, "little")  # ntotal in the FAISS header
+    header[8:16] = (10**12).to_bytes(8, "little")  # ntotal in the FAISS header
     with pytest.raises(IndexMismatchError, match="declares"):
         ProductIndex.load(_rewrite(path, tmp_path / "ntotal.index", blob=bytes(header)))
     assert len(seen) == 1  # refused from the header: FAISS never read it
@@ -355,7 +408,7 @@ def test_a_member_declared_larger_than_the_file_is_refused(tmp_path):
     index, _, _ = make(n=20)
     data = bytearray(index.save(tmp_path / "a.index").read_bytes())
     at = data.index(b"PK\x01\x02")  # the first central directory entry: its sizes at +20 and +24
-    data[at + 20:at + 28] = (10 ** 9).to_bytes(4, "little") * 2
+    data[at + 20 : at + 28] = (10**9).to_bytes(4, "little") * 2
     (tmp_path / "big.index").write_bytes(bytes(data))
     with pytest.raises(IndexMismatchError, match="more than the file holds|not a readable"):
         ProductIndex.load(tmp_path / "big.index")
@@ -378,7 +431,10 @@ def brute_force_products(owners, x, q, k, how="max", top_m=2, allowed=None):
         for pid, s in zip(owners, row.tolist()):
             if allowed is None or pid in allowed:
                 per.setdefault(pid, []).append(s)
-        score = {p: max(v) if how == "max" else sum(sorted(v, reverse=True)[:top_m]) for p, v in per.items()}
+        score = {
+            p: max(v) if how == "max" else sum(sorted(v, reverse=True)[:top_m])
+            for p, v in per.items()
+        }
         out.append(sorted(score, key=lambda p: -score[p])[:k])
     return out
 
@@ -395,10 +451,17 @@ def test_max_over_photos_is_exact_against_brute_force(factory):
     index._faiss_search = lambda qq, kk, p: fetched.append(kk) or real(qq, kk, p)
     scores, got = index.search(q, 10, params={"nprobe": 8})  # nprobe = nlist: IVF is exact too
     assert got == brute_force_products(owners, x, q, 10)
-    assert fetched == [10 * counts.max()]  # over-fetch: k x the most photos any product has, no more
+    assert fetched == [
+        10 * counts.max()
+    ]  # over-fetch: k x the most photos any product has, no more
     sims = q @ x.T
-    best = {pid: sims[:, [j for j, o in enumerate(owners) if o == pid]].max(axis=1) for pid in set(owners)}
-    np.testing.assert_allclose(scores, [[best[p][r] for p in row] for r, row in enumerate(got)], atol=1e-5)
+    best = {
+        pid: sims[:, [j for j, o in enumerate(owners) if o == pid]].max(axis=1)
+        for pid in set(owners)
+    }
+    np.testing.assert_allclose(
+        scores, [[best[p][r] for p in row] for r, row in enumerate(got)], atol=1e-5
+    )
 
 
 def test_sum_of_top_m_photos_and_filters_per_product():
@@ -407,16 +470,25 @@ def test_sum_of_top_m_photos_and_filters_per_product():
     index = ProductIndex(16, "enc")
     products = list(dict.fromkeys(owners))
     stock = {p: i % 3 == 0 for i, p in enumerate(products)}
-    attrs = Attributes(np.full(len(owners), "c"), np.full(len(owners), ""), np.full(len(owners), 1.0),
-                       [stock[o] for o in owners], np.ones(len(owners), bool))
+    attrs = Attributes(
+        np.full(len(owners), "c"),
+        np.full(len(owners), ""),
+        np.full(len(owners), 1.0),
+        [stock[o] for o in owners],
+        np.ones(len(owners), bool),
+    )
     index.add(owners, x, attrs)
-    # 40 products x at most 5 photos: k=40 fetches every vector, so the sum of the top 2 is exact here
-    assert index.search(q, 40, aggregate="sum", top_m=2)[1] == brute_force_products(owners, x, q, 40, "sum", 2)
+    # 40 products x at most 5 photos: k=40 fetches every vector, so the top-2 sum is exact here
+    assert index.search(q, 40, aggregate="sum", top_m=2)[1] == brute_force_products(
+        owners, x, q, 40, "sum", 2
+    )
     in_stock = {p for p, s in stock.items() if s}
     _, got = index.search(q, 5, Filters(in_stock=True))
     assert got == brute_force_products(owners, x, q, 5, allowed=in_stock)
     _, got = index.search(q, 100, Filters(in_stock=True))
-    assert all(sorted(row) == sorted(in_stock) for row in got)  # each product once, all that qualify
+    assert all(
+        sorted(row) == sorted(in_stock) for row in got
+    )  # each product once, all that qualify
     for bad in (dict(aggregate="mean"), dict(top_m=0), dict(top_m=1.5)):
         with pytest.raises(InvalidRequestError):
             index.search(q, 5, **bad)
@@ -431,8 +503,11 @@ def test_add_update_remove_and_vectors_work_per_product(tmp_path):
     assert "new" not in index and index.vector_count == len(owners)
     rows = [j for j, o in enumerate(owners) if o == "p4"]
     mean = x[rows].mean(axis=0)
-    np.testing.assert_allclose(index.vectors(["p4"])[0], mean / np.linalg.norm(mean) if len(rows) > 1 else x[rows[0]],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        index.vectors(["p4"])[0],
+        mean / np.linalg.norm(mean) if len(rows) > 1 else x[rows[0]],
+        atol=1e-6,
+    )
     index.update(["p4"], x[0])  # all of p4's photos replaced by one
     assert index.vector_count == len(owners) - len(rows) + 1
     np.testing.assert_array_equal(index.vectors(["p4"]), x[:1])
@@ -452,9 +527,19 @@ def test_build_index_indexes_several_photos_per_product(catalog):
     from image_search.searcher import Searcher, build_index
 
     enc = ColourHistogramEncoder()
-    index = build_index(catalog, enc, progress=False,
-                        photos=lambda pid: [catalog.icon_path(pid), catalog.view_paths(pid)[0]])
-    assert len(index) == len(catalog) and index.vector_count == 2 * len(catalog) and index.has_attributes
+    index = build_index(
+        catalog,
+        enc,
+        progress=False,
+        photos=lambda pid: [catalog.icon_path(pid), catalog.view_paths(pid)[0]],
+    )
+    assert (
+        len(index) == len(catalog)
+        and index.vector_count == 2 * len(catalog)
+        and index.has_attributes
+    )
     view = catalog.view_paths(catalog.ids[7])[0]
     res = Searcher(index, catalog, enc).search(view, k=5)
-    assert res.ids[0] == catalog.ids[7] and len(set(res.ids)) == 5  # its own photo is indexed: found first, once
+    assert (
+        res.ids[0] == catalog.ids[7] and len(set(res.ids)) == 5
+    )  # its own photo is indexed: found first, once

@@ -1,10 +1,20 @@
 import numpy as np
 import pytest
 
-from image_search import Filters, InvalidRequestError, Reranker, RerankConfig, Searcher, build_index
+from image_search import Filters, InvalidRequestError, RerankConfig, Reranker, Searcher, build_index
 from image_search.experiments import GradedClickModel
-from image_search.ltr import (FEATURES, LinearRanker, candidate_lists, compare_rankings, fit_linear_ranker,
-                              fit_ranker, ipw_weights, ranking_features, rerank_lists, simulate_click_log)
+from image_search.ltr import (
+    FEATURES,
+    LinearRanker,
+    candidate_lists,
+    compare_rankings,
+    fit_linear_ranker,
+    fit_ranker,
+    ipw_weights,
+    ranking_features,
+    rerank_lists,
+    simulate_click_log,
+)
 
 
 def test_ipw_weights_are_one_over_the_examination_probability():
@@ -36,7 +46,7 @@ def test_weighted_model_recovers_a_planted_ordering_that_raw_clicks_get_wrong():
     # raw clicks say that a high rank itself attracts clicks; weighted clicks say it does not
     assert naive.weights[1] < -0.5
     assert abs(ipw.weights[1]) < 0.05
-    assert ipw.weights[0] / ipw.scale[0] == pytest.approx(1.5, abs=0.15)   # the planted slope
+    assert ipw.weights[0] / ipw.scale[0] == pytest.approx(1.5, abs=0.15)  # the planted slope
     # a list whose most relevant item was shown last: IPW puts it first, raw clicks keep it last
     relevance = np.linspace(-0.3, 0.3, 10)
     planted = np.stack([relevance, np.log(np.arange(1, 11))], axis=-1)
@@ -57,17 +67,23 @@ def test_learned_ranker_plugs_into_the_reranker(catalog):
     r = Reranker(catalog, RerankConfig(model=toy_ranker("in_stock"))).rerank(ids, scores, v, k=30)
     assert sorted(r.ids) == sorted(ids)
     stock = [catalog[i].in_stock for i in r.ids]
-    assert stock == sorted(stock, reverse=True)                     # in stock first: the model's order
-    assert np.all((r.scores > 0) & (r.scores < 1))                  # estimated click probabilities
+    assert stock == sorted(stock, reverse=True)  # in stock first: the model's order
+    assert np.all((r.scores > 0) & (r.scores < 1))  # estimated click probabilities
     in_stock_in_ann_order = [i for i in ids if catalog[i].in_stock]
-    assert list(r.ids[:len(in_stock_in_ann_order)]) == in_stock_in_ann_order   # ties keep the ANN order
-    cheap_first = Reranker(catalog, RerankConfig(model=toy_ranker("log_price", -1.0))).rerank(ids, scores, v, k=5)
+    assert (
+        list(r.ids[: len(in_stock_in_ann_order)]) == in_stock_in_ann_order
+    )  # ties keep the ANN order
+    cheap_first = Reranker(catalog, RerankConfig(model=toy_ranker("log_price", -1.0))).rerank(
+        ids, scores, v, k=5
+    )
     assert [catalog[i].price for i in cheap_first.ids] == sorted(catalog[i].price for i in ids)[:5]
 
 
 def test_learned_ranker_in_the_searcher_keeps_filters_and_k(catalog, lite0):
     index = build_index(catalog, lite0, progress=False)
-    searcher = Searcher(index, catalog, lite0, Reranker(catalog, RerankConfig(model=toy_ranker("log_price", -1.0))))
+    searcher = Searcher(
+        index, catalog, lite0, Reranker(catalog, RerankConfig(model=toy_ranker("log_price", -1.0)))
+    )
     query = index.vectors([catalog.queries("test")[1][0]])[0]
     filters = Filters(categories=("Kitchen", "Bedroom"), max_price=400.0, in_stock=True)
     for k in (1, 7, 25):
@@ -89,7 +105,9 @@ def test_features_of_a_candidate_list(catalog):
     same_type = np.array([catalog[i].type == catalog[ids[0]].type for i in ids])
     assert np.all(col["type_vote"][same_type] > 0.7) and np.all(col["type_vote"][~same_type] < 0.3)
     w = np.exp((np.linspace(0.9, 0.6, 12)[:10] - 0.9) / 0.02)
-    assert np.allclose(col["centrality"], np.r_[w / w.sum(), 0, 0])   # orthogonal vectors: its own vote
+    assert np.allclose(
+        col["centrality"], np.r_[w / w.sum(), 0, 0]
+    )  # orthogonal vectors: its own vote
     assert np.allclose(col["in_stock"], [catalog[i].in_stock for i in ids])
 
 
@@ -106,46 +124,74 @@ def test_click_log_and_fit_on_the_catalog(catalog, lite0):
     paths = [p for prod in products for p in catalog.view_paths(prod.id)]
     truth = [prod.id for prod in products for _ in catalog.view_paths(prod.id)]
     index = encode_paths(lite0, [catalog.icon_path(i) for i in catalog.ids], progress=False)
-    lists = candidate_lists(catalog, encode_paths(lite0, paths, progress=False), truth, index, catalog.ids, n=20)
-    assert lists.features.shape == (len(truth), 20, len(FEATURES)) and lists.grades.shape == (len(truth), 20)
+    lists = candidate_lists(
+        catalog, encode_paths(lite0, paths, progress=False), truth, index, catalog.ids, n=20
+    )
+    assert lists.features.shape == (len(truth), 20, len(FEATURES)) and lists.grades.shape == (
+        len(truth),
+        20,
+    )
     exact = np.array([[i == t for i in lists.ids(q)] for q, t in enumerate(truth)])
     assert np.array_equal(lists.grades == 2, exact)
     model = GradedClickModel()
     log = simulate_click_log(lists, model, sessions=10, k=10, seed=3)
     assert log.clicks.shape == (len(truth), 10) and log.clicks.max() <= 10
-    assert np.array_equal(log.clicks, simulate_click_log(lists, model, sessions=10, k=10, seed=3).clicks)
+    assert np.array_equal(
+        log.clicks, simulate_click_log(lists, model, sessions=10, k=10, seed=3).clicks
+    )
     ipw = fit_ranker(lists, log, model)
-    assert ipw == fit_ranker(lists, log, model)                     # deterministic
-    assert ipw != fit_ranker(lists, log)                            # weighting changes the fit
+    assert ipw == fit_ranker(lists, log, model)  # deterministic
+    assert ipw != fit_ranker(lists, log)  # weighting changes the fit
     ranked = rerank_lists(Reranker(catalog, RerankConfig(model=ipw)), lists, k=10)
     assert all(len(r) == 10 and set(r) <= set(lists.ids(q)) for q, r in enumerate(ranked))
-    table = compare_rankings(lists, {"ANN": [lists.ids(q) for q in range(len(lists))], "IPW": ranked}, model,
-                             reference="ANN")
+    table = compare_rankings(
+        lists,
+        {"ANN": [lists.ids(q) for q in range(len(lists))], "IPW": ranked},
+        model,
+        reference="ANN",
+    )
     assert list(table.index) == ["ANN", "IPW"] and table.loc["ANN", "ΔNDCG vs ANN"] == 0
-    assert table[["NDCG@10", "R@1", "CTR@1", "diversity"]].apply(lambda c: c.between(0, 1).all()).all()
+    assert (
+        table[["NDCG@10", "R@1", "CTR@1", "diversity"]].apply(lambda c: c.between(0, 1).all()).all()
+    )
 
 
 def test_json_round_trip():
-    r = LinearRanker(FEATURES[:3], (0.5, -1.0, 2.0), 0.1, (0.0, 1.0, 2.0), (1.0, 2.0, 3.0), 0.05, "m")
+    r = LinearRanker(
+        FEATURES[:3], (0.5, -1.0, 2.0), 0.1, (0.0, 1.0, 2.0), (1.0, 2.0, 3.0), 0.05, "m"
+    )
     assert LinearRanker.from_json(r.to_json()) == r
 
 
-@pytest.mark.parametrize("make", [
-    lambda: RerankConfig(model="ranker.json"),
-    lambda: LinearRanker(("colour",), (1.0,), 0.0, (0.0,), (1.0,)),
-    lambda: LinearRanker(("score",), (1.0, 2.0), 0.0, (0.0,), (1.0,)),
-    lambda: LinearRanker(("score",), (float("nan"),), 0.0, (0.0,), (1.0,)),
-    lambda: LinearRanker(("score",), (1.0,), 0.0, (0.0,), (0.0,)),
-    lambda: LinearRanker.from_json("{not json"),
-    lambda: LinearRanker.from_json('{"features": ["score"]}'),
-    lambda: toy_ranker().logits(np.zeros((3, 2))),
-    lambda: ipw_weights(np.array([0, 1]), GradedClickModel()),
-    lambda: ipw_weights(np.array([1.5]), GradedClickModel()),
-    lambda: fit_linear_ranker(np.zeros((2, 1)), np.array([3, 0]), np.array([2, 2]), names=("score",)),
-    lambda: fit_linear_ranker(np.zeros((2, 1)), np.array([1, 0]), np.array([2, 2]), None, GradedClickModel(),
-                              names=("score",)),
-    lambda: fit_linear_ranker(np.zeros((2, 2)), np.array([1, 0]), np.array([2, 2]), names=("score",)),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RerankConfig(model="ranker.json"),
+        lambda: LinearRanker(("colour",), (1.0,), 0.0, (0.0,), (1.0,)),
+        lambda: LinearRanker(("score",), (1.0, 2.0), 0.0, (0.0,), (1.0,)),
+        lambda: LinearRanker(("score",), (float("nan"),), 0.0, (0.0,), (1.0,)),
+        lambda: LinearRanker(("score",), (1.0,), 0.0, (0.0,), (0.0,)),
+        lambda: LinearRanker.from_json("{not json"),
+        lambda: LinearRanker.from_json('{"features": ["score"]}'),
+        lambda: toy_ranker().logits(np.zeros((3, 2))),
+        lambda: ipw_weights(np.array([0, 1]), GradedClickModel()),
+        lambda: ipw_weights(np.array([1.5]), GradedClickModel()),
+        lambda: fit_linear_ranker(
+            np.zeros((2, 1)), np.array([3, 0]), np.array([2, 2]), names=("score",)
+        ),
+        lambda: fit_linear_ranker(
+            np.zeros((2, 1)),
+            np.array([1, 0]),
+            np.array([2, 2]),
+            None,
+            GradedClickModel(),
+            names=("score",),
+        ),
+        lambda: fit_linear_ranker(
+            np.zeros((2, 2)), np.array([1, 0]), np.array([2, 2]), names=("score",)
+        ),
+    ],
+)
 def test_bad_input_is_a_request_error(make):
     with pytest.raises(InvalidRequestError):
         make()
@@ -153,6 +199,8 @@ def test_bad_input_is_a_request_error(make):
 
 def test_reranker_refuses_mismatched_candidates(catalog):
     with pytest.raises(InvalidRequestError, match="3 candidates"):
-        Reranker(catalog, RerankConfig(model=toy_ranker())).rerank(catalog.ids[:3], np.ones(3), np.ones((2, 4)), k=2)
+        Reranker(catalog, RerankConfig(model=toy_ranker())).rerank(
+            catalog.ids[:3], np.ones(3), np.ones((2, 4)), k=2
+        )
     with pytest.raises(InvalidRequestError):
         ranking_features(catalog, catalog.ids[:3], np.ones(2), np.ones((3, 4)))

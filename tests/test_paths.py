@@ -1,4 +1,5 @@
 """The file helpers every write and every index/cache read goes through (image_search.paths)."""
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,17 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
 
 
-@pytest.mark.parametrize("kind, message", [("fifo", "a FIFO"), ("dir", "a directory"), ("zero", "a character device"),
-                                           ("big", "over the"), ("loop", "symlink loop"), ("missing", "no such file")])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("fifo", "a FIFO"),
+        ("dir", "a directory"),
+        ("zero", "a character device"),
+        ("big", "over the"),
+        ("loop", "symlink loop"),
+        ("missing", "no such file"),
+    ],
+)
 def test_read_regular_refuses_without_blocking(tmp_path, kind, message):
     path = tmp_path / "f"
     if kind == "fifo":

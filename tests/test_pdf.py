@@ -6,6 +6,7 @@ reading order, each page's title (taken from its source, not from the PDF tool) 
 page its entry points to, at least one image per figure of each notebook, and no link left pointing
 at the temporary local server. The PDF is kept as _build/screenshots/book.pdf.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ import subprocess
 import sys
 
 import pytest
-
 from book_build import REPO, SCREENSHOTS, built_book, notebook_figures, toc_pages
 from test_browser import _require_chromium
 
@@ -33,7 +33,8 @@ def _source_title(page) -> str:
 
 
 def _squash(text: str) -> str:
-    """Compare text without whitespace, Markdown marks, case, or Sphinx's smart quotes and dashes."""
+    """Compare text without whitespace, Markdown marks, case, or Sphinx's smart quotes and
+    dashes."""
     for fancy, plain in {"’": "'", "‘": "'", "“": '"', "”": '"', "–": "--", "—": "---"}.items():
         text = text.replace(fancy, plain)
     return re.sub(r"[\s`*]+", "", text).casefold()
@@ -56,6 +57,7 @@ def _outline(reader) -> list[tuple[int, str, int]]:
 
 def _images(page) -> int:
     """Image XObjects drawn on a PDF page (directly or inside a form XObject)."""
+
     def count(resources) -> int:
         n = 0
         for ref in (resources or {}).get("/XObject", {}).values():
@@ -78,8 +80,19 @@ def pdf(tmp_path_factory):
     if not build.html.joinpath("index.html").exists():
         pytest.fail(f"the book did not build:\n{build.log[-4000:]}")
     out = tmp_path_factory.mktemp("pdf") / "book.pdf"
-    proc = subprocess.run([sys.executable, str(REPO / "book" / "build_pdf.py"), "--html", str(build.html),
-                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "book" / "build_pdf.py"),
+            "--html",
+            str(build.html),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     print(proc.stdout.splitlines()[-1])
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -93,7 +106,9 @@ def test_outline_lists_every_page_in_reading_order(pdf):
     for (depth, title, _), page in zip(outline, PAGES):
         assert depth == (0 if page.is_chapter or page.is_root else 1), (title, page.docname)
     starts = [start for _, _, start in outline]
-    assert starts[0] == 0 and starts == sorted(set(starts)), f"pages do not follow the table of contents: {starts}"
+    assert starts[0] == 0 and starts == sorted(set(starts)), (
+        f"pages do not follow the table of contents: {starts}"
+    )
     assert len(pdf.pages) > len(PAGES)
 
 
@@ -103,7 +118,9 @@ def test_every_page_title_is_printed_where_the_outline_points(pdf, index):
     title = _source_title(page)
     start = _outline(pdf)[index][2]
     text = pdf.pages[start].extract_text()
-    assert _squash(title) in _squash(text), f"{page.docname}: {title!r} not on PDF page {start + 1}:\n{text[:500]}"
+    assert _squash(title) in _squash(text), (
+        f"{page.docname}: {title!r} not on PDF page {start + 1}:\n{text[:500]}"
+    )
 
 
 def test_every_notebook_figure_is_an_image_in_the_pdf(pdf):

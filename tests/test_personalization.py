@@ -1,12 +1,22 @@
 """Tests of chapter 13's simulated users, click model, user vectors and bandits."""
+
 import numpy as np
 import pytest
 
 from image_search.metrics import intra_list_diversity
-from image_search.personalization import (FixedPolicy, LinearThompson, LinUCB, Policy, ShopEnvironment,
-                                          TasteClickModel, category_concentration, preference, preference_matrix,
-                                          simulate, simulate_users, user_vector)
-
+from image_search.personalization import (
+    FixedPolicy,
+    LinearThompson,
+    LinUCB,
+    Policy,
+    ShopEnvironment,
+    TasteClickModel,
+    category_concentration,
+    preference,
+    simulate,
+    simulate_users,
+    user_vector,
+)
 
 
 def test_simulated_users_are_seeded_and_follow_the_catalog(catalog):
@@ -16,15 +26,21 @@ def test_simulated_users_are_seeded_and_follow_the_catalog(catalog):
     assert a == simulate_users(catalog.products, 1500, seed=1, browsers=0.3)
     assert a != simulate_users(catalog.products, 1500, seed=2, browsers=0.3)
     taste = np.array([u.taste for u in a])
-    assert abs((taste > 0.45).mean() - 0.3) < 0.04                       # the share of browsers asked for
-    assert abs(np.median(taste[taste > 0.45]) - 0.8) < 0.03 and abs(np.median(taste[taste <= 0.45]) - 0.1) < 0.03
+    assert abs((taste > 0.45).mean() - 0.3) < 0.04  # the share of browsers asked for
+    assert (
+        abs(np.median(taste[taste > 0.45]) - 0.8) < 0.03
+        and abs(np.median(taste[taste <= 0.45]) - 0.1) < 0.03
+    )
     # preferred categories are drawn with the catalog's own frequencies
     users, shop = Counter(u.category for u in a), Counter(p.category for p in catalog.products)
     distance = sum(abs(users[c] / len(a) - shop[c] / len(catalog)) for c in shop) / 2
     assert distance < 0.08  # a uniform choice would be 0.25 away
     prices = {round(p.price * 0.5, 2) for p in catalog.products}
-    assert all(u.price_band[0] in prices and u.price_band[1] == pytest.approx(3 * u.price_band[0], abs=0.03)
-               for u in a[:100])
+    assert all(
+        u.price_band[0] in prices
+        and u.price_band[1] == pytest.approx(3 * u.price_band[0], abs=0.03)
+        for u in a[:100]
+    )
 
 
 def test_preference_weights_hand_worked(catalog):
@@ -34,8 +50,12 @@ def test_preference_weights_hand_worked(catalog):
 
     p = catalog.products[0]
     user = User(0, p.category, p.colour, "no-such-brand", (p.price + 1, p.price + 2), taste=0.5)
-    assert preference(user, p) == pytest.approx(0.4 + 0.3)  # category and colour; not brand, not price
-    assert preference(replace(user, brand=p.brand, price_band=(0, p.price)), p) == pytest.approx(1.0)
+    assert preference(user, p) == pytest.approx(
+        0.4 + 0.3
+    )  # category and colour; not brand, not price
+    assert preference(replace(user, brand=p.brand, price_band=(0, p.price)), p) == pytest.approx(
+        1.0
+    )
 
 
 def test_click_model_position_bias_and_bounds():
@@ -51,7 +71,9 @@ def test_user_vector_decays_towards_recent_clicks():
     assert user_vector(np.zeros((0, 3))) is None
     v = user_vector(e[[0, 1]], decay=0.5)
     assert v[1] > v[0] > 0 and np.isclose(np.linalg.norm(v), 1)
-    assert intra_list_diversity(e) == pytest.approx(1.0) and intra_list_diversity(e[[0, 0]]) == pytest.approx(0.0)
+    assert intra_list_diversity(e) == pytest.approx(1.0) and intra_list_diversity(
+        e[[0, 0]]
+    ) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("make", [lambda: LinUCB(2, 2), lambda: LinearThompson(2, 2, seed=0)])
@@ -59,11 +81,11 @@ def test_bandits_learn_the_better_arm_per_context(make):
     rng = np.random.default_rng(0)
     bandit = make()
     picks = []
-    for t in range(1500):
+    for _ in range(1500):
         b = rng.random()
         x = np.array([1.0, b])
         arm = bandit.select(x)
-        mean = (0.9 - 0.6 * b, 0.2 + 0.7 * b)[arm]   # arm 0 best for b < 0.54, arm 1 above
+        mean = (0.9 - 0.6 * b, 0.2 + 0.7 * b)[arm]  # arm 0 best for b < 0.54, arm 1 above
         bandit.update(arm, x, float(rng.random() < mean))
         picks.append((arm, b))
     late = np.array(picks[-500:])
@@ -72,18 +94,27 @@ def test_bandits_learn_the_better_arm_per_context(make):
 
 
 def _shop(catalog, seed=0):
-    """120 products whose shop photos cluster by category (so a user vector carries taste), 20 users."""
+    """120 products whose shop photos cluster by category (so a user vector carries taste), 20
+    users."""
     products = catalog.products[:120]
     categories = sorted({p.category for p in products})
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(len(categories), 16))
-    icons = np.stack([centres[categories.index(p.category)] + 0.8 * rng.normal(size=16) for p in products])
+    icons = np.stack(
+        [centres[categories.index(p.category)] + 0.8 * rng.normal(size=16) for p in products]
+    )
     icons /= np.linalg.norm(icons, axis=1, keepdims=True)
     views = np.stack([icons + 0.3 * rng.normal(size=icons.shape) for _ in range(2)], axis=1)
     views /= np.linalg.norm(views, axis=2, keepdims=True)
-    return ShopEnvironment(products, icons.astype(np.float32), views.astype(np.float32),
-                           tuple(simulate_users(products, 20, seed=seed)),
-                           (Policy("visual"), Policy("blend", 1.0)), candidates=30, k=5)
+    return ShopEnvironment(
+        products,
+        icons.astype(np.float32),
+        views.astype(np.float32),
+        tuple(simulate_users(products, 20, seed=seed)),
+        (Policy("visual"), Policy("blend", 1.0)),
+        candidates=30,
+        k=5,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +130,10 @@ def test_simulation_is_seeded_and_clicks_follow_the_click_model(shop_log):
     assert not np.array_equal(a.user, simulate(env, FixedPolicy(0), 100, seed=4).user)
     # the drawn clicks average what the click model expects of the lists shown
     assert abs(log.reward.mean() - log.expected.mean()) < 0.08 and log.reward.mean() > 0.5
-    assert np.array_equal(log.expected, log.arm_expected[:, 0]) and 0 <= category_concentration(log) <= 1
+    assert (
+        np.array_equal(log.expected, log.arm_expected[:, 0])
+        and 0 <= category_concentration(log) <= 1
+    )
 
 
 def test_personalising_pays_for_browsers_and_costs_searchers(shop_log):

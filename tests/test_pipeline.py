@@ -17,12 +17,15 @@ from image_search.stores import BackendUnavailableError, open_store
 
 
 def test_only_new_or_changed_images_are_embedded(catalog, tmp_path):
-    from image_search.encoders import ColourHistogramEncoder
-
     from PIL import Image
 
+    from image_search.encoders import ColourHistogramEncoder
+
     enc = ColourHistogramEncoder()
-    paths, marker = [], tuple(os.urandom(3))  # images no earlier test has put in the session's cache
+    paths, marker = (
+        [],
+        tuple(os.urandom(3)),
+    )  # images no earlier test has put in the session's cache
     for pid in catalog.ids[:6]:
         paths.append(tmp_path / f"{pid}.png")
         img = Image.open(catalog.icon_path(pid)).convert("RGB")

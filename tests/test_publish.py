@@ -6,13 +6,13 @@ pip and the embedding cache, and deploys the book to GitHub Pages only from main
 The buttons: with `repository.url` blank (as committed) no repository or launch button is built;
 setting the URL alone turns on the Repository button and the Binder and Colab buttons.
 """
+
 from __future__ import annotations
 
 import importlib.util
 
 import pytest
 import yaml
-
 from book_build import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "book.yml"
@@ -35,7 +35,9 @@ def _uses(job: dict, action: str) -> list[dict]:
 def test_every_push_and_pull_request_runs_make_test_in_debian(workflow):
     triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as True
     assert {"push", "pull_request"} <= set(triggers)
-    assert triggers["push"] is None and triggers["pull_request"] is None, "tests must run on every branch"
+    assert triggers["push"] is None and triggers["pull_request"] is None, (
+        "tests must run on every branch"
+    )
     test = workflow["jobs"]["test"]
     assert "if" not in test
     assert test["container"].endswith("-bookworm"), test["container"]
@@ -64,7 +66,9 @@ def test_the_book_is_deployed_to_pages_only_from_main_after_the_tests(workflow):
         assert step["if"] == MAIN_PUSH, step
     steps = test["steps"]
     assert steps.index(build) < steps.index(upload[0])
-    assert steps.index(build) > next(i for i, s in enumerate(steps) if s.get("run", "").strip() == "make test")
+    assert steps.index(build) > next(
+        i for i, s in enumerate(steps) if s.get("run", "").strip() == "make test"
+    )
     assert deploy["needs"] == "test" and deploy["if"] == MAIN_PUSH
     assert _uses(deploy, "actions/deploy-pages")
     assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
@@ -73,7 +77,9 @@ def test_the_book_is_deployed_to_pages_only_from_main_after_the_tests(workflow):
 
 
 def _switch():
-    spec = importlib.util.spec_from_file_location("repository_buttons", REPO / "book" / "_ext" / "repository_buttons.py")
+    spec = importlib.util.spec_from_file_location(
+        "repository_buttons", REPO / "book" / "_ext" / "repository_buttons.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.switch_buttons
@@ -92,7 +98,9 @@ def test_buttons_are_off_while_the_repository_url_is_blank():
     assert "repository_buttons" in config["sphinx"]["local_extensions"]
     options = _theme_options(config)
     assert options["use_repository_button"] is False
-    assert not any(options["launch_buttons"].get(k) for k in ("binderhub_url", "colab_url", "thebe"))
+    assert not any(
+        options["launch_buttons"].get(k) for k in ("binderhub_url", "colab_url", "thebe")
+    )
 
 
 def test_setting_the_repository_url_alone_turns_the_buttons_on():

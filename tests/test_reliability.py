@@ -1,8 +1,10 @@
 """Reliability (chapter 02): bad input gives a documented error, indexes never lose or mix up
 products, concurrent searches agree with serial ones, and nothing unpickles untrusted files."""
+
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import math
 import os
@@ -20,19 +22,31 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import image_search
-from image_search import (Filters, ImageSearchError, IndexMismatchError, InvalidImageError, InvalidRequestError,
-                          ProductIndex, SearchRequest, Searcher)
-from image_search.errors import UnsafePathError
+from image_search import (
+    Filters,
+    ImageSearchError,
+    InvalidImageError,
+    InvalidRequestError,
+    ProductIndex,
+    Searcher,
+    SearchRequest,
+)
 from image_search.__main__ import main as cli_main
 from image_search.encoders import ColourHistogramEncoder
+from image_search.errors import UnsafePathError
 from image_search.images import decode_bytes
 from image_search.searcher import MAX_K, build_index
 
 from conftest import unit_vectors
 
 PACKAGE = Path(image_search.__file__).parent
-FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -45,8 +59,14 @@ def noise(w=48, h=32, seed=0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
 
 
-SEEDS = [encode(noise(), "JPEG"), encode(noise(), "PNG"), encode(noise().convert("P"), "GIF"),
-         encode(noise(), "WEBP"), encode(noise(), "BMP"), encode(noise(), "TIFF")]
+SEEDS = [
+    encode(noise(), "JPEG"),
+    encode(noise(), "PNG"),
+    encode(noise().convert("P"), "GIF"),
+    encode(noise(), "WEBP"),
+    encode(noise(), "BMP"),
+    encode(noise(), "TIFF"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +84,8 @@ def bad_uploads(tmp: Path) -> dict[str, Path]:
         "truncated PNG": encode(noise(), "PNG")[:300],
         "text named .jpg": b"shopping list: sofa, lamp\n",
         "HTML named .jpg": b"<!doctype html><html><body>Login</body></html>",
-        "SVG": b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"><rect width="9" height="9"/></svg>',
+        "SVG": b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9">'
+        b'<rect width="9" height="9"/></svg>',
         "decompression bomb 30000x30000": bomb_png(30000, 30000),
         "ICO (unsupported format)": encode(noise(), "ICO"),
     }
@@ -87,7 +108,9 @@ def awkward_uploads(tmp: Path) -> dict[str, Path]:
         "1x1": encode(Image.new("RGB", (1, 1), (5, 5, 5)), "PNG"),
         "1x5000": encode(Image.new("RGB", (1, 5000), (0, 0, 0)), "PNG"),
         "5000x1": encode(Image.new("RGB", (5000, 1), (0, 0, 0)), "PNG"),
-        "16-bit PNG": encode(Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)), "PNG"),
+        "16-bit PNG": encode(
+            Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)), "PNG"
+        ),
         "CMYK JPEG": encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG"),
         "palette PNG": encode(noise().convert("P"), "PNG"),
         "RGBA with transparency": encode(rgba, "PNG"),
@@ -103,7 +126,7 @@ def awkward_uploads(tmp: Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------ inputs through the Searcher
 def test_bad_uploads_raise_invalid_image_error_from_the_searcher(searcher, tmp_path):
-    for name, path in bad_uploads(tmp_path).items():
+    for path in bad_uploads(tmp_path).values():
         for query in (path, path.read_bytes()):
             with pytest.raises(InvalidImageError):
                 searcher.search(query, k=5)
@@ -116,15 +139,32 @@ def test_awkward_uploads_give_results(searcher, tmp_path):
         assert all(np.isfinite(res.scores)), name
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(k=0), dict(k=-1), dict(k=MAX_K + 1), dict(k=10 ** 12), dict(k=2.5), dict(k=True), dict(k="10"), dict(k=None),
-    dict(embedding=np.full(128, np.nan)), dict(embedding=np.full(128, np.inf)), dict(embedding=np.zeros(128)),
-    dict(embedding=np.ones(127)), dict(embedding=np.ones((2, 128))), dict(embedding=np.ones(0)),
-    dict(embedding="a vector"), dict(embedding=[[1, 2], [3]]),
-    dict(embedding=np.ones(128), user_vector=np.ones(5)), dict(embedding=np.ones(128), user_vector=[np.nan] * 128),
-    dict(filters=Filters(categories=("Garage",))), dict(filters=Filters(categories="Living room ")),
-    dict(filters={"categories": "Kitchen"}),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(k=0),
+        dict(k=-1),
+        dict(k=MAX_K + 1),
+        dict(k=10**12),
+        dict(k=2.5),
+        dict(k=True),
+        dict(k="10"),
+        dict(k=None),
+        dict(embedding=np.full(128, np.nan)),
+        dict(embedding=np.full(128, np.inf)),
+        dict(embedding=np.zeros(128)),
+        dict(embedding=np.ones(127)),
+        dict(embedding=np.ones((2, 128))),
+        dict(embedding=np.ones(0)),
+        dict(embedding="a vector"),
+        dict(embedding=[[1, 2], [3]]),
+        dict(embedding=np.ones(128), user_vector=np.ones(5)),
+        dict(embedding=np.ones(128), user_vector=[np.nan] * 128),
+        dict(filters=Filters(categories=("Garage",))),
+        dict(filters=Filters(categories="Living room ")),
+        dict(filters={"categories": "Kitchen"}),
+    ],
+)
 def test_bad_requests_raise_invalid_request_error(searcher, kwargs):
     kwargs = dict(kwargs)
     if "embedding" not in kwargs:
@@ -133,11 +173,23 @@ def test_bad_requests_raise_invalid_request_error(searcher, kwargs):
         searcher.run(SearchRequest(**kwargs))
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(min_price=-1), dict(max_price=-0.01), dict(min_price=50, max_price=10), dict(max_price=math.nan),
-    dict(min_price=math.inf), dict(max_price="cheap"), dict(max_price=True), dict(categories=5),
-    dict(categories=()), dict(categories=["Kitchen", None]), dict(categories=[""]), dict(in_stock="yes"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(min_price=-1),
+        dict(max_price=-0.01),
+        dict(min_price=50, max_price=10),
+        dict(max_price=math.nan),
+        dict(min_price=math.inf),
+        dict(max_price="cheap"),
+        dict(max_price=True),
+        dict(categories=5),
+        dict(categories=()),
+        dict(categories=["Kitchen", None]),
+        dict(categories=[""]),
+        dict(in_stock="yes"),
+    ],
+)
 def test_bad_filters_raise_invalid_request_error(kwargs):
     with pytest.raises(InvalidRequestError):
         Filters(**kwargs)
@@ -145,16 +197,30 @@ def test_bad_filters_raise_invalid_request_error(kwargs):
 
 def test_good_edge_requests_work(searcher, catalog):
     q = np.ones(128)
-    big = searcher.run(SearchRequest(embedding=np.full(128, 3e38, np.float32), k=5))  # norm overflows float32
+    big = searcher.run(
+        SearchRequest(embedding=np.full(128, 3e38, np.float32), k=5)
+    )  # norm overflows float32
     tiny = searcher.run(SearchRequest(embedding=np.full(128, 1e-30), k=5))
     assert big.ids == tiny.ids == searcher.run(SearchRequest(embedding=q, k=5)).ids
-    assert len(searcher.run(SearchRequest(embedding=q, k=MAX_K))) == len(catalog)  # capped by the catalog
+    assert len(searcher.run(SearchRequest(embedding=q, k=MAX_K))) == len(
+        catalog
+    )  # capped by the catalog
     assert len(searcher.run(SearchRequest(embedding=q, k=1))) == 1
     assert len(searcher.run(SearchRequest(embedding=q, k=np.int64(3)))) == 3
     res = searcher.run(SearchRequest(embedding=q, k=5, filters=Filters(min_price=0, max_price=0)))
     assert all(p.price == 0 for p in res.products)  # an empty but valid range: zero or few results
-    res = searcher.run(SearchRequest(embedding=q, k=5, filters=Filters(categories=["Kitchen"], min_price=np.float32(1),
-                                                                       max_price=1e12, in_stock=np.bool_(True))))
+    res = searcher.run(
+        SearchRequest(
+            embedding=q,
+            k=5,
+            filters=Filters(
+                categories=["Kitchen"],
+                min_price=np.float32(1),
+                max_price=1e12,
+                in_stock=np.bool_(True),
+            ),
+        )
+    )
     assert len(res) == 5 and all(p.category == "Kitchen" and p.in_stock for p in res.products)
     with pytest.raises(InvalidRequestError):
         SearchRequest()
@@ -175,8 +241,12 @@ def test_random_bytes_give_an_image_or_invalid_image_error(data):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on damaged TIFF tags
 @FUZZ
-@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), max_size=12),
-       st.integers(0, 10 ** 6), st.booleans())
+@given(
+    st.sampled_from(SEEDS),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=12),
+    st.integers(0, 10**6),
+    st.booleans(),
+)
 def test_mutated_images_give_an_image_or_invalid_image_error(seed, flips, cut, truncate):
     data = bytearray(seed)
     for pos, value in flips:
@@ -192,19 +262,36 @@ def test_mutated_images_give_an_image_or_invalid_image_error(seed, flips, cut, t
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
 any_float = st.floats(allow_nan=True, allow_infinity=True)
-price = st.one_of(st.none(), any_float, st.integers(-10, 10 ** 6), st.text(max_size=3), st.booleans())
+price = st.one_of(st.none(), any_float, st.integers(-10, 10**6), st.text(max_size=3), st.booleans())
 
 
 @settings(FUZZ, max_examples=60)
-@given(k=st.one_of(st.integers(-5, 2 * MAX_K), st.floats(), st.none(), st.text(max_size=2)),
-       categories=st.one_of(st.none(), st.text(max_size=12), st.lists(st.sampled_from(
-           ["Kitchen", "Bedroom", "Lights", "Office", "Garage", "", "kitchen"]), max_size=3)),
-       min_price=price, max_price=price, in_stock=st.one_of(st.none(), st.booleans(), st.integers(0, 2)),
-       vec=st.one_of(st.lists(any_float, min_size=0, max_size=3), st.lists(finite, min_size=128, max_size=128),
-                     st.lists(any_float, min_size=128, max_size=128)))
-def test_random_requests_give_results_or_documented_errors(searcher, k, categories, min_price, max_price, in_stock, vec):
+@given(
+    k=st.one_of(st.integers(-5, 2 * MAX_K), st.floats(), st.none(), st.text(max_size=2)),
+    categories=st.one_of(
+        st.none(),
+        st.text(max_size=12),
+        st.lists(
+            st.sampled_from(["Kitchen", "Bedroom", "Lights", "Office", "Garage", "", "kitchen"]),
+            max_size=3,
+        ),
+    ),
+    min_price=price,
+    max_price=price,
+    in_stock=st.one_of(st.none(), st.booleans(), st.integers(0, 2)),
+    vec=st.one_of(
+        st.lists(any_float, min_size=0, max_size=3),
+        st.lists(finite, min_size=128, max_size=128),
+        st.lists(any_float, min_size=128, max_size=128),
+    ),
+)
+def test_random_requests_give_results_or_documented_errors(
+    searcher, k, categories, min_price, max_price, in_stock, vec
+):
     try:
-        filters = Filters(categories=categories, min_price=min_price, max_price=max_price, in_stock=in_stock)
+        filters = Filters(
+            categories=categories, min_price=min_price, max_price=max_price, in_stock=in_stock
+        )
         res = searcher.run(SearchRequest(embedding=np.array(vec), k=k, filters=filters))
     except (InvalidRequestError, InvalidImageError):
         return
@@ -230,23 +317,47 @@ def test_cli_bad_uploads_and_arguments_are_one_line_errors(capsys, tmp_path, his
     good = catalog.icon_path(catalog.ids[0])
     common = ["--encoder", "colour-histogram", "--index", hist_index]
     cases = {name: ["search", path, *common] for name, path in bad_uploads(tmp_path).items()}
-    cases.update({
-        "missing file": ["search", tmp_path / "nope.jpg", *common],
-        "a folder": ["search", tmp_path, *common],
-        "-k 0": ["search", good, "-k", "0", *common],
-        "-k -3": ["search", good, "-k", "-3", *common],
-        "-k 100000": ["search", good, "-k", "100000", *common],
-        "-k many": ["search", good, "-k", "many", *common],
-        "--max-price -1": ["search", good, "--max-price", "-1", *common],
-        "--max-price nan": ["search", good, "--max-price", "nan", *common],
-        "--min-price > --max-price": ["search", good, "--min-price", "90", "--max-price", "10", *common],
-        "unknown category": ["search", good, "--category", "Garage", *common],
-        "index of another encoder": ["search", good, "--encoder", "raw-pixels", "--index", hist_index],
-        "damaged index": ["search", good, "--encoder", "colour-histogram", "--index", bad_uploads(tmp_path)["zero-byte"]],
-        "unknown encoder": ["search", good, "--encoder", "nope", "--index", hist_index],
-        "unknown command": ["frobnicate"],
-        "no command": [],
-    })
+    cases.update(
+        {
+            "missing file": ["search", tmp_path / "nope.jpg", *common],
+            "a folder": ["search", tmp_path, *common],
+            "-k 0": ["search", good, "-k", "0", *common],
+            "-k -3": ["search", good, "-k", "-3", *common],
+            "-k 100000": ["search", good, "-k", "100000", *common],
+            "-k many": ["search", good, "-k", "many", *common],
+            "--max-price -1": ["search", good, "--max-price", "-1", *common],
+            "--max-price nan": ["search", good, "--max-price", "nan", *common],
+            "--min-price > --max-price": [
+                "search",
+                good,
+                "--min-price",
+                "90",
+                "--max-price",
+                "10",
+                *common,
+            ],
+            "unknown category": ["search", good, "--category", "Garage", *common],
+            "index of another encoder": [
+                "search",
+                good,
+                "--encoder",
+                "raw-pixels",
+                "--index",
+                hist_index,
+            ],
+            "damaged index": [
+                "search",
+                good,
+                "--encoder",
+                "colour-histogram",
+                "--index",
+                bad_uploads(tmp_path)["zero-byte"],
+            ],
+            "unknown encoder": ["search", good, "--encoder", "nope", "--index", hist_index],
+            "unknown command": ["frobnicate"],
+            "no command": [],
+        }
+    )
     for name, args in cases.items():
         try:
             rc, out, err = run_cli(capsys, *args)
@@ -258,16 +369,42 @@ def test_cli_bad_uploads_and_arguments_are_one_line_errors(capsys, tmp_path, his
 
 def test_cli_awkward_uploads_succeed(capsys, tmp_path, hist_index):
     for name, path in awkward_uploads(tmp_path).items():
-        rc, out, err = run_cli(capsys, "search", path, "-k", "3", "--encoder", "colour-histogram", "--index", hist_index)
+        rc, out, err = run_cli(
+            capsys,
+            "search",
+            path,
+            "-k",
+            "3",
+            "--encoder",
+            "colour-histogram",
+            "--index",
+            hist_index,
+        )
         assert rc == 0, (name, err)
         assert "rank" in out
 
 
 def test_cli_in_a_real_process_prints_no_traceback(tmp_path, hist_index):
     path = bad_uploads(tmp_path)["decompression bomb 30000x30000"]
-    out = subprocess.run([sys.executable, "-m", "image_search", "search", str(path), "--encoder", "colour-histogram",
-                          "--index", str(hist_index)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "image_search",
+            "search",
+            str(path),
+            "--encoder",
+            "colour-histogram",
+            "--index",
+            str(hist_index),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        out.returncode == 1 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+    )
     assert len(out.stderr.strip().splitlines()) == 1
 
 
@@ -285,8 +422,19 @@ def _old_and_new(tmp_path):
     return old, new, path
 
 
-@pytest.mark.parametrize("fail_at", ["manifest", "ids", "labels", "index.faiss", "after the last member",
-                                     "fsync", "check before rename", "replace"])
+@pytest.mark.parametrize(
+    "fail_at",
+    [
+        "manifest",
+        "ids",
+        "labels",
+        "index.faiss",
+        "after the last member",
+        "fsync",
+        "check before rename",
+        "replace",
+    ],
+)
 def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
     """Deterministic fault injection at each step of a save: the old file survives, complete and
     verified, and no temporary file is left behind."""
@@ -299,7 +447,12 @@ def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
     def boom(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    members = {"manifest": "manifest.json", "ids": "ids.json", "labels": "labels.npy", "index.faiss": "index.faiss"}
+    members = {
+        "manifest": "manifest.json",
+        "ids": "ids.json",
+        "labels": "labels.npy",
+        "index.faiss": "index.faiss",
+    }
     if fail_at in members:  # the write callback fails part-way through the zip
         real = zipfile.ZipFile.writestr
 
@@ -307,6 +460,7 @@ def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
             if name == members[fail_at]:
                 boom()
             return real(self, name, data, *a, **kw)
+
         monkeypatch.setattr(zipfile.ZipFile, "writestr", partial)
     elif fail_at == "after the last member":  # writing the zip's central directory
         monkeypatch.setattr(zipfile.ZipFile, "_write_end_record", boom)
@@ -315,8 +469,11 @@ def test_a_failed_save_keeps_the_previous_index(tmp_path, monkeypatch, fail_at):
     elif fail_at == "check before rename":  # the target was swapped for something else meanwhile
         calls = []
         real_check = paths.check_write_target
-        monkeypatch.setattr(paths, "check_write_target",
-                            lambda p: real_check(p) if not calls.append(p) and len(calls) == 1 else boom())
+        monkeypatch.setattr(
+            paths,
+            "check_write_target",
+            lambda p: real_check(p) if not calls.append(p) and len(calls) == 1 else boom(),
+        )
     else:
         monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="simulated"):
@@ -356,13 +513,15 @@ index.save(r"{path}")
     finally:
         proc.kill()
         proc.wait()
-    index = ProductIndex.load(path, encoder="enc", dim=16)  # the last complete save, checksum verified
+    index = ProductIndex.load(
+        path, encoder="enc", dim=16
+    )  # the last complete save, checksum verified
     assert len(index) == 2000 and "p0" in index
     # a hard kill cannot clean up: its temp file is left under a name load() never reads
     assert all(p.name.startswith(".big.index.") for p in _temp_files(tmp_path))
 
 
-# ------------------------------------------------------------------ index files (issue 19: 1, 2, 4, 6, 11)
+# ----------------------------------------------------------- index files (issue 19: 1, 2, 4, 6, 11)
 def test_index_save_refuses_devices_and_fifos_and_honours_the_umask(tmp_path):
     index = _old_and_new(tmp_path)[0]
     fifo = tmp_path / "fifo"
@@ -403,6 +562,7 @@ def test_index_load_refuses_fifos_devices_and_oversized_files_at_once(tmp_path):
                 outcome[str(name)] = "loaded"
             except UnsafePathError as e:
                 outcome[str(name)] = str(e)
+
     worker = threading.Thread(target=load_all, daemon=True)
     worker.start()
     worker.join(timeout=20)
@@ -413,9 +573,21 @@ def test_index_load_refuses_fifos_devices_and_oversized_files_at_once(tmp_path):
 
 
 def test_factory_needing_more_training_vectors_says_how_many(capsys, tmp_path):
-    rc, out, err = run_cli(capsys, "index", "--encoder", "colour-histogram", "--factory", "IVF4096,PQ64",
-                           "--out", tmp_path / "x.index")
-    assert rc == 1 and "at least 4,096 training vectors, got 3,090" in err and len(err.strip().splitlines()) == 1
+    rc, out, err = run_cli(
+        capsys,
+        "index",
+        "--encoder",
+        "colour-histogram",
+        "--factory",
+        "IVF4096,PQ64",
+        "--out",
+        tmp_path / "x.index",
+    )
+    assert (
+        rc == 1
+        and "at least 4,096 training vectors, got 3,090" in err
+        and len(err.strip().splitlines()) == 1
+    )
     with pytest.raises(InvalidRequestError, match="at least 256 training vectors"):
         ProductIndex(16, "e", "PQ4").train(unit_vectors(100, 16))
 
@@ -430,24 +602,43 @@ def _subset_catalog(catalog, folder: Path, n: int) -> Path:
     return folder
 
 
-def test_a_stale_cached_index_is_rebuilt_and_a_stale_explicit_one_refused(capsys, tmp_path, monkeypatch,
-                                                                           catalog, hist_index):
+def test_a_stale_cached_index_is_rebuilt_and_a_stale_explicit_one_refused(
+    capsys, tmp_path, monkeypatch, catalog, hist_index
+):
     rc, _, _ = run_cli(capsys, "index", "--encoder", "colour-histogram")  # the cached default index
     assert rc == 0
-    monkeypatch.setenv("IMAGE_SEARCH_CATALOG", str(_subset_catalog(catalog, tmp_path / "small", 200)))
+    monkeypatch.setenv(
+        "IMAGE_SEARCH_CATALOG", str(_subset_catalog(catalog, tmp_path / "small", 200))
+    )
     image = catalog.icon_path(catalog.ids[300])  # a product the small catalog does not have
-    rc, out, err = run_cli(capsys, "search", image, "-k", "200", "--json", "--encoder", "colour-histogram")
+    rc, out, err = run_cli(
+        capsys, "search", image, "-k", "200", "--json", "--encoder", "colour-histogram"
+    )
     assert rc == 0  # another catalog folder has its own cached index: built here
     import json
-    assert {r["id"] for r in json.loads(out)["results"]} == set(catalog.ids[:200])  # never an unknown id
-    rc, out, err = run_cli(capsys, "search", image, "--encoder", "colour-histogram", "--index", hist_index)
+
+    assert {r["id"] for r in json.loads(out)["results"]} == set(
+        catalog.ids[:200]
+    )  # never an unknown id
+    rc, out, err = run_cli(
+        capsys, "search", image, "--encoder", "colour-histogram", "--index", hist_index
+    )
     assert rc == 1 and "built for another catalog" in err and len(err.strip().splitlines()) == 1
-    rc, out, err = run_cli(capsys, "search", image, "--encoder", "colour-histogram")  # built once, now current
+    rc, out, err = run_cli(
+        capsys, "search", image, "--encoder", "colour-histogram"
+    )  # built once, now current
     assert rc == 0 and "updating" not in err
     (tmp_path / "small" / "products.csv").write_text(  # the same catalog folder, one product fewer
-        "".join((catalog.root / "products.csv").read_text(encoding="utf-8").splitlines(keepends=True)[:200]),
-        encoding="utf-8")
-    rc, out, err = run_cli(capsys, "search", image, "-k", "200", "--json", "--encoder", "colour-histogram")
+        "".join(
+            (catalog.root / "products.csv")
+            .read_text(encoding="utf-8")
+            .splitlines(keepends=True)[:200]
+        ),
+        encoding="utf-8",
+    )
+    rc, out, err = run_cli(
+        capsys, "search", image, "-k", "200", "--json", "--encoder", "colour-histogram"
+    )
     assert rc == 0 and "updating the cached index: the catalog changed" in err
     assert {r["id"] for r in json.loads(out)["results"]} == set(catalog.ids[:199])
 
@@ -504,6 +695,7 @@ def test_searches_overlap_inside_faiss_and_writers_wait_for_them():
         both_inside.wait()
         assert release.wait(10)
         return real(q, k, params)
+
     index._faiss_search = instrumented
     with ThreadPoolExecutor(3) as pool:
         searches = [pool.submit(index.search, x[i], 5) for i in range(2)]
@@ -552,20 +744,42 @@ def test_concurrent_decoding_of_bombs_and_photos(tmp_path):
         got = list(pool.map(one, range(64)))
     assert got == ["refused" if i % 2 else (48, 32) for i in range(64)]
     import warnings
-    assert not any(f[2] is Image.DecompressionBombWarning and f[0] == "error" for f in warnings.filters)
+
+    assert not any(
+        f[2] is Image.DecompressionBombWarning and f[0] == "error" for f in warnings.filters
+    )
 
 
 # ------------------------------------------------------------------ no unsafe deserialisation
-UNPICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve", "jsonpickle"}
+UNPICKLERS = {
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "marshal",
+    "shelve",
+    "jsonpickle",
+}
+
+
+def _keyword_constant(keywords: dict, key: str):
+    """The literal value of keyword argument ``key``; ``None`` when absent or not a constant."""
+    value = keywords.get(key)
+    return value.value if isinstance(value, ast.Constant) else None
 
 
 def unsafe_calls(source: str) -> list[str]:
     """Calls that can run code from a file's bytes: unpickling, ``torch.load`` without
-    ``weights_only=True``, ``np.load(allow_pickle=True)``, ``pd.read_pickle``, unsafe YAML, eval/exec."""
+    ``weights_only=True``, ``np.load(allow_pickle=True)``, ``pd.read_pickle``, unsafe YAML,
+    eval/exec."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name.split(".")[0] for a in node.names] + ([node.module.split(".")[0]] if getattr(node, "module", None) else [])
+            names = [a.name.split(".")[0] for a in node.names] + (
+                [node.module.split(".")[0]] if getattr(node, "module", None) else []
+            )
             found += [f"line {node.lineno}: imports {n}" for n in names if n in UNPICKLERS]
         if not isinstance(node, ast.Call):
             continue
@@ -573,14 +787,21 @@ def unsafe_calls(source: str) -> list[str]:
         name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
         owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
         kw = {k.arg: k.value for k in node.keywords}
-        const = lambda key: kw[key].value if key in kw and isinstance(kw[key], ast.Constant) else None  # noqa: E731
+        const = functools.partial(_keyword_constant, kw)
         if owner in UNPICKLERS and name in ("load", "loads", "Unpickler", "open"):
             found.append(f"line {node.lineno}: {owner}.{name}")
         elif owner == "torch" and name == "load" and const("weights_only") is not True:
             found.append(f"line {node.lineno}: torch.load without weights_only=True")
-        elif owner in ("np", "numpy") and name == "load" and "allow_pickle" in kw and const("allow_pickle") is not False:
+        elif (
+            owner in ("np", "numpy")
+            and name == "load"
+            and "allow_pickle" in kw
+            and const("allow_pickle") is not False
+        ):
             found.append(f"line {node.lineno}: np.load with allow_pickle")
-        elif name in ("read_pickle", "unsafe_load", "full_load") or (owner == "yaml" and name == "load" and "Loader" not in kw):
+        elif name in ("read_pickle", "unsafe_load", "full_load") or (
+            owner == "yaml" and name == "load" and "Loader" not in kw
+        ):
             found.append(f"line {node.lineno}: {owner}.{name}")
         elif isinstance(f, ast.Name) and name in ("eval", "exec"):
             found.append(f"line {node.lineno}: {name}()")
@@ -599,7 +820,11 @@ e = pd.read_pickle('x.pkl')
 f = eval('1')
 """
     assert len(unsafe_calls(bad)) == 7
-    good = "import numpy as np, torch\ntorch.load('w', map_location='cpu', weights_only=True)\nnp.load('x', allow_pickle=False)\n"
+    good = (
+        "import numpy as np, torch\n"
+        "torch.load('w', map_location='cpu', weights_only=True)\n"
+        "np.load('x', allow_pickle=False)\n"
+    )
     assert unsafe_calls(good) == []
 
 
@@ -616,30 +841,43 @@ def _empty_csv(folder: Path) -> Path:
 
 
 def test_every_documented_error_is_an_image_search_error(tmp_path, monkeypatch):
-    """Each error class in errors.py (found there, not listed here) is exported, named in chapter 02,
-    and really raised by its documented trigger, where ``except ImageSearchError`` catches it."""
+    """Each error class in errors.py (found there, not listed here) is exported, named in
+    chapter 02, and really raised by its documented trigger, where ``except ImageSearchError``
+    catches it."""
     import inspect
 
     from image_search import errors
 
-    declared = {n for n, c in vars(errors).items() if inspect.isclass(c) and c.__module__ == errors.__name__}
+    declared = {
+        n for n, c in vars(errors).items() if inspect.isclass(c) and c.__module__ == errors.__name__
+    }
     chapter = (PACKAGE.parent / "book" / "02_system_io.md").read_text()
     broken = tmp_path / "broken.index"
     broken.write_bytes(b"PK\x03\x04 not really a zip file")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty Hugging Face cache: the weights are missing
+    monkeypatch.setenv(
+        "HF_HOME", str(tmp_path)
+    )  # an empty Hugging Face cache: the weights are missing
     triggers = {
         "InvalidImageError": lambda: decode_bytes(b""),
         "InvalidRequestError": lambda: SearchRequest(embedding=np.ones(4), k=0),
         "IndexMismatchError": lambda: ProductIndex.load(broken),
-        "ModelUnavailableError": lambda: image_search.load_encoder("open_clip:ViT-B-32/laion2b_s34b_b79k"),
+        "ModelUnavailableError": lambda: image_search.load_encoder(
+            "open_clip:ViT-B-32/laion2b_s34b_b79k"
+        ),
         "UnsafePathError": lambda: image_search.paths.atomic_write_bytes("/dev/null", b"x"),
         "CatalogError": lambda: image_search.load_catalog_csv(_empty_csv(tmp_path), tmp_path),
-        "BackendUnavailableError": lambda: image_search.stores.open_store("qdrant", "http://127.0.0.1:9", "x", 4),
+        "BackendUnavailableError": lambda: image_search.stores.open_store(
+            "qdrant", "http://127.0.0.1:9", "x", 4
+        ),
     }
-    assert declared - {"ImageSearchError"} == set(triggers), "give each error class in errors.py a trigger here"
+    assert declared - {"ImageSearchError"} == set(triggers), (
+        "give each error class in errors.py a trigger here"
+    )
     for name in sorted(declared):
-        assert name in image_search.__all__ and f"`{name}`" in chapter, f"{name} is not exported or not documented"
+        assert name in image_search.__all__ and f"`{name}`" in chapter, (
+            f"{name} is not exported or not documented"
+        )
     for name, trigger in triggers.items():
         with pytest.raises(ImageSearchError) as caught:
             trigger()

@@ -22,15 +22,21 @@ def test_default_config_keeps_ann_order(catalog):
 
 def test_the_reranker_keeps_every_candidate_filters_are_the_ann_search_s_job(catalog):
     ids, scores, v = candidates(catalog, 30)
-    r = Reranker(catalog, RerankConfig(boosts=(("in_stock", "False", -1.0),))).rerank(ids, scores, v, k=30)
-    assert sorted(r.ids) == sorted(ids)                                      # a boost reorders, never drops
-    assert [catalog[i].in_stock for i in r.ids] == sorted((catalog[i].in_stock for i in ids), reverse=True)
+    r = Reranker(catalog, RerankConfig(boosts=(("in_stock", "False", -1.0),))).rerank(
+        ids, scores, v, k=30
+    )
+    assert sorted(r.ids) == sorted(ids)  # a boost reorders, never drops
+    assert [catalog[i].in_stock for i in r.ids] == sorted(
+        (catalog[i].in_stock for i in ids), reverse=True
+    )
 
 
 def test_attribute_boost_moves_matches_up(catalog):
     ids, scores, v = candidates(catalog, 20)
     colour = catalog[ids[-1]].colour
-    r = Reranker(catalog, RerankConfig(boosts=(("colour", colour, 1.0),))).rerank(ids, scores, v, k=3)
+    r = Reranker(catalog, RerankConfig(boosts=(("colour", colour, 1.0),))).rerank(
+        ids, scores, v, k=3
+    )
     assert all(catalog[i].colour == colour for i in r.ids[:1])
 
 
@@ -52,11 +58,15 @@ def test_mmr_trades_relevance_for_diversity():
 def test_user_vector_personalises(catalog):
     ids, scores, v = candidates(catalog)
     user = v[-1]
-    r = Reranker(catalog, RerankConfig(user_weight=2.0)).rerank(ids, scores, v, k=1, user_vector=user)
+    r = Reranker(catalog, RerankConfig(user_weight=2.0)).rerank(
+        ids, scores, v, k=1, user_vector=user
+    )
     assert r.ids == (ids[-1],)
 
 
-@pytest.mark.parametrize("kwargs", [dict(mmr_lambda=1.5), dict(mmr_lambda=-0.1), dict(dedupe_threshold=1.5)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(mmr_lambda=1.5), dict(mmr_lambda=-0.1), dict(dedupe_threshold=1.5)]
+)
 def test_bad_config_is_a_request_error(kwargs):
     with pytest.raises(InvalidRequestError):
         RerankConfig(**kwargs)

@@ -60,7 +60,8 @@ def test_batch_search_matches_single_search(searcher, catalog):
 
 
 class _Slow:
-    """Wraps an encoder or an index: ``method`` sleeps ``seconds`` first, everything else is passed on."""
+    """Wraps an encoder or an index: ``method`` sleeps ``seconds`` first, everything else is passed
+    on."""
 
     def __init__(self, inner, method: str, seconds: float):
         self._inner, self._method, self._seconds = inner, method, seconds
@@ -73,6 +74,7 @@ class _Slow:
         def slow(*args, **kwargs):
             time.sleep(self._seconds)
             return attr(*args, **kwargs)
+
         return slow
 
 
@@ -87,19 +89,29 @@ def test_timings_are_reported(searcher, catalog):
     assert t.ann_ms >= 100 and max(t.decode_ms, t.embed_ms, t.rerank_ms) < 100
     # a batch of four shares one slow embedding call: a quarter of it per query
     batch = slow_embed.search_batch([path] * 4, k=3)
-    assert all(r.timings.embed_ms == batch[0].timings.embed_ms for r in batch) and 25 <= batch[0].timings.embed_ms < 100
+    assert (
+        all(r.timings.embed_ms == batch[0].timings.embed_ms for r in batch)
+        and 25 <= batch[0].timings.embed_ms < 100
+    )
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(k=0), dict(k=10_001), dict(k=2.5),
-    dict(filters=Filters(categories=("Garage",))),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(k=0),
+        dict(k=10_001),
+        dict(k=2.5),
+        dict(filters=Filters(categories=("Garage",))),
+    ],
+)
 def test_bad_requests_are_refused(searcher, catalog, kwargs):
     with pytest.raises(InvalidRequestError):
         searcher.search(catalog.icon_path(catalog.ids[0]), **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(min_price=-1), dict(min_price=50, max_price=10), dict(max_price=float("nan"))])
+@pytest.mark.parametrize(
+    "kwargs", [dict(min_price=-1), dict(min_price=50, max_price=10), dict(max_price=float("nan"))]
+)
 def test_bad_filters_are_refused(kwargs):
     with pytest.raises(InvalidRequestError):
         Filters(**kwargs)
@@ -122,7 +134,7 @@ def test_evaluation_of_the_default_encoder_beats_the_baseline(lite0_searcher, se
     assert deep.recall[10] > 0.6 and deep.recall[10] > base.recall[10] + 0.3
 
 
-# ------------------------------------------------------------------ streaming batch search (issue 19, item 8)
+# -------------------------------------------------------- streaming batch search (issue 19, item 8)
 class CountingEncoder:
     """Stands in for the real encoder of ``searcher``: records how many decoded images are alive
     (not yet freed) each time it is called, and returns the real encoder's vectors."""
@@ -179,7 +191,9 @@ def test_batch_search_reads_a_generator_lazily(counting):
 
     def photos():
         for i in range(20):
-            seen.append((i, len(enc.calls)))  # how many chunks were embedded before image i was read
+            seen.append(
+                (i, len(enc.calls))
+            )  # how many chunks were embedded before image i was read
             yield np.full((32, 32, 3), i, np.uint8)
 
     s.search_batch(photos(), k=2, batch_size=5)
@@ -193,7 +207,17 @@ def test_a_bad_image_in_a_batch_is_named_or_reported(searcher, catalog):
         searcher.search_batch(batch, k=4, batch_size=2)
     results = searcher.search_batch(batch, k=4, batch_size=2, errors="report")
     assert len(results) == len(batch)
-    assert [r.error is not None for r in results] == [False, False, False, True, False, False, True, False, False]
+    assert [r.error is not None for r in results] == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
     assert "not an image" in results[3].error and "empty" in results[6].error
     assert len(results[3]) == 0 and results[3].products == () and results[3].timings.decode_ms > 0
     good = [r for r in results if r.error is None]
@@ -213,8 +237,17 @@ def test_batch_timings_are_per_query(searcher, catalog):
     assert results[0].timings.decode_ms != results[1].timings.decode_ms  # decode: each image's own
 
 
-@pytest.mark.parametrize("kwargs", [dict(batch_size=0), dict(batch_size=2.5), dict(batch_size=True),
-                                    dict(errors="skip"), dict(k=0), dict(filters=Filters(categories=("Garage",)))])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(batch_size=0),
+        dict(batch_size=2.5),
+        dict(batch_size=True),
+        dict(errors="skip"),
+        dict(k=0),
+        dict(filters=Filters(categories=("Garage",))),
+    ],
+)
 def test_bad_batch_arguments_are_refused(searcher, catalog, kwargs):
     with pytest.raises(InvalidRequestError):
         searcher.search_batch([catalog.icon_path(catalog.ids[0])], **kwargs)
@@ -227,7 +260,9 @@ def test_a_single_image_is_not_mistaken_for_a_batch(searcher, catalog):
             searcher.search_batch(one, k=2)
     assert searcher.search_batch([], k=2) == []
     stacked = np.stack([np.asarray(Image.open(path).convert("RGB"))] * 3)  # (n, H, W, 3) is a batch
-    assert [r.ids for r in searcher.search_batch(stacked, k=2)] == [searcher.search(path, k=2).ids] * 3
+    assert [r.ids for r in searcher.search_batch(stacked, k=2)] == [
+        searcher.search(path, k=2).ids
+    ] * 3
 
 
 def test_text_needs_an_encoder_with_a_text_tower(searcher, catalog):
@@ -235,13 +270,16 @@ def test_text_needs_an_encoder_with_a_text_tower(searcher, catalog):
         searcher.search(text="a green armchair", k=3)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(), "give an image, a text"),
-    (dict(embedding=np.ones(4), text="chair"), "embedding alone"),
-    (dict(text=""), "empty"),
-    (dict(text="x" * 5000), "limit"),
-    (dict(text="chair", alpha=1.0), "composed query"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(), "give an image, a text"),
+        (dict(embedding=np.ones(4), text="chair"), "embedding alone"),
+        (dict(text=""), "empty"),
+        (dict(text="x" * 5000), "limit"),
+        (dict(text="chair", alpha=1.0), "composed query"),
+    ],
+)
 def test_bad_text_requests_are_refused(kwargs, match):
     with pytest.raises(InvalidRequestError, match=match):
         SearchRequest(**kwargs)
@@ -258,21 +296,35 @@ def test_text_and_composed_queries_search_the_joint_space(catalog):
     photo = catalog.icon_path(chair.id)
     alone, composed = s.search(photo, k=5), s.search(photo, text="a lamp", k=5)
     assert composed.ids != alone.ids and any(p.type == "lamp" for p in composed.products)
-    assert s.search(photo, text="a lamp", alpha=0.0, k=5).ids == alone.ids  # alpha 0: the photo alone
+    assert (
+        s.search(photo, text="a lamp", alpha=0.0, k=5).ids == alone.ids
+    )  # alpha 0: the photo alone
 
 
 def test_a_rejector_turns_a_weak_match_into_no_match(searcher, catalog):
     from image_search.rejection import Rejector
 
-    strict = Rejector(("top1",), (1.0,), 0.0, (0.0,), (1.0,), threshold=2.0, encoder=searcher.encoder.name)
+    strict = Rejector(
+        ("top1",), (1.0,), 0.0, (0.0,), (1.0,), threshold=2.0, encoder=searcher.encoder.name
+    )
     s = Searcher(searcher.index, catalog, searcher.encoder, rejector=strict)
     res = s.search(catalog.icon_path(catalog.ids[0]), k=3)
     assert len(res) == 0 and res.no_match
-    assert s.search(embedding=searcher.index.vectors([catalog.ids[0]])[0], k=3).no_match  # a photo's embedding too
-    assert all(r.no_match for r in s.search_batch([catalog.icon_path(i) for i in catalog.ids[:3]], k=3))
+    assert s.search(
+        embedding=searcher.index.vectors([catalog.ids[0]])[0], k=3
+    ).no_match  # a photo's embedding too
+    assert all(
+        r.no_match for r in s.search_batch([catalog.icon_path(i) for i in catalog.ids[:3]], k=3)
+    )
     with pytest.raises(InvalidRequestError, match="calibrated for"):
-        Searcher(searcher.index, catalog, searcher.encoder, rejector=Rejector(
-            ("top1",), (1.0,), 0.0, (0.0,), (1.0,), threshold=0.5, encoder="another"))
+        Searcher(
+            searcher.index,
+            catalog,
+            searcher.encoder,
+            rejector=Rejector(
+                ("top1",), (1.0,), 0.0, (0.0,), (1.0,), threshold=0.5, encoder="another"
+            ),
+        )
 
 
 def test_the_crop_is_reported_as_the_searched_box(searcher, catalog):

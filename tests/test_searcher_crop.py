@@ -1,9 +1,10 @@
 """The region-of-interest crop of a search request (chapter 02)."""
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from image_search import InvalidRequestError, SearchRequest, Searcher
+from image_search import InvalidRequestError, Searcher, SearchRequest
 
 
 @pytest.fixture(scope="module")
@@ -11,9 +12,20 @@ def searcher(catalog):
     return Searcher.from_catalog("colour-histogram", catalog=catalog, progress=False)
 
 
-@pytest.mark.parametrize("crop", [(0, 0, 10), (0, 0, 10, 10, 3), (0.0, 0, 10, 10), (True, 0, 10, 10),
-                                  "0,0,10,10", (-1, 0, 10, 10), (0, -5, 10, 10), (10, 0, 10, 10),
-                                  (0, 20, 10, 10)])
+@pytest.mark.parametrize(
+    "crop",
+    [
+        (0, 0, 10),
+        (0, 0, 10, 10, 3),
+        (0.0, 0, 10, 10),
+        (True, 0, 10, 10),
+        "0,0,10,10",
+        (-1, 0, 10, 10),
+        (0, -5, 10, 10),
+        (10, 0, 10, 10),
+        (0, 20, 10, 10),
+    ],
+)
 def test_bad_crops_are_refused(crop):
     with pytest.raises(InvalidRequestError, match="crop"):
         SearchRequest(image=np.zeros((32, 32, 3), np.uint8), crop=crop)

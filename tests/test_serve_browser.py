@@ -5,6 +5,7 @@ A shopper chooses a catalog shop photo and sees that product among the cards; dr
 photo; filters by category; chooses a text file named .jpg and reads a clear message. Screenshots
 go to _build/screenshots/serve_*.png. The server is stopped at the end and nothing is left running.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "_build" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000",
-         "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,1000",
+    "--hide-scrollbars",
+]
 os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download anything
 
 
@@ -34,7 +44,10 @@ def _require_chromium() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if not missing:
         return
-    reason = f"{', '.join(missing)} missing: run `make browser-deps` (apt-get install chromium chromium-driver)"
+    reason = (
+        f"{', '.join(missing)} missing: run `make browser-deps` "
+        "(apt-get install chromium chromium-driver)"
+    )
     if os.environ.get("CI"):
         pytest.fail(reason + " — CI must run the browser checks")
     pytest.skip(reason)
@@ -42,14 +55,32 @@ def _require_chromium() -> None:
 
 @pytest.fixture(scope="module")
 def server():
-    """URL of `python -m image_search serve --port 0` (colour-histogram encoder: starts in seconds)."""
+    """URL of `python -m image_search serve --port 0` (colour-histogram encoder: starts in
+    seconds)."""
     _require_chromium()
     with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "image_search", "serve", "--port", "0", "--encoder",
-                                 "colour-histogram", "--max-upload-mb", "1"], stdout=subprocess.PIPE, stderr=log,
-                                text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "image_search",
+                "serve",
+                "--port",
+                "0",
+                "--encoder",
+                "colour-histogram",
+                "--max-upload-mb",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**os.environ, "TQDM_DISABLE": "1"},
+        )
         lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+        threading.Thread(
+            target=lambda: [lines.put(line) for line in proc.stdout], daemon=True
+        ).start()
         try:
             yield _served_url(proc, lines, log)
         finally:
@@ -109,19 +140,30 @@ def _open(browser, server: str) -> None:
 
     browser.get_log("browser")
     browser.get(server)
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.getElementById('category').options.length") > 1)
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return document.getElementById('category').options.length") > 1
+    )
 
 
 def _cards(browser, before: str | None = None, timeout: float = 60) -> list[str]:
     """Product ids on the cards, once a search has answered (the timing line changes)."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, timeout).until(lambda d: d.execute_script(
-        "const t = document.getElementById('timings').textContent;"
-        "return t !== '' && t !== 'searching…' && t !== arguments[0];", before))
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script(
-        "return Array.from(document.querySelectorAll('#results img')).every(i => i.complete);"))
-    return browser.execute_script("return Array.from(document.querySelectorAll('#results li.card')).map(c => c.dataset.id);")
+    WebDriverWait(browser, timeout).until(
+        lambda d: d.execute_script(
+            "const t = document.getElementById('timings').textContent;"
+            "return t !== '' && t !== 'searching…' && t !== arguments[0];",
+            before,
+        )
+    )
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script(
+            "return Array.from(document.querySelectorAll('#results img')).every(i => i.complete);"
+        )
+    )
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('#results li.card')).map(c => c.dataset.id);"
+    )
 
 
 def _timings(browser) -> str:
@@ -129,12 +171,18 @@ def _timings(browser) -> str:
 
 
 def _check_clean(browser, server: str) -> None:
-    severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"
-              and "/search - Failed to load resource" not in e["message"]]  # a refused upload logs its 4xx
+    severe = [
+        e["message"]
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" and "/search - Failed to load resource" not in e["message"]
+    ]  # a refused upload logs its 4xx
     assert not severe, "console errors:\n" + "\n".join(severe)
     outside = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"
-        ".filter(n => !n.startsWith(arguments[0]) && !n.startsWith('data:') && !n.startsWith('blob:'));", server)
+        ".filter(n => !n.startsWith(arguments[0]) && !n.startsWith('data:')"
+        " && !n.startsWith('blob:'));",
+        server,
+    )
     assert not outside, f"requests leave the server: {outside}"
 
 
@@ -147,10 +195,16 @@ def test_a_chosen_shop_photo_finds_its_product(browser, server, catalog):
     assert pid in ids and len(ids) == 12
     assert ids[0] == pid  # the exact photo is indexed: score 1
     broken = browser.execute_script(
-        "return Array.from(document.querySelectorAll('#results img')).filter(i => !(i.naturalWidth > 0)).length;")
+        "return Array.from(document.querySelectorAll('#results img'))"
+        ".filter(i => !(i.naturalWidth > 0)).length;"
+    )
     assert broken == 0
     first = browser.execute_script("return document.querySelector('#results li.card').innerText;")
-    assert catalog[pid].name in first and f"{catalog[pid].price:.2f}" in first and "score 1.000" in first
+    assert (
+        catalog[pid].name in first
+        and f"{catalog[pid].price:.2f}" in first
+        and "score 1.000" in first
+    )
     assert browser.execute_script("return document.getElementById('message').hidden;")
     assert "ms" in _timings(browser)
     _check_clean(browser, server)
@@ -160,14 +214,20 @@ def test_dropped_and_pasted_photos_search_too_and_filters_apply(browser, server,
     from selenium.webdriver.support.ui import Select
 
     _open(browser, server)
-    send = ("const [url, name, kind] = arguments; const done = arguments[arguments.length - 1];"
-            "fetch(url).then(r => r.blob()).then(b => {"
-            "  const dt = new DataTransfer(); dt.items.add(new File([b], name, {type: b.type}));"
-            "  if (kind === 'drop') document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));"
-            "  else document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));"
-            "  done(true); });")
+    send = (
+        "const [url, name, kind] = arguments; const done = arguments[arguments.length - 1];"
+        "fetch(url).then(r => r.blob()).then(b => {"
+        "  const dt = new DataTransfer(); dt.items.add(new File([b], name, {type: b.type}));"
+        "  if (kind === 'drop') document.getElementById('drop').dispatchEvent("
+        "new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));"
+        "  else document.dispatchEvent("
+        "new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));"
+        "  done(true); });"
+    )
     dropped, pasted = catalog.ids[100], catalog.ids[200]
-    browser.execute_async_script(send, f"{server}products/{dropped}/images/0", "dropped.png", "drop")
+    browser.execute_async_script(
+        send, f"{server}products/{dropped}/images/0", "dropped.png", "drop"
+    )
     assert dropped in _cards(browser)
     before = _timings(browser)
     browser.execute_async_script(send, f"{server}products/{pasted}/images/0", "pasted.png", "paste")
@@ -178,7 +238,8 @@ def test_dropped_and_pasted_photos_search_too_and_filters_apply(browser, server,
     _cards(browser, before)
     categories = browser.execute_script(
         "return Array.from(document.querySelectorAll('#results li.card'))"
-        ".map(c => c.querySelector('.meta').textContent.split(' · ')[0]);")
+        ".map(c => c.querySelector('.meta').textContent.split(' · ')[0]);"
+    )
     browser.save_screenshot(str(SCREENSHOTS / "serve_filtered.png"))
     assert categories and set(categories) == {"Kitchen"}
     _check_clean(browser, server)
@@ -193,10 +254,14 @@ def test_a_bad_file_gets_a_readable_message(browser, server, catalog, tmp_path):
     notes = tmp_path / "holiday.jpg"
     notes.write_text("Shopping list: a chair, a lamp, a green sofa.\n")
     browser.find_element("id", "file").send_keys(str(notes))
-    WebDriverWait(browser, 30).until(lambda d: not d.execute_script("return document.getElementById('message').hidden;"))
+    WebDriverWait(browser, 30).until(
+        lambda d: not d.execute_script("return document.getElementById('message').hidden;")
+    )
     message = browser.find_element("id", "message").text
     browser.save_screenshot(str(SCREENSHOTS / "serve_bad_file.png"))
-    assert message.startswith("That file could not be read as a photo.") and "not an image" in message, message
+    assert (
+        message.startswith("That file could not be read as a photo.") and "not an image" in message
+    ), message
     assert browser.execute_script("return document.querySelectorAll('#results li').length;") == 0
     assert "Traceback" not in message and "{" not in message
 
@@ -210,9 +275,12 @@ def test_docs_page_when_swagger_ui_is_installed(browser, server):
         urllib.request.urlopen(server + "docs", timeout=10).close()
     except urllib.error.HTTPError as e:
         assert e.code == 404
-        pytest.skip("swagger-ui-bundle-v2 is not installed: /docs is off, /openapi.json serves the schema")
+        pytest.skip(
+            "swagger-ui-bundle-v2 is not installed: /docs is off, /openapi.json serves the schema"
+        )
     browser.get(server + "docs")
-    WebDriverWait(browser, 30).until(lambda d: d.execute_script(
-        "return document.querySelectorAll('.opblock').length;") >= 4)
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return document.querySelectorAll('.opblock').length;") >= 4
+    )
     browser.save_screenshot(str(SCREENSHOTS / "serve_docs.png"))
     _check_clean(browser, server)

@@ -10,12 +10,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import unit_vectors
 
 from image_search import Filters, IndexMismatchError, InvalidRequestError, ProductIndex
 from image_search.encoders import encode_paths, load_encoder
 from image_search.stores import BackendUnavailableError, VectorStore, open_store, product_digest
 from image_search.stores.filters import Attributes
+
+from conftest import unit_vectors
 
 ENGINES = ("faiss", "qdrant", "milvus")
 

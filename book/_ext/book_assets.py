@@ -5,6 +5,7 @@ sphinx-togglebutton's inline configuration) reach the page twice, once registere
 and once as '' (Sphinx's _JavaScript compares them as different). The second
 `const THEBE_JS_URL = ...` is a SyntaxError in every reader's console; this keeps the first copy.
 """
+
 from __future__ import annotations
 
 
@@ -14,7 +15,10 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
         return
     seen, kept = set(), []
     for js in scripts:
-        key = (js.filename or "", tuple(sorted((k, str(v)) for k, v in getattr(js, "attributes", {}).items())))
+        key = (
+            js.filename or "",
+            tuple(sorted((k, str(v)) for k, v in getattr(js, "attributes", {}).items())),
+        )
         if key not in seen:
             seen.add(key)
             kept.append(js)

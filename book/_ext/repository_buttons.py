@@ -5,6 +5,7 @@ Repository button, and every notebook page Binder and Colab buttons (the `launch
 _config.yml). Left blank, all of them stay off: Jupyter Book refuses `use_repository_button` without
 a URL, and sphinx-book-theme fails on launch buttons without one, so both are decided here instead.
 """
+
 from __future__ import annotations
 
 LAUNCHERS = ("binderhub_url", "colab_url", "jupyterhub_url", "jupyterlite_url", "deepnote_url")

@@ -1,4 +1,5 @@
-"""The HTTP search service: a FastAPI app over a :class:`~image_search.searcher.Searcher` (chapter 08).
+"""The HTTP search service: a FastAPI app over a :class:`~image_search.searcher.Searcher`
+(chapter 08).
 
 ``POST /search`` takes a photo (a multipart upload or base64 in JSON), decodes it in the request
 with :func:`~image_search.images.load_image`, embeds it through the :class:`MicroBatcher` and runs
@@ -6,6 +7,7 @@ ANN + re-rank with ``searcher.run(SearchRequest(embedding=...))``. Product data 
 read by product id and photo number, never by a path from the client. Limits: upload size (413),
 a time budget per search (504), a bounded queue (503). Errors are JSON ``{"detail": "..."}``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,13 +42,16 @@ from .batcher import MicroBatcher, ServerBusyError
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_RESULTS = 100  # k of one request (the searcher allows more; a page of results needs no more)
 ERROR_STATUS: dict[type[ImageSearchError], int] = {  # the package's errors as HTTP statuses
-    InvalidImageError: 415,       # the bytes are not an image we accept (corrupt, not an image, a bomb)
-    InvalidRequestError: 422,     # valid JSON/form, invalid search (unknown category, crop outside, ...)
-    ServerBusyError: 503,         # the queue is full: retry shortly
-    ModelUnavailableError: 503,   # e.g. a text tower whose weights are missing
+    InvalidImageError: 415,  # the bytes are not an image we accept (corrupt, not an image, a bomb)
+    InvalidRequestError: 422,  # valid JSON/form, invalid search (unknown category, crop outside...)
+    ServerBusyError: 503,  # the queue is full: retry shortly
+    ModelUnavailableError: 503,  # e.g. a text tower whose weights are missing
 }
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors "
+    "'none'"
+)
 
 
 @dataclass(frozen=True)
@@ -64,12 +69,22 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        checks = [("max_batch", self.max_batch, 1, 1024), ("batch_wait_ms", self.batch_wait_ms, 0, 1000),
-                  ("max_upload_mb", self.max_upload_mb, 0.001, 50), ("timeout_s", self.timeout_s, 0.01, 3600),
-                  ("queue", self.queue, 1, 100_000)]
+        checks = [
+            ("max_batch", self.max_batch, 1, 1024),
+            ("batch_wait_ms", self.batch_wait_ms, 0, 1000),
+            ("max_upload_mb", self.max_upload_mb, 0.001, 50),
+            ("timeout_s", self.timeout_s, 0.01, 3600),
+            ("queue", self.queue, 1, 100_000),
+        ]
         for name, value, low, high in checks:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                raise InvalidRequestError(f"{name} must be a number from {low:g} to {high:g}, not {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not low <= value <= high
+            ):
+                raise InvalidRequestError(
+                    f"{name} must be a number from {low:g} to {high:g}, not {value!r}"
+                )
         for name in ("max_batch", "queue"):
             if not isinstance(getattr(self, name), int):
                 raise InvalidRequestError(f"{name} must be an integer, not {getattr(self, name)!r}")
@@ -90,16 +105,26 @@ class SearchParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_base64: str | None = Field(None, description="JSON only: the photo's bytes in base64 (a data: URL works too)")
+    image_base64: str | None = Field(
+        None, description="JSON only: the photo's bytes in base64 (a data: URL works too)"
+    )
     k: int = Field(10, ge=1, le=MAX_RESULTS, description="number of products to return")
     categories: list[str] | None = Field(None, description="only these categories")
-    types: list[str] | None = Field(None, description="only these product types (when the searcher has them)")
+    types: list[str] | None = Field(
+        None, description="only these product types (when the searcher has them)"
+    )
     min_price: float | None = Field(None, ge=0)
     max_price: float | None = Field(None, ge=0)
     in_stock: bool | None = None
-    text: str | None = Field(None, min_length=1, max_length=500,
-                             description="a text query or modifier (when the searcher has a text tower)")
-    crop: tuple[int, int, int, int] | None = Field(None, description="[left, top, right, bottom] pixels of the photo")
+    text: str | None = Field(
+        None,
+        min_length=1,
+        max_length=500,
+        description="a text query or modifier (when the searcher has a text tower)",
+    )
+    crop: tuple[int, int, int, int] | None = Field(
+        None, description="[left, top, right, bottom] pixels of the photo"
+    )
 
 
 class Hit(BaseModel):
@@ -130,32 +155,61 @@ class SearchResponse(BaseModel):
     results: list[Hit]
     timings_ms: StageTimings
     batch_size: int = Field(description="images embedded together with this one")
-    box: list[int] | None = Field(None, description="the region of the photo that was searched (left, top, right, "
-                                                    "bottom pixels of the decoded photo); null: the whole photo")
-    no_match: str | None = Field(None, description="why there are no results when no product matches confidently")
+    box: list[int] | None = Field(
+        None,
+        description="the region of the photo that was searched (left, top, right, "
+        "bottom pixels of the decoded photo); null: the whole photo",
+    )
+    no_match: str | None = Field(
+        None, description="why there are no results when no product matches confidently"
+    )
 
 
-_SEARCH_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-        "image": {"type": "string", "format": "binary"}, "k": {"type": "integer", "default": 10},
-        "categories": {"type": "array", "items": {"type": "string"}},
-        "types": {"type": "array", "items": {"type": "string"}},
-        "min_price": {"type": "number"}, "max_price": {"type": "number"}, "in_stock": {"type": "boolean"},
-        "text": {"type": "string"}, "crop": {"type": "string", "example": "0,0,100,100"}}}},
-    "application/json": {"schema": SearchParams.model_json_schema()}}}}
-_ERRORS: dict[int | str, dict[str, Any]] = {s: {"description": d} for s, d in {
-    400: "malformed body (bad JSON, bad base64, broken multipart)", 413: "upload larger than the limit",
-    415: "not multipart or JSON, or the upload is not an image we accept",
-    422: "invalid fields (k out of range, unknown category, crop outside the photo, ...)",
-    501: "types or text asked of a searcher that has no such feature",
-    503: "the queue is full: retry shortly", 504: "the search took longer than the time budget"}.items()}
+_SEARCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "k": {"type": "integer", "default": 10},
+                        "categories": {"type": "array", "items": {"type": "string"}},
+                        "types": {"type": "array", "items": {"type": "string"}},
+                        "min_price": {"type": "number"},
+                        "max_price": {"type": "number"},
+                        "in_stock": {"type": "boolean"},
+                        "text": {"type": "string"},
+                        "crop": {"type": "string", "example": "0,0,100,100"},
+                    },
+                }
+            },
+            "application/json": {"schema": SearchParams.model_json_schema()},
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"description": d}
+    for s, d in {
+        400: "malformed body (bad JSON, bad base64, broken multipart)",
+        413: "upload larger than the limit",
+        415: "not multipart or JSON, or the upload is not an image we accept",
+        422: "invalid fields (k out of range, unknown category, crop outside the photo, ...)",
+        501: "types or text asked of a searcher that has no such feature",
+        503: "the queue is full: retry shortly",
+        504: "the search took longer than the time budget",
+    }.items()
+}
 
 router = APIRouter()
 
 
 # ----------------------------------------------------------------------------- the app
-def create_app(searcher: Searcher, config: ServeConfig = ServeConfig(),
-               text_searcher: Searcher | None = None) -> FastAPI:
+def create_app(
+    searcher: Searcher, config: ServeConfig = ServeConfig(), text_searcher: Searcher | None = None
+) -> FastAPI:
     """The search service as an ASGI app; the batcher thread runs while the app does.
     ``text_searcher`` (an encoder with a text tower, e.g. ``minilm-lit``) answers requests with a
     ``text``: alone, or with the photo as a composed query; default: ``searcher`` when its
@@ -163,19 +217,33 @@ def create_app(searcher: Searcher, config: ServeConfig = ServeConfig(),
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = MicroBatcher(searcher.encoder, config.max_batch if config.batching else 1,
-                               config.batch_wait_ms, config.queue)
-        await run_in_threadpool(batcher.embed, Image.new("RGB", (64, 64), "white"))  # warm the model up
+        batcher = MicroBatcher(
+            searcher.encoder,
+            config.max_batch if config.batching else 1,
+            config.batch_wait_ms,
+            config.queue,
+        )
+        await run_in_threadpool(
+            batcher.embed, Image.new("RGB", (64, 64), "white")
+        )  # warm the model up
         app.state.batcher = batcher
         try:
             yield
         finally:
             batcher.close()
 
-    app = FastAPI(title="Visual product search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Upload a photo, get shoppable products. Chapter 08 of the book.")
+    app = FastAPI(
+        title="Visual product search",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Upload a photo, get shoppable products. Chapter 08 of the book.",
+    )
     app.state.searcher, app.state.config = searcher, config
-    app.state.text_searcher = text_searcher or (searcher if hasattr(searcher.encoder, "encode_texts") else None)
+    app.state.text_searcher = text_searcher or (
+        searcher if hasattr(searcher.encoder, "encode_texts") else None
+    )
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_docs(app)
@@ -186,13 +254,23 @@ def create_app(searcher: Searcher, config: ServeConfig = ServeConfig(),
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type"],
+        )
     return app
 
 
-def run_server(searcher: Searcher, config: ServeConfig = ServeConfig(), host: str = "127.0.0.1",
-               port: int = 8000, sock: socket.socket | None = None, text_searcher: Searcher | None = None) -> None:
+def run_server(
+    searcher: Searcher,
+    config: ServeConfig = ServeConfig(),
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    sock: socket.socket | None = None,
+    text_searcher: Searcher | None = None,
+) -> None:
     """Serve until Ctrl+C with uvicorn on ``sock`` (a :func:`listen_socket`), else on ``host:port``
     (``port=0`` takes a free port). Prints the URL. Chapter 08."""
     import uvicorn
@@ -201,23 +279,40 @@ def run_server(searcher: Searcher, config: ServeConfig = ServeConfig(), host: st
     bound = sock.getsockname()[1]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/"
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {host}, not only on this machine: the service has no authentication "
-              "and no TLS (put it behind a proxy that adds them)", flush=True)
-    mode = f"batches of up to {config.max_batch}, {config.batch_wait_ms:g} ms wait" if config.batching else "no batching"
-    print(f"serving {len(searcher.index)} products with {searcher.encoder.name} ({mode}) on {url} "
-          f"(API schema: {url}openapi.json; Ctrl+C stops)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(searcher, config, text_searcher), log_level="warning",
-                                           access_log=False,
-                                           timeout_graceful_shutdown=5))
+        print(
+            f"warning: listening on {host}, not only on this machine: the service has no "
+            "authentication and no TLS (put it behind a proxy that adds them)",
+            flush=True,
+        )
+    mode = (
+        f"batches of up to {config.max_batch}, {config.batch_wait_ms:g} ms wait"
+        if config.batching
+        else "no batching"
+    )
+    print(
+        f"serving {len(searcher.index)} products with {searcher.encoder.name} ({mode}) on {url} "
+        f"(API schema: {url}openapi.json; Ctrl+C stops)",
+        flush=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(searcher, config, text_searcher),
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    )
     server.run(sockets=[sock])
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` (``port=0``: a free one) for uvicorn; a busy port or an
     address not on this machine raises :class:`InvalidRequestError`. Chapter 08."""
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without it,
-    # Nagle's algorithm and delayed ACKs added ~44 ms to every keep-alive response (measured here)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP; without
+    # it, Nagle's algorithm and delayed ACKs added ~44 ms to each keep-alive response (measured)
+    sock = socket.socket(
+        socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+    )
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -228,36 +323,56 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 # ----------------------------------------------------------------------------- endpoints
-@router.post("/search", response_model=SearchResponse, openapi_extra=_SEARCH_BODY, responses=_ERRORS)
+@router.post(
+    "/search", response_model=SearchResponse, openapi_extra=_SEARCH_BODY, responses=_ERRORS
+)
 async def search(request: Request) -> JSONResponse:
     """Products that look like the photo, best first, with per-stage timings."""
     start = time.perf_counter()
     searcher, config, batcher = _state(request)
     params, data = await _parse(request, config)
     filter_extras, request_extras = optional_features(params)
-    filters = Filters(categories=params.categories, min_price=params.min_price, max_price=params.max_price,
-                      in_stock=params.in_stock, **filter_extras)
+    filters = Filters(
+        categories=params.categories,
+        min_price=params.min_price,
+        max_price=params.max_price,
+        in_stock=params.in_stock,
+        **filter_extras,
+    )
     if data is None and not request_extras:
-        raise HTTPException(422, "give a photo: a multipart `image` file or JSON `image_base64`, or a `text`")
+        raise HTTPException(
+            422, "give a photo: a multipart `image` file or JSON `image_base64`, or a `text`"
+        )
     if request_extras:  # a text, alone or composed with the photo: the text searcher's joint space
         text_searcher = request.app.state.text_searcher
         if text_searcher is None:
-            raise HTTPException(501, "text search is not available: this server has no text encoder")
-        SearchRequest(image=data, k=params.k, filters=filters, crop=params.crop, **request_extras)  # checks
+            raise HTTPException(
+                501, "text search is not available: this server has no text encoder"
+            )
+        SearchRequest(
+            image=data, k=params.k, filters=filters, crop=params.crop, **request_extras
+        )  # checks
         t = time.perf_counter()
         image = None if data is None else await run_in_threadpool(_decode, data, params.crop)
         decode_ms = (time.perf_counter() - t) * 1000.0
-        res = await run_in_threadpool(text_searcher.run, SearchRequest(image=image, k=params.k, filters=filters,
-                                                                       **request_extras))
+        res = await run_in_threadpool(
+            text_searcher.run,
+            SearchRequest(image=image, k=params.k, filters=filters, **request_extras),
+        )
         return _response(res, start, decode_ms=decode_ms, queue_ms=0.0, batch_size=0)
-    SearchRequest(image=data, k=params.k, filters=filters, crop=params.crop)  # the package's checks, before decoding
+    SearchRequest(
+        image=data, k=params.k, filters=filters, crop=params.crop
+    )  # the package's checks, before decoding
     t = time.perf_counter()
     image = await run_in_threadpool(_decode, data, params.crop)
     decode_ms = (time.perf_counter() - t) * 1000.0
     embedded = await _wait(batcher.submit(image), config.timeout_s - (time.perf_counter() - start))
-    res = await run_in_threadpool(searcher.run, SearchRequest(embedding=embedded.vector, k=params.k,
-                                                              filters=filters))
-    return _response(res, start, decode_ms, embedded.queue_ms, embedded.batch_size, embedded.embed_ms)
+    res = await run_in_threadpool(
+        searcher.run, SearchRequest(embedding=embedded.vector, k=params.k, filters=filters)
+    )
+    return _response(
+        res, start, decode_ms, embedded.queue_ms, embedded.batch_size, embedded.embed_ms
+    )
 
 
 @router.get("/products/{product_id}", responses={404: {"description": "unknown product id"}})
@@ -265,34 +380,60 @@ def product(product_id: str, request: Request) -> dict:
     """One product's catalog record and the URLs of its photos."""
     catalog = _state(request)[0].catalog
     p = _product(catalog, product_id)
-    return {**_record(p), "image_urls": [_image_url(p.id, n) for n in range(len(photo_paths(catalog, p.id)))]}
+    return {
+        **_record(p),
+        "image_urls": [_image_url(p.id, n) for n in range(len(photo_paths(catalog, p.id)))],
+    }
 
 
-@router.get("/products/{product_id}/images/{n}", response_class=FileResponse,
-            responses={404: {"description": "unknown product or photo number"}})
+@router.get(
+    "/products/{product_id}/images/{n}",
+    response_class=FileResponse,
+    responses={404: {"description": "unknown product or photo number"}},
+)
 def product_image(product_id: str, n: int, request: Request) -> FileResponse:
     """Photo number ``n`` (0 is the shop photo) of a product, read-only from the catalog folder."""
     catalog = _state(request)[0].catalog
     paths = photo_paths(catalog, _product(catalog, product_id).id)
     if not 0 <= n < len(paths):
-        raise HTTPException(404, f"product {product_id!r} has {len(paths)} photo(s), numbered from 0")
+        raise HTTPException(
+            404, f"product {product_id!r} has {len(paths)} photo(s), numbered from 0"
+        )
     path, root = paths[n].resolve(), catalog.root.resolve()
-    if not path.is_relative_to(root) or not path.is_file():  # the catalog's own paths, checked all the same
-        raise HTTPException(404, f"photo {n} of product {product_id!r} is not in the catalog folder")
-    media = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
-    return FileResponse(path, media_type=media.get(path.suffix.lower(), "application/octet-stream"),
-                        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})
+    if (
+        not path.is_relative_to(root) or not path.is_file()
+    ):  # the catalog's own paths, checked all the same
+        raise HTTPException(
+            404, f"photo {n} of product {product_id!r} is not in the catalog folder"
+        )
+    media = {
+        ".png": "image/png",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".webp": "image/webp",
+    }
+    return FileResponse(
+        path,
+        media_type=media.get(path.suffix.lower(), "application/octet-stream"),
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.get("/facets")
 def facets(request: Request) -> dict:
-    """What the page's filters can offer: categories, types, price range, and which optional fields work."""
+    """What the page's filters can offer: categories, types, price range, and which optional fields
+    work."""
     searcher, config, _ = _state(request)
     prices = [p.price for p in searcher.catalog.products]
-    return {"categories": list(searcher.catalog.categories), "types": list(getattr(searcher.catalog, "types", ())),
-            "price": {"min": min(prices, default=0.0), "max": max(prices, default=0.0)},
-            "type_filter": _has_field(Filters, "types"), "text_search": request.app.state.text_searcher is not None,
-            "max_k": MAX_RESULTS, "max_upload_mb": config.max_upload_mb}
+    return {
+        "categories": list(searcher.catalog.categories),
+        "types": list(getattr(searcher.catalog, "types", ())),
+        "price": {"min": min(prices, default=0.0), "max": max(prices, default=0.0)},
+        "type_filter": _has_field(Filters, "types"),
+        "text_search": request.app.state.text_searcher is not None,
+        "max_k": MAX_RESULTS,
+        "max_upload_mb": config.max_upload_mb,
+    }
 
 
 @router.get("/healthz")
@@ -300,18 +441,32 @@ def healthz(request: Request) -> dict:
     """Liveness and what is being served: products, encoder, batching and queue state."""
     searcher, config, batcher = _state(request)
     stats = batcher.stats()
-    return {"status": "ok", "products": len(searcher.index), "encoder": searcher.encoder.name,
-            "dim": searcher.index.dim, "index": searcher.index.factory,
-            "config": dataclasses.asdict(config),
-            "batcher": {**dataclasses.asdict(stats), "mean_batch": round(stats.mean_batch, 3),
-                        "max_batch": batcher.max_batch}}
+    return {
+        "status": "ok",
+        "products": len(searcher.index),
+        "encoder": searcher.encoder.name,
+        "dim": searcher.index.dim,
+        "index": searcher.index.factory,
+        "config": dataclasses.asdict(config),
+        "batcher": {
+            **dataclasses.asdict(stats),
+            "mean_batch": round(stats.mean_batch, 3),
+            "max_batch": batcher.max_batch,
+        },
+    }
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def page() -> FileResponse:
-    return FileResponse(STATIC / "index.html", media_type="text/html",
-                        headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff",
-                                 "Referrer-Policy": "no-referrer"})
+    return FileResponse(
+        STATIC / "index.html",
+        media_type="text/html",
+        headers={
+            "Content-Security-Policy": PAGE_CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- optional features
@@ -326,11 +481,17 @@ def optional_features(params: SearchParams) -> tuple[dict, dict]:
     filter_extras, request_extras = {}, {}
     if params.types is not None:
         if not _has_field(Filters, "types"):
-            raise HTTPException(501, "filtering by product type is not available: this searcher's Filters has no `types`")
+            raise HTTPException(
+                501,
+                "filtering by product type is not available: this searcher's Filters has no "
+                "`types`",
+            )
         filter_extras["types"] = tuple(params.types)
     if params.text is not None:
         if not _has_field(SearchRequest, "text"):
-            raise HTTPException(501, "text search is not available: this searcher has no text tower (`text`)")
+            raise HTTPException(
+                501, "text search is not available: this searcher has no text tower (`text`)"
+            )
         request_extras["text"] = params.text
     return filter_extras, request_extras
 
@@ -342,11 +503,15 @@ def _state(request: Request) -> tuple[Searcher, ServeConfig, MicroBatcher]:
 
 
 async def _parse(request: Request, config: ServeConfig) -> tuple[SearchParams, bytes | None]:
-    """The search fields and the photo's bytes of a multipart or JSON body, within the size limits."""
+    """The search fields and the photo's bytes of a multipart or JSON body, within the size
+    limits."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in ("multipart/form-data", "application/json"):
-        raise HTTPException(415, f"send multipart/form-data with an `image` file, or application/json with "
-                                 f"`image_base64`, not {kind or 'no content type'!r}")
+        raise HTTPException(
+            415,
+            f"send multipart/form-data with an `image` file, or application/json with "
+            f"`image_base64`, not {kind or 'no content type'!r}",
+        )
     body = await _read_body(request, config.max_body_bytes)
     if kind == "application/json":
         params = _validate(lambda: SearchParams.model_validate_json(body, strict=True))
@@ -355,17 +520,26 @@ async def _parse(request: Request, config: ServeConfig) -> tuple[SearchParams, b
         params, data = await _form(request.headers, body)
         if params.image_base64 is not None:
             if data is not None:
-                raise HTTPException(422, "give one photo: an `image` file or `image_base64`, not both")
+                raise HTTPException(
+                    422, "give one photo: an `image` file or `image_base64`, not both"
+                )
             data = _b64decode(params.image_base64)
     if data is not None and len(data) > config.max_upload_bytes:
-        raise HTTPException(413, f"the photo is {len(data) / 2**20:.1f} MB; the limit is {config.max_upload_mb:g} MB")
+        raise HTTPException(
+            413,
+            f"the photo is {len(data) / 2**20:.1f} MB; the limit is {config.max_upload_mb:g} MB",
+        )
     return params, data
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"the request body is {int(declared) / 2**20:.1f} MB; the limit is {limit / 2**20:.1f} MB")
+        raise HTTPException(
+            413,
+            f"the request body is {int(declared) / 2**20:.1f} MB; the limit is {limit / 2**20:.1f} "
+            "MB",
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -389,7 +563,9 @@ async def _form(headers: Headers, body: bytes) -> tuple[SearchParams, bytes | No
         for key, value in form.multi_items():
             if key == "image":
                 if not isinstance(value, UploadFile):
-                    raise HTTPException(422, "image must be a file upload (a form field of type file)")
+                    raise HTTPException(
+                        422, "image must be a file upload (a form field of type file)"
+                    )
                 data = await value.read()
             elif isinstance(value, UploadFile):
                 raise HTTPException(422, f"{key}: only the `image` field may be a file")
@@ -415,8 +591,10 @@ def _validate(make) -> SearchParams:
 
 
 def _one_line(errors) -> str:
-    return "; ".join(f"{'.'.join(str(x) for x in err['loc'] if x != 'body') or 'body'}: {err['msg']}"
-                     for err in errors)
+    return "; ".join(
+        f"{'.'.join(str(x) for x in err['loc'] if x != 'body') or 'body'}: {err['msg']}"
+        for err in errors
+    )
 
 
 def _b64decode(text: str) -> bytes:
@@ -433,7 +611,9 @@ def _decode(data: bytes, crop: tuple[int, int, int, int] | None) -> Image.Image:
     image = load_image(data)
     if crop is not None:
         if crop[2] > image.width or crop[3] > image.height:
-            raise InvalidRequestError(f"crop {tuple(crop)} reaches outside the decoded {image.width}x{image.height} image")
+            raise InvalidRequestError(
+                f"crop {tuple(crop)} reaches outside the decoded {image.width}x{image.height} image"
+            )
         image = image.crop(crop)
     return image
 
@@ -442,22 +622,49 @@ async def _wait(future, budget_s: float):
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), max(budget_s, 0.001))
     except TimeoutError:
-        raise HTTPException(504, "the search took longer than the server's time budget; retry later") from None
+        raise HTTPException(
+            504, "the search took longer than the server's time budget; retry later"
+        ) from None
 
 
-def _response(res, start: float, decode_ms: float, queue_ms: float, batch_size: int,
-              embed_ms: float | None = None) -> JSONResponse:
+def _response(
+    res,
+    start: float,
+    decode_ms: float,
+    queue_ms: float,
+    batch_size: int,
+    embed_ms: float | None = None,
+) -> JSONResponse:
     """The results as JSON, sent as is (``SearchResponse`` documents the shape; re-validating it
     would cost the event loop time on every request)."""
     t = res.timings
-    results = [{**_record(p), "rank": r + 1, "score": round(float(s), 6), "image_url": _image_url(p.id, 0),
-                "product_url": f"/products/{quote(p.id, safe='')}"}
-               for r, (p, s) in enumerate(zip(res.products, res.scores))]
-    timings = {"decode": decode_ms, "queue": queue_ms, "embed": t.embed_ms if embed_ms is None else embed_ms,
-               "ann": t.ann_ms, "rerank": t.rerank_ms, "total": (time.perf_counter() - start) * 1000.0}
-    return JSONResponse({"results": results, "timings_ms": {k: round(v, 3) for k, v in timings.items()},
-                         "batch_size": batch_size, "box": list(res.box) if res.box else None,
-                         "no_match": res.no_match})
+    results = [
+        {
+            **_record(p),
+            "rank": r + 1,
+            "score": round(float(s), 6),
+            "image_url": _image_url(p.id, 0),
+            "product_url": f"/products/{quote(p.id, safe='')}",
+        }
+        for r, (p, s) in enumerate(zip(res.products, res.scores))
+    ]
+    timings = {
+        "decode": decode_ms,
+        "queue": queue_ms,
+        "embed": t.embed_ms if embed_ms is None else embed_ms,
+        "ann": t.ann_ms,
+        "rerank": t.rerank_ms,
+        "total": (time.perf_counter() - start) * 1000.0,
+    }
+    return JSONResponse(
+        {
+            "results": results,
+            "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+            "batch_size": batch_size,
+            "box": list(res.box) if res.box else None,
+            "no_match": res.no_match,
+        }
+    )
 
 
 def _product(catalog: Catalog, product_id: str) -> Product:
@@ -469,7 +676,10 @@ def _product(catalog: Catalog, product_id: str) -> Product:
 
 def _record(p: Product) -> dict:
     """A product as strict JSON: an unknown price or size (NaN in a shop's own catalog) is null."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(p).items()}
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v
+        for k, v in dataclasses.asdict(p).items()
+    }
 
 
 def _image_url(product_id: str, n: int) -> str:
@@ -479,20 +689,27 @@ def _image_url(product_id: str, n: int) -> str:
 def photo_paths(catalog: Catalog, product_id: str) -> list[Path]:
     """The shop's photos of a product, in order (the catalogue photo first). Chapter 08."""
     shop_photos = getattr(catalog, "shop_photo_paths", None)  # newer catalogs list every shop photo
-    return list(shop_photos(product_id)) if callable(shop_photos) else [catalog.icon_path(product_id)]
+    return (
+        list(shop_photos(product_id)) if callable(shop_photos) else [catalog.icon_path(product_id)]
+    )
 
 
 def _status_handler(status: int):
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": "1"} if status == 503 else None
-        return JSONResponse({"detail": " ".join(str(exc).split()) or type(exc).__name__}, status, headers=headers)
+        return JSONResponse(
+            {"detail": " ".join(str(exc).split()) or type(exc).__name__}, status, headers=headers
+        )
 
     return handler
 
 
 async def _internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """A bug or a failing model: JSON like every other error, without internals (uvicorn logs them)."""
-    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has the details"}, 500)
+    """A bug or a failing model: JSON like every other error, without internals (uvicorn logs
+    them)."""
+    return JSONResponse(
+        {"detail": f"internal error ({type(exc).__name__}); the server log has the details"}, 500
+    )
 
 
 async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -501,16 +718,22 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
 
 def _add_docs(app: FastAPI) -> None:
     """``/docs`` from local files when the ``swagger-ui-bundle-v2`` wheel is installed (FastAPI's
-    default loads Swagger UI from a CDN, which an offline machine cannot reach); otherwise a 404 that
-    points at ``/openapi.json``."""
+    default loads Swagger UI from a CDN, which an offline machine cannot reach); otherwise a 404
+    that points at ``/openapi.json``."""
     try:
         from swagger_ui_bundle import swagger_ui_path
     except ImportError:
+
         @app.get("/docs", include_in_schema=False)
         def no_docs() -> JSONResponse:
-            return JSONResponse({"detail": "interactive docs need the swagger-ui-bundle-v2 package (they are "
-                                           "served from local files, never a CDN); the API schema is at /openapi.json"},
-                                404)
+            return JSONResponse(
+                {
+                    "detail": "interactive docs need the swagger-ui-bundle-v2 package (they are "
+                    "served from local files, never a CDN); the API schema is at /openapi.json"
+                },
+                404,
+            )
+
         return
     from fastapi.openapi.docs import get_swagger_ui_html
 
@@ -518,8 +741,11 @@ def _add_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Visual product search API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png",
-                                   swagger_ui_parameters={"validatorUrl": None})
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Visual product search API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )

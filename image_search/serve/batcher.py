@@ -6,6 +6,7 @@ batcher thread owns the encoder. It takes the oldest waiting image, waits at mos
 and hands each request its own row. Under load the queue fills while a batch runs, so later
 batches fill without waiting at all; an idle server pays at most ``wait_ms`` per request.
 """
+
 from __future__ import annotations
 
 import queue
@@ -58,7 +59,9 @@ class MicroBatcher:
     raises :class:`ServerBusyError` when it is full. Chapter 08.
     """
 
-    def __init__(self, encoder: Encoder, max_batch: int = 16, wait_ms: float = 2.0, max_queue: int = 64) -> None:
+    def __init__(
+        self, encoder: Encoder, max_batch: int = 16, wait_ms: float = 2.0, max_queue: int = 64
+    ) -> None:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an integer of at least 1, not {max_batch!r}")
         if not 0 <= wait_ms <= 1000:
@@ -78,8 +81,10 @@ class MicroBatcher:
         try:
             self._queue.put_nowait((image, future, time.perf_counter()))
         except queue.Full:
-            raise ServerBusyError(f"server busy: {self._queue.maxsize} images already wait for the encoder; "
-                                  "retry shortly") from None
+            raise ServerBusyError(
+                f"server busy: {self._queue.maxsize} images already wait for the encoder; "
+                "retry shortly"
+            ) from None
         return future
 
     def embed(self, image: Image.Image, timeout: float | None = None) -> Embedded:
@@ -111,7 +116,11 @@ class MicroBatcher:
             while len(batch) < self.max_batch:
                 remaining = deadline - time.perf_counter()
                 try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    item = (
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 if item is None:
@@ -123,12 +132,18 @@ class MicroBatcher:
                 return
 
     def _run(self, batch: list) -> None:
-        live = [(image, future, t) for image, future, t in batch if future.set_running_or_notify_cancel()]
+        live = [
+            (image, future, t)
+            for image, future, t in batch
+            if future.set_running_or_notify_cancel()
+        ]
         if not live:  # every request in it timed out and went away
             return
         start = time.perf_counter()
         try:
-            vectors = self.encoder.encode_images([image for image, _, _ in live], batch_size=len(live))
+            vectors = self.encoder.encode_images(
+                [image for image, _, _ in live], batch_size=len(live)
+            )
         except Exception as e:  # noqa: BLE001 - each waiting request gets the error, the thread lives on
             for _, future, _ in live:
                 future.set_exception(e)
@@ -139,4 +154,6 @@ class MicroBatcher:
             self._images += len(live)
             self._largest = max(self._largest, len(live))
         for row, (_, future, t) in enumerate(live):
-            future.set_result(Embedded(vectors[row], (start - t) * 1000.0, (end - start) * 1000.0, len(live)))
+            future.set_result(
+                Embedded(vectors[row], (start - t) * 1000.0, (end - start) * 1000.0, len(live))
+            )

@@ -151,7 +151,9 @@ def catalog_fingerprint(catalog: Catalog, paths: Sequence[str | Path] | None = N
     store whose manifest holds another fingerprint is stale. Chapter 09."""
     from ..encoders import file_checksum
 
-    paths = paths if paths is not None else [p for i in catalog.ids for p in indexed_photos(catalog, i)]
+    paths = (
+        paths if paths is not None else [p for i in catalog.ids for p in indexed_photos(catalog, i)]
+    )
     attrs = Attributes.from_catalog(catalog)
     h = hashlib.sha256()
     for part in (
