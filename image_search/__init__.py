@@ -21,7 +21,7 @@ from .images import load_image
 from .indexer import ProductIndex
 from .reranker import Reranker, RerankConfig
 from .searcher import Filters, SearchRequest, SearchResults, Searcher, Timings, build_index
-from . import text, training  # noqa: E402,F401 (register the "minilm-lit" and "lit" encoders)
+from . import localizer, text, training  # noqa: E402,F401 (register "product-search", "minilm-lit" and "lit")
 
 __version__ = "0.1.0"
 __all__ = ["Catalog", "Product", "load_catalog", "load_catalog_csv", "CatalogError", "BackendUnavailableError", "DEFAULT_ENCODER", "Encoder", "encode_paths", "l2_normalize",

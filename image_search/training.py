@@ -205,6 +205,303 @@ def train_projection_head(groups: np.ndarray, config: HeadConfig = HeadConfig(),
     return TrainedHead(c, head, tuple(losses), tuple(history))
 
 
+# --------------------------------------------------------------------------- the object localiser
+def validation_split(catalog: Catalog, fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """The **train** products split again, seeded, into ``(fit ids, validation ids)``: settings
+    (thresholds, margins, epochs) are chosen on the validation part, never on the test products.
+    Chapter 06."""
+    ids = [p.id for p in catalog.split("train")]
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = int(round(fraction * len(ids)))
+    val = set(order[:n_val].tolist())
+    return [i for k, i in enumerate(ids) if k not in val], [i for k, i in enumerate(ids) if k in val]
+
+
+def assert_no_test_products(catalog: Catalog, product_ids: Sequence[str]) -> None:
+    """Refuse to train on a **test** product (their customer photos must stay unseen)."""
+    leaked = sorted(i for i in product_ids if catalog[i].split != "train")
+    if leaked:
+        raise ValueError(f"{len(leaked)} test product(s) in a training set, e.g. {leaked[:3]}")
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """The trained localiser: its head (:func:`~image_search.localizer.localizer_head`) on Lite0's
+    frozen stride-16 maps of ``size`` px images, trained with per-cell binary cross-entropy against
+    the share of each cell the product's mask covers; every other epoch sees the maps and masks
+    mirrored. Chapter 06."""
+
+    size: int = 160
+    hidden: int = 32
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    seed: int = 0
+
+
+def localizer_examples(catalog: Catalog, product_ids: Sequence[str], size: int, threads: int | None = None,
+                       progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The localiser's training examples from the products' customer photos: the frozen trunk's
+    maps ``(n, 112, h, w)`` and the targets ``(n, 1, h, w)``, the share of each map cell covered
+    by the rendered mask. Chapter 06."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from .images import load_image
+    from .localizer import localizer_trunk
+
+    assert_no_test_products(catalog, product_ids)
+    trunk = localizer_trunk(size, threads)
+    paths = [p for i in product_ids for p in catalog.view_paths(i)]
+    maps = []
+    for s in tqdm(range(0, len(paths), 64), desc="localiser maps", disable=not progress):
+        maps.append(trunk([load_image(p) for p in paths[s:s + 64]])[0])
+    features = np.concatenate(maps)
+    masks = torch.from_numpy(np.stack([catalog.object_mask(p) for p in paths]).astype(np.float32))
+    targets = F.adaptive_avg_pool2d(masks[:, None], features.shape[-2:]).numpy()
+    return features, targets
+
+
+def train_localizer(features: np.ndarray, targets: np.ndarray, config: LocalizerConfig = LocalizerConfig()):
+    """Train the localiser's head on :func:`localizer_examples`; returns the head (a torch module)
+    with the features' standardisation folded into its first convolution. Deterministic (one
+    thread, seeded). Chapter 06."""
+    import torch
+    import torch.nn.functional as F
+
+    from .localizer import localizer_head
+
+    x, y = torch.from_numpy(np.asarray(features, np.float32)), torch.from_numpy(np.asarray(targets, np.float32))
+    if x.ndim != 4 or y.shape != (len(x), 1, *x.shape[-2:]):
+        raise ValueError(f"features (n, c, h, w) and targets (n, 1, h, w) do not fit: {x.shape}, {y.shape}")
+    c = config
+    with deterministic_torch():
+        set_seed(c.seed)
+        mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3)) + 1e-3
+        x = (x - mean[:, None, None]) / std[:, None, None]
+        head = localizer_head(c.hidden, x.shape[1])
+        opt = torch.optim.AdamW(head.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        rng = np.random.default_rng(c.seed)
+        for epoch in range(c.epochs):
+            order = torch.from_numpy(rng.permutation(len(x)))
+            for start in range(0, len(x), c.batch_size):
+                b = order[start:start + c.batch_size]
+                xb, yb = (x[b].flip(-1), y[b].flip(-1)) if epoch % 2 else (x[b], y[b])
+                loss = F.binary_cross_entropy_with_logits(head(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():  # fold the standardisation into the first convolution
+            first = head[0]
+            w = first.weight / std[None, :, None, None]
+            first.bias -= (w * mean[None, :, None, None]).sum((1, 2, 3))
+            first.weight.copy_(w)
+    return head.eval()
+
+
+def localizer_ious(localizer, catalog: Catalog, paths: Sequence[Path], batch_size: int = 32) -> np.ndarray:
+    """IoU of the localiser's best box with the stored box (``boxes.csv``) of each photo; 0 where it
+    finds nothing. Chapter 06."""
+    found = localizer.locate_batch(list(paths), batch_size)
+    return np.array([boxes[0].iou(catalog.object_box(p)) if boxes else 0.0 for p, boxes in zip(paths, found)])
+
+
+# --------------------------------------------------------------------------- the fine-tuned embedder
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Fine-tuning of the product embedder (:func:`~image_search.localizer.embedder_top`): Lite0's
+    blocks from ``first_block`` on, its last convolution and a projection to ``dim``, trained with
+    symmetric InfoNCE between a customer photo and a shop photo of each product, both cropped by
+    the localiser with ``margin``. Each photo is seen as its plain crop and ``augmentations``
+    augmented ones (jittered box, mirror, colour); the frozen trunk's maps of all of them are
+    computed once. Batch-norm statistics stay frozen. Chapter 06."""
+
+    first_block: int = 5
+    dim: int = 256
+    margin: float = 0.1
+    augmentations: int = 3
+    epochs: int = 20
+    batch_products: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    temperature: float = 0.05
+    seed: int = 0
+
+
+def augmented_crop(image, box, margin: float, rng: np.random.Generator):
+    """A training view of a photo: its square crop around ``box`` with a random margin (0 to 2x
+    ``margin`` + 0.1), shifted by up to 8% of its side, mirrored half the time, with brightness,
+    contrast, saturation and each colour channel scaled by up to ±20%. Chapter 06."""
+    from PIL import Image, ImageEnhance
+
+    from .localizer import Box
+
+    side = max(box.width, box.height)
+    dx, dy = rng.uniform(-0.08, 0.08, 2) * side
+    moved = Box(max(0, int(box.left + dx)), max(0, int(box.top + dy)),
+                max(1, min(image.width, int(box.right + dx))), max(1, min(image.height, int(box.bottom + dy))))
+    crop = image.crop(moved.square(image.width, image.height, rng.uniform(0, 2 * margin + 0.1)).as_tuple())
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        crop = enhance(crop).enhance(rng.uniform(0.8, 1.2))
+    gains = rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    return Image.fromarray(np.clip(np.asarray(crop, np.float32) * gains, 0, 255).astype(np.uint8))
+
+
+def embedder_examples(catalog: Catalog, product_ids: Sequence[str], localizer, config: EmbedderConfig = EmbedderConfig(),
+                      threads: int | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The embedder's training examples: the frozen trunk's maps (float16) of each product's shop
+    photos, ``(products, photos, 1 + augmentations, c, h, w)``, and of its customer photos,
+    ``(products, views, 1 + augmentations, c, h, w)``; the first of each is the plain crop the
+    pipeline sees. Crops come from ``localizer``'s best box. Seeded per photo. Chapter 06."""
+    from tqdm.auto import tqdm
+
+    from .images import load_image
+    from .localizer import Box, embedder_trunk
+
+    assert_no_test_products(catalog, product_ids)
+    shop = [catalog.shop_photo_paths(i) for i in product_ids]
+    views = [catalog.view_paths(i) for i in product_ids]
+    if len({len(s) for s in shop}) != 1 or len({len(v) for v in views}) != 1:
+        raise ValueError("every product needs the same number of shop photos and of customer photos")
+    paths = [p for group in (*shop, *views) for p in group]
+    trunk, preprocess = embedder_trunk(config.first_block, threads), load_encoder(LIT_BASE_ENCODER).preprocess
+    copies, maps = 1 + config.augmentations, []
+    for s in tqdm(range(0, len(paths), 32), desc="embedder maps", disable=not progress):
+        images = [load_image(p) for p in paths[s:s + 32]]
+        crops = []
+        for k, (image, found) in enumerate(zip(images, localizer.locate_batch(images)), start=s):
+            box = found[0] if found else Box(0, 0, image.width, image.height)
+            rng = np.random.default_rng([config.seed, k])
+            crops.append(image.crop(box.square(image.width, image.height, config.margin).as_tuple()))
+            crops += [augmented_crop(image, box, config.margin, rng) for _ in range(config.augmentations)]
+        batch = np.stack([np.asarray(preprocess(c), dtype=np.float32) for c in crops])
+        maps.append(trunk.run(batch).astype(np.float16))
+    x = np.concatenate(maps).reshape(len(paths), copies, *maps[0].shape[1:])
+    n_shop = len(product_ids) * len(shop[0])
+    return (x[:n_shop].reshape(len(product_ids), len(shop[0]), *x.shape[1:]),
+            x[n_shop:].reshape(len(product_ids), len(views[0]), *x.shape[1:]))
+
+
+def train_embedder(shop_maps: np.ndarray, view_maps: np.ndarray, config: EmbedderConfig = EmbedderConfig(),
+                   on_epoch: Callable[[int, object], float | None] | None = None) -> tuple[object, list[float], list]:
+    """Fine-tune the embedder's top on :func:`embedder_examples`: each step pairs one random
+    customer photo (random copy) of each product in the batch with one random shop photo of it,
+    the other products of the batch being the negatives (symmetric InfoNCE). Returns the top (a
+    torch module), the mean loss per epoch and ``(epoch, value)`` of what ``on_epoch(epoch, top)``
+    returned. Deterministic (one thread, seeded). Chapter 06."""
+    import torch
+    import torch.nn.functional as F
+
+    from .localizer import embedder_top
+
+    c = config
+    n, n_shop, copies = shop_maps.shape[:3]
+    n_views = view_maps.shape[1]
+    with deterministic_torch():
+        set_seed(c.seed)
+        top = embedder_top(c.first_block, c.dim)
+        torch.nn.init.normal_(top[-1].weight, std=top[-1].in_features ** -0.5)
+        opt = torch.optim.AdamW(top.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        rng = np.random.default_rng(c.seed)
+        losses, history = [], []
+        for epoch in range(1, c.epochs + 1):
+            order, total = rng.permutation(n), 0.0
+            for start in range(0, n, c.batch_products):
+                b = order[start:start + c.batch_products]
+                if len(b) < 2:
+                    continue
+                views = view_maps[b, rng.integers(0, n_views, len(b)), rng.integers(0, copies, len(b))]
+                shops = shop_maps[b, rng.integers(0, n_shop, len(b)), rng.integers(0, copies, len(b))]
+                za = F.normalize(top(torch.from_numpy(views.astype(np.float32))), dim=-1)
+                zp = F.normalize(top(torch.from_numpy(shops.astype(np.float32))), dim=-1)
+                loss = info_nce_loss(za, zp, c.temperature)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(b)
+            losses.append(total / n)
+            if on_epoch is not None:
+                value = on_epoch(epoch, top)
+                if value is not None:
+                    history.append((epoch, float(value)))
+    return top.eval(), losses, history
+
+
+def shipped_embedder_top(top, config: EmbedderConfig):
+    """The top as it ships: its int8 difference from ImageNet's weights
+    (:func:`~image_search.localizer.encode_delta`) applied back, so what is evaluated is exactly
+    what ``data/models`` holds."""
+    from .localizer import apply_delta, embedder_top, encode_delta
+
+    reference = embedder_top(config.first_block, config.dim)
+    shipped = embedder_top(config.first_block, config.dim)
+    shipped.load_state_dict(apply_delta(reference.state_dict(), encode_delta(top.state_dict(), reference.state_dict())))
+    return shipped
+
+
+# --------------------------------------------------------------------------- the shipped models
+MODELS_FORMAT = 1
+LOCALIZER_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
+
+
+def build_localizer(catalog: Catalog, config: LocalizerConfig = LocalizerConfig(), threads: int | None = None,
+                    progress: bool = False) -> tuple[object, dict]:
+    """Train the localiser for shipping: fit the head on the fit part of the **train** products,
+    choose the heat-map threshold with the best mean IoU on the validation part, then refit on every
+    train product. Returns the head and its manifest entry (config, threshold, validation IoUs,
+    train ids, wall time). Chapter 06."""
+    import time
+
+    from .localizer import trained_localizer
+
+    start = time.perf_counter()
+    fit, val = validation_split(catalog)
+    train_ids = [p.id for p in catalog.split("train")]
+    assert_no_test_products(catalog, train_ids)
+    features, targets = localizer_examples(catalog, train_ids, config.size, threads, progress)
+    row = {pid: k for k, pid in enumerate(train_ids)}
+    views = len(catalog.view_paths(train_ids[0]))
+    rows = lambda ids: np.array([row[i] * views + v for i in ids for v in range(views)])  # noqa: E731
+    head = train_localizer(features[rows(fit)], targets[rows(fit)], config)
+    val_paths = [p for i in val for p in catalog.view_paths(i)]
+    val_iou = {}
+    for t in LOCALIZER_THRESHOLDS:
+        val_iou[t] = float(localizer_ious(trained_localizer(head, config.size, t, threads), catalog, val_paths).mean())
+    threshold = max(LOCALIZER_THRESHOLDS, key=lambda t: (val_iou[t], -t))
+    head = train_localizer(features, targets, config)
+    entry = {"config": asdict(config), "threshold": threshold,
+             "validation_mean_iou": {str(t): round(v, 4) for t, v in val_iou.items()},
+             "train_ids": train_ids, "wall_s": round(time.perf_counter() - start, 1)}
+    return head, entry
+
+
+def build_models(folder: str | Path | None = None, catalog: Catalog | None = None, margin: float = 0.1,
+                 progress: bool = True) -> Path:
+    """``make models``: retrain the shipped localiser (seeded, single-threaded head training) into
+    ``data/models/product-search`` (safetensors + ``training.json`` with each file's SHA-256, the
+    train products, the wall time and the pipeline's crop ``margin``). Chapter 06."""
+    from safetensors.torch import save
+
+    from .localizer import MANIFEST, MODELS_DIR
+
+    catalog = catalog or load_catalog()
+    folder = Path(folder) if folder is not None else MODELS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    head, entry = build_localizer(catalog, progress=progress)
+    data = save({k: v.detach().contiguous() for k, v in head.state_dict().items()})
+    (folder / "localizer.safetensors").write_bytes(data)
+    entry = {"file": "localizer.safetensors", "sha256": hashlib.sha256(data).hexdigest(), **entry}
+    manifest = {"format": MODELS_FORMAT, "made_by": "make models", "base_encoder": LIT_BASE_ENCODER,
+                "catalog_sha256": _catalog_checksum(catalog), "margin": margin,
+                "models": {"localizer": entry}}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return folder
+
+
 # --------------------------------------------------------------------------- LiT: a text tower for a locked image tower
 @dataclass(frozen=True)
 class LitConfig:
@@ -419,7 +716,9 @@ def load_lit_encoder(threads: int | None = None, folder: str | Path | None = Non
 register_encoder("lit", lambda name, threads: load_lit_encoder(threads=threads))
 
 
-__all__ = ["set_seed", "deterministic_torch", "catalog_features", "HeadConfig", "TrainedHead",
+__all__ = ["build_localizer", "build_models", "EmbedderConfig", "augmented_crop", "embedder_examples", "train_embedder", "shipped_embedder_top",
+           "validation_split", "assert_no_test_products", "LocalizerConfig", "localizer_examples",
+           "train_localizer", "localizer_ious", "set_seed", "deterministic_torch", "catalog_features", "HeadConfig", "TrainedHead",
            "info_nce_loss", "batch_hard_triplet_loss", "train_projection_head", "LitConfig", "LitResult",
            "product_text_fields", "random_product_text", "new_lit_model", "train_lit", "lit_dir", "save_lit",
            "build_lit", "lit_training_log", "load_lit_encoder"]
