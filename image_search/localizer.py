@@ -18,6 +18,7 @@ protocol, so its embeddings are cached and searched like any other encoder's.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -196,17 +197,30 @@ def map_net(name: str, net, size: int, threads: int | None = None) -> MapNet:
 @dataclass
 class HeatmapLocalizer:
     """A localiser made of a :class:`MapNet` that outputs a one-channel heat map and a threshold on
-    it (``None``: the map's own mean, as SCDA does). Chapter 05."""
+    it (``None``: the map's own mean, as SCDA does). Two products side by side can merge into one
+    region at the threshold: the regions found at each higher ``split_thresholds`` value that do
+    not overlap (IoU < 0.5) a box already found are added as further candidates, after the
+    threshold's own. Chapter 05."""
 
     name: str
     net: MapNet
     threshold: float | None
     max_boxes: int = 5
+    split_thresholds: tuple[float, ...] = ()
 
     @property
     def fingerprint(self) -> str:
         return make_fingerprint({"localizer": self.name, "weights": self.net.digest, "size": self.net.size,
-                                 "threshold": self.threshold, "max_boxes": self.max_boxes})
+                                 "threshold": self.threshold, "max_boxes": self.max_boxes,
+                                 "split_thresholds": list(self.split_thresholds)})
+
+    def boxes(self, heat: np.ndarray) -> list[Box]:
+        """Candidate boxes of one heat map (at the image's size), best first."""
+        threshold = float(heat.mean()) if self.threshold is None else self.threshold
+        found = heatmap_boxes(heat, threshold, self.max_boxes)
+        for t in self.split_thresholds:
+            found += [b for b in heatmap_boxes(heat, t, self.max_boxes) if all(b.iou(f) < 0.5 for f in found)]
+        return found[:self.max_boxes]
 
     def heatmaps(self, images: Sequence[ImageLike], batch_size: int = 32) -> list[np.ndarray]:
         """Each image's heat map at the image's own size, ``(height, width)`` float32."""
@@ -221,15 +235,17 @@ class HeatmapLocalizer:
 
     def locate_batch(self, images: Sequence[ImageLike], batch_size: int = 32) -> list[list[Box]]:
         """Candidate boxes of each image, best first (empty when nothing stands out)."""
-        out = []
-        for heat in self.heatmaps(images, batch_size):
-            threshold = float(heat.mean()) if self.threshold is None else self.threshold
-            out.append(heatmap_boxes(heat, threshold, self.max_boxes))
-        return out
+        return [self.boxes(heat) for heat in self.heatmaps(images, batch_size)]
 
     def locate(self, image: ImageLike) -> list[Box]:
         """Candidate boxes of one image, best first."""
         return self.locate_batch([image])[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _lite0_model():
+    """EfficientNet-Lite0's (ImageNet) PyTorch model, loaded once; callers copy what they use."""
+    return load_encoder(DEFAULT_ENCODER).model
 
 
 def _trunk(blocks: int | None):
@@ -237,7 +253,7 @@ def _trunk(blocks: int | None):
     its last 1280-channel convolution; a copy, so the encoder's own model is left alone."""
     import torch
 
-    model = load_encoder(DEFAULT_ENCODER).model
+    model = _lite0_model()
     layers = [model.conv_stem, model.bn1, *model.blocks[:blocks]]
     if blocks is None:
         layers += [model.conv_head, model.bn2]
@@ -271,13 +287,18 @@ def localizer_trunk(size: int, threads: int | None = None) -> MapNet:
     return map_net("localizer-trunk", _trunk(LOCALIZER_BLOCKS), size, threads)
 
 
+SPLIT_THRESHOLDS = (0.5, 0.7)
+
+
 def trained_localizer(head, size: int, threshold: float, threads: int | None = None) -> HeatmapLocalizer:
     """A localiser from a trained head (as made by :func:`localizer_head`) on Lite0's frozen trunk:
-    the heat map is the objectness probability. Chapter 06."""
+    the heat map is the objectness probability; regions that merge at ``threshold`` are also split
+    at the probabilities in ``SPLIT_THRESHOLDS``. Chapter 06."""
     import torch
 
     net = torch.nn.Sequential(*_trunk(LOCALIZER_BLOCKS), *copy.deepcopy(head), torch.nn.Sigmoid())
-    return HeatmapLocalizer("trained", map_net("localizer-trained", net, size, threads), threshold)
+    return HeatmapLocalizer("trained", map_net("localizer-trained", net, size, threads), threshold,
+                            split_thresholds=tuple(t for t in SPLIT_THRESHOLDS if t > threshold))
 
 
 # --------------------------------------------------------------------------- the fine-tuned embedder
@@ -287,7 +308,7 @@ def embedder_top(first_block: int, dim: int):
     projection starts at zero: :func:`train_embedder` draws it). Chapter 06."""
     import torch
 
-    model = load_encoder(DEFAULT_ENCODER).model
+    model = _lite0_model()
     top = copy.deepcopy(torch.nn.Sequential(*model.blocks[first_block:], model.conv_head, model.bn2))
     projection = torch.nn.Linear(model.num_features, dim, bias=False)
     torch.nn.init.zeros_(projection.weight)

@@ -121,3 +121,38 @@ def test_lit_staleness_retrains_only_when_config_catalog_or_format_change(catalo
     assert not training._lit_is_current(folder, cfg, checksum)
     training.build_lit(folder, cfg, catalog)
     assert len(trained) == 3
+
+
+# --------------------------------------------------------------------------- the object localiser
+def test_validation_split_is_seeded_inside_train_and_test_products_are_refused(catalog):
+    from image_search.training import assert_no_test_products, validation_split
+
+    fit, val = validation_split(catalog)
+    assert (fit, val) == validation_split(catalog) and not set(fit) & set(val)
+    assert set(fit) | set(val) == {p.id for p in catalog.split("train")}
+    assert_no_test_products(catalog, fit + val)
+    with pytest.raises(ValueError, match="test product"):
+        assert_no_test_products(catalog, fit[:2] + [catalog.split("test")[0].id])
+
+
+def test_localizer_head_learns_where_the_object_is_deterministically():
+    from image_search.training import LocalizerConfig, train_localizer
+
+    rng = np.random.default_rng(0)
+    targets = np.zeros((64, 1, 6, 6), np.float32)
+    for k in range(64):  # one object per map, at a random place; channel 0 lights up on it
+        r, c = rng.integers(0, 4, 2)
+        targets[k, 0, r:r + 2, c:c + 2] = 1
+    features = rng.normal(size=(64, 8, 6, 6)).astype(np.float32) * 0.3 + 5
+    features[:, :1] += 2 * targets
+    config = LocalizerConfig(hidden=4, epochs=30, batch_size=16, lr=1e-2)
+    head = train_localizer(features, targets, config)
+    with torch.no_grad():
+        p = torch.sigmoid(head(torch.from_numpy(features))).numpy()
+    peak = p.reshape(64, -1).argmax(1)
+    assert np.mean(targets.reshape(64, -1)[np.arange(64), peak] > 0.5) > 0.9  # the peak is on the object
+    assert p[targets > 0.5].mean() > p[targets < 0.5].mean() + 0.3
+    again = train_localizer(features, targets, config)
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="do not fit"):
+        train_localizer(features, targets[:, :, :3], config)
