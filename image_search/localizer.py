@@ -6,7 +6,8 @@ candidate boxes. Two are here, both on EfficientNet-Lite0's own feature maps:
 
 * ``trained``: a small convolutional head on Lite0's stride-16 block, trained on the **train**
   products' customer photos against their rendered masks (free labels; ``make models`` retrains
-  it, ``data/models/`` ships it). It runs at 160 px, so it costs about half an embedding.
+  it, ``data/models/`` ships it). It runs at 160 px on Lite0's first blocks only: a query costs about 1.25x a plain
+  embedding (``benchmarks/eval_retrieval.py`` measures it).
 * ``scda``: the unsupervised baseline of Wei et al., "Selective Convolutional Descriptor Aggregation
   for Fine-Grained Image Retrieval" (IEEE TIP 2017, arXiv:1604.04994): sum the last convolutional
   map over its channels, keep the cells above the map's mean, take the connected components.
@@ -38,7 +39,6 @@ MANIFEST = "training.json"
 PIPELINE = "product-search"
 LOCALIZER_BLOCKS = 5  # Lite0's stem and blocks 0-4: 112 channels at stride 16
 SCDA_SIZE = 224
-EMBED_SIZE = 224      # Lite0's input (resize 256, centre crop 224)
 
 
 # --------------------------------------------------------------------------- boxes
@@ -301,77 +301,6 @@ def trained_localizer(head, size: int, threshold: float, threads: int | None = N
                             split_thresholds=tuple(t for t in SPLIT_THRESHOLDS if t > threshold))
 
 
-# --------------------------------------------------------------------------- the fine-tuned embedder
-def embedder_top(first_block: int, dim: int):
-    """The trainable top of the product embedder: Lite0's blocks from ``first_block`` on, its last
-    convolution, average pooling and a linear projection to ``dim`` (ImageNet weights; the
-    projection starts at zero: :func:`train_embedder` draws it). Chapter 06."""
-    import torch
-
-    model = _lite0_model()
-    top = copy.deepcopy(torch.nn.Sequential(*model.blocks[first_block:], model.conv_head, model.bn2))
-    projection = torch.nn.Linear(model.num_features, dim, bias=False)
-    torch.nn.init.zeros_(projection.weight)
-    return torch.nn.Sequential(*top, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), projection).eval()
-
-
-def embedder_trunk(first_block: int, threads: int | None = None) -> MapNet:
-    """The frozen part under the embedder's top: Lite0's stem and blocks ``0 .. first_block - 1`` on
-    preprocessed ``224`` x ``224`` crops (training caches its maps)."""
-    return map_net(f"embedder-trunk{first_block}", _trunk(first_block), EMBED_SIZE, threads)
-
-
-def product_embedder(top, first_block: int, threads: int | None = None):
-    """Lite0's frozen trunk under a trained top, as an :class:`~image_search.encoders.Encoder` with
-    Lite0's preprocessing (run by ONNX Runtime when available). Chapter 06."""
-    import torch
-
-    from .encoders import TorchEncoder
-
-    lite0 = load_encoder(DEFAULT_ENCODER, threads)
-    model = torch.nn.Sequential(*_trunk(first_block), *copy.deepcopy(top)).eval()
-    model = model.to(memory_format=torch.channels_last)
-    digest = weights_digest(model)
-    parts = {**lite0.fingerprint_parts, "encoder": "product-embedder", "weights": digest}
-    return TorchEncoder(name="product-embedder", dim=int(top[-1].out_features), model=model,
-                        preprocess=lite0.preprocess, threads=threads,
-                        onnx=_onnx_session(model, "product-embedder", EMBED_SIZE, threads, digest),
-                        fingerprint_parts=parts)
-
-
-def encode_delta(state: dict, reference: dict) -> dict:
-    """A trained state as int8 differences from a reference state (each output channel scaled to
-    the int8 range, scales kept in float32): half the bytes of float16 for the same precision,
-    since fine-tuning moves weights little. Unchanged tensors are left out."""
-    import torch
-
-    out = {}
-    for key, value in state.items():
-        if not value.is_floating_point():
-            continue
-        delta = (value - reference[key]).float()
-        if not delta.any():
-            continue
-        flat = delta.reshape(len(delta), -1) if delta.ndim else delta.reshape(1, 1)
-        scale = flat.abs().amax(dim=1).clamp_min(1e-30) / 127
-        out[key] = torch.round(flat / scale[:, None]).to(torch.int8).reshape(delta.shape).contiguous()
-        out[key + ".scale"] = scale.contiguous()
-    return out
-
-
-def apply_delta(reference: dict, tensors: dict) -> dict:
-    """The state :func:`encode_delta` encoded: ``reference`` plus each int8 difference times its
-    channel's scale."""
-    state = dict(reference)
-    for key, q in tensors.items():
-        if key.endswith(".scale"):
-            continue
-        scale = tensors[key + ".scale"]
-        flat = q.reshape(len(scale), -1).float() * scale[:, None]
-        state[key] = reference[key] + flat.reshape(reference[key].shape).to(reference[key].dtype)
-    return state
-
-
 # --------------------------------------------------------------------------- shipped models
 def models_manifest(folder: Path = MODELS_DIR) -> dict:
     """``training.json`` of the shipped models (``data/models/product-search``): for each model its
@@ -384,7 +313,7 @@ def models_manifest(folder: Path = MODELS_DIR) -> dict:
 
 
 def shipped_tensors(name: str, folder: Path = MODELS_DIR) -> tuple[dict, dict]:
-    """The tensors of shipped model ``name`` (``"localizer"`` or ``"embedder"``), checked against
+    """The tensors of shipped model ``name`` (``"localizer"``), checked against
     the SHA-256 in the manifest, and its manifest entry."""
     from safetensors.torch import load
 
@@ -411,15 +340,6 @@ def load_localizer(name: str = "trained", threads: int | None = None,
     head = localizer_head(entry["config"]["hidden"])
     head.load_state_dict(tensors)
     return trained_localizer(head, entry["config"]["size"], entry["threshold"], threads)
-
-
-def load_embedder(threads: int | None = None, folder: Path = MODELS_DIR):
-    """The shipped fine-tuned product embedder (an Encoder of ``dim``-d vectors). Chapter 06."""
-    tensors, entry = shipped_tensors("embedder", folder)
-    config = entry["config"]
-    top = embedder_top(config["first_block"], config["dim"])
-    top.load_state_dict(apply_delta(top.state_dict(), tensors))
-    return product_embedder(top, config["first_block"], threads)
 
 
 # --------------------------------------------------------------------------- crop, then embed
@@ -481,10 +401,9 @@ class LocalizedEncoder:
 def load_product_search(threads: int | None = None, folder: Path = MODELS_DIR) -> "LocalizedEncoder":
     """The book's best pipeline, built from the shipped weights (offline, in seconds): the trained
     localiser finds the product and its square crop (with the shipped margin) is embedded by
-    EfficientNet-Lite0, or by the fine-tuned embedder when one is shipped.
-    ``load_encoder("product-search")`` returns it. Chapter 09."""
+    EfficientNet-Lite0. ``load_encoder("product-search")`` returns it. Chapter 09."""
     manifest = models_manifest(folder)
-    base = load_embedder(threads, folder) if "embedder" in manifest["models"] else load_encoder(DEFAULT_ENCODER, threads)
+    base = load_encoder(DEFAULT_ENCODER, threads)
     return LocalizedEncoder(base, load_localizer("trained", threads, folder), manifest["margin"], name=PIPELINE)
 
 
@@ -493,6 +412,5 @@ register_encoder(PIPELINE, lambda name, threads: load_product_search(threads))
 
 __all__ = ["Box", "box_iou", "mask_box", "heatmap_boxes", "Localizer", "MapNet", "map_net", "HeatmapLocalizer", "letterbox",
            "scda_localizer", "localizer_head", "localizer_trunk", "trained_localizer", "models_manifest",
-           "embedder_top", "embedder_trunk", "product_embedder", "encode_delta", "apply_delta",
-           "shipped_tensors", "load_localizer", "load_embedder", "LocalizedEncoder", "load_product_search",
+           "shipped_tensors", "load_localizer", "LocalizedEncoder", "load_product_search",
            "MODELS_DIR", "PIPELINE"]
