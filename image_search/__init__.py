@@ -33,7 +33,7 @@ from .reranker import RerankConfig, Reranker
 from .searcher import Filters, Searcher, SearchRequest, SearchResults, Timings, build_index
 
 # isort: split
-from . import text, training  # noqa: F401 (register the "minilm-lit" and "lit" encoders)
+from . import localizer, text, training  # noqa: F401 (register "product-search", "minilm-lit", "lit")
 
 __version__ = "0.1.0"
 __all__ = [

@@ -1,11 +1,13 @@
 """Model development on the catalog: metric-learning projection heads (triplet, InfoNCE) on frozen
-image features, and a CLIP-style text tower trained against the locked image tower (LiT). Chapter 06.
+image features, and a CLIP-style text tower trained against the locked image tower (LiT).
+Chapter 06.
 
 Everything trains on cached EfficientNet-Lite0 features of the **train** products, single-threaded
 and seeded, so results reproduce exactly on a CPU. ``load_encoder("lit")`` calls
 :func:`load_lit_encoder`, which trains the text tower on first use (about a minute) and caches it as
 an open_clip ``local-dir:`` model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +24,15 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .catalog import Catalog, Product, load_catalog
-from .encoders import Encoder, TorchEncoder, encode_paths, l2_normalize, load_encoder, register_encoder, weights_digest
+from .encoders import (
+    Encoder,
+    TorchEncoder,
+    encode_paths,
+    l2_normalize,
+    load_encoder,
+    register_encoder,
+    weights_digest,
+)
 from .paths import cache_dir
 
 LIT_BASE_ENCODER = "efficientnet-lite0"
@@ -56,8 +66,9 @@ def deterministic_torch(threads: int = 1) -> Iterator[None]:
         torch.use_deterministic_algorithms(old_det)
 
 
-def catalog_features(catalog: Catalog, encoder: Encoder, ids: Sequence[str] | None = None,
-                     progress: bool = False) -> np.ndarray:
+def catalog_features(
+    catalog: Catalog, encoder: Encoder, ids: Sequence[str] | None = None, progress: bool = False
+) -> np.ndarray:
     """Embeddings of each product's shop photo and customer photos: ``(n, 1 + views, dim)``, the
     icon first. Uses the on-disk embedding cache. Chapter 06."""
     ids = list(catalog.ids if ids is None else ids)
@@ -102,7 +113,8 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class TrainedHead:
-    """A trained projection head: ``project`` maps base embeddings to unit vectors of ``config.dim``.
+    """A trained projection head: ``project`` maps base embeddings to unit vectors of
+    ``config.dim``.
     ``losses`` holds the mean training loss per epoch; ``history`` the ``(epoch, value)`` pairs the
     ``on_epoch`` callback returned."""
 
@@ -115,7 +127,9 @@ class TrainedHead:
         import torch
 
         with torch.no_grad():
-            return l2_normalize(self.module(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy())
+            return l2_normalize(
+                self.module(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
+            )
 
 
 def info_nce_loss(anchors, positives, temperature: float):
@@ -142,12 +156,15 @@ def batch_hard_triplet_loss(embeddings, labels, margin: float):
     return torch.relu(hardest_pos - hardest_neg + margin).mean()
 
 
-def train_projection_head(groups: np.ndarray, config: HeadConfig = HeadConfig(),
-                          on_epoch: Callable[[int, Callable[[np.ndarray], np.ndarray]], float | None] | None = None
-                          ) -> TrainedHead:
+def train_projection_head(
+    groups: np.ndarray,
+    config: HeadConfig = HeadConfig(),
+    on_epoch: Callable[[int, Callable[[np.ndarray], np.ndarray]], float | None] | None = None,
+) -> TrainedHead:
     """Train a projection head on frozen features ``groups`` of shape ``(products, photos, dim)``:
     photos of one product are positives, other products negatives. ``on_epoch(epoch, project)``
-    may return a validation number to record (``None`` to skip). Deterministic (one thread). Chapter 06."""
+    may return a validation number to record (``None`` to skip). Deterministic (one thread).
+    Chapter 06."""
     import torch
     import torch.nn.functional as F
 
@@ -160,7 +177,9 @@ def train_projection_head(groups: np.ndarray, config: HeadConfig = HeadConfig(),
         set_seed(c.seed)
         rng = np.random.default_rng(c.seed)
         if c.hidden:
-            head = torch.nn.Sequential(torch.nn.Linear(d, c.hidden), torch.nn.GELU(), torch.nn.Linear(c.hidden, c.dim))
+            head = torch.nn.Sequential(
+                torch.nn.Linear(d, c.hidden), torch.nn.GELU(), torch.nn.Linear(c.hidden, c.dim)
+            )
         else:
             head = torch.nn.Linear(d, c.dim, bias=False)
         opt = torch.optim.AdamW(head.parameters(), lr=c.lr, weight_decay=c.weight_decay)
@@ -170,18 +189,22 @@ def train_projection_head(groups: np.ndarray, config: HeadConfig = HeadConfig(),
         def project(v: np.ndarray) -> np.ndarray:
             head.eval()
             with torch.no_grad():
-                out = F.normalize(head(torch.as_tensor(np.asarray(v, dtype=np.float32))), dim=-1).numpy()
+                out = F.normalize(
+                    head(torch.as_tensor(np.asarray(v, dtype=np.float32))), dim=-1
+                ).numpy()
             head.train()
             return out
 
         for epoch in range(1, c.epochs + 1):
             order, total = rng.permutation(n), 0.0
             for start in range(0, n, c.batch_products):
-                b = order[start:start + c.batch_products]
+                b = order[start : start + c.batch_products]
                 if len(b) < 2:
                     continue
                 first = rng.integers(0, m, len(b))
-                second = (first + rng.integers(1, m, len(b))) % m   # a different photo of the same product
+                second = (
+                    first + rng.integers(1, m, len(b))
+                ) % m  # a different photo of the same product
                 za = F.normalize(head(x[b, first]), dim=-1)
                 zp = F.normalize(head(x[b, second]), dim=-1)
                 if c.loss == "infonce":
@@ -205,7 +228,210 @@ def train_projection_head(groups: np.ndarray, config: HeadConfig = HeadConfig(),
     return TrainedHead(c, head, tuple(losses), tuple(history))
 
 
-# --------------------------------------------------------------------------- LiT: a text tower for a locked image tower
+# --------------------------------------------------------------------------- the object localiser
+def validation_split(
+    catalog: Catalog, fraction: float = 0.2, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """The **train** products split again, seeded, into ``(fit ids, validation ids)``: settings
+    (thresholds, margins, epochs) are chosen on the validation part, never on the test products.
+    Chapter 06."""
+    ids = [p.id for p in catalog.split("train")]
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = int(round(fraction * len(ids)))
+    val = set(order[:n_val].tolist())
+    return [i for k, i in enumerate(ids) if k not in val], [
+        i for k, i in enumerate(ids) if k in val
+    ]
+
+
+def assert_no_test_products(catalog: Catalog, product_ids: Sequence[str]) -> None:
+    """Refuse to train on a **test** product (their customer photos must stay unseen)."""
+    leaked = sorted(i for i in product_ids if catalog[i].split != "train")
+    if leaked:
+        raise ValueError(f"{len(leaked)} test product(s) in a training set, e.g. {leaked[:3]}")
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """The trained localiser: its head (:func:`~image_search.localizer.localizer_head`) on Lite0's
+    frozen stride-16 maps of ``size`` px images, trained with per-cell binary cross-entropy against
+    the share of each cell the product's mask covers; every other epoch sees the maps and masks
+    mirrored. Chapter 06."""
+
+    size: int = 160
+    hidden: int = 32
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    seed: int = 0
+
+
+def localizer_examples(
+    catalog: Catalog,
+    product_ids: Sequence[str],
+    size: int,
+    threads: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The localiser's training examples from the products' customer photos: the frozen trunk's
+    maps ``(n, 112, h, w)`` and the targets ``(n, 1, h, w)``, the share of each map cell covered
+    by the rendered mask. Chapter 06."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from .images import load_image
+    from .localizer import localizer_trunk
+
+    assert_no_test_products(catalog, product_ids)
+    trunk = localizer_trunk(size, threads)
+    paths = [p for i in product_ids for p in catalog.view_paths(i)]
+    maps = []
+    for s in tqdm(range(0, len(paths), 64), desc="localiser maps", disable=not progress):
+        maps.append(trunk([load_image(p) for p in paths[s : s + 64]])[0])
+    features = np.concatenate(maps)
+    masks = torch.from_numpy(np.stack([catalog.object_mask(p) for p in paths]).astype(np.float32))
+    targets = F.adaptive_avg_pool2d(masks[:, None], features.shape[-2:]).numpy()
+    return features, targets
+
+
+def train_localizer(
+    features: np.ndarray, targets: np.ndarray, config: LocalizerConfig = LocalizerConfig()
+):
+    """Train the localiser's head on :func:`localizer_examples`; returns the head (a torch module)
+    with the features' standardisation folded into its first convolution. Deterministic (one
+    thread, seeded). Chapter 06."""
+    import torch
+    import torch.nn.functional as F
+
+    from .localizer import localizer_head
+
+    x, y = (
+        torch.from_numpy(np.asarray(features, np.float32)),
+        torch.from_numpy(np.asarray(targets, np.float32)),
+    )
+    if x.ndim != 4 or y.shape != (len(x), 1, *x.shape[-2:]):
+        raise ValueError(
+            f"features (n, c, h, w) and targets (n, 1, h, w) do not fit: {x.shape}, {y.shape}"
+        )
+    c = config
+    with deterministic_torch():
+        set_seed(c.seed)
+        mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3)) + 1e-3
+        x = (x - mean[:, None, None]) / std[:, None, None]
+        head = localizer_head(c.hidden, x.shape[1])
+        opt = torch.optim.AdamW(head.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        rng = np.random.default_rng(c.seed)
+        for epoch in range(c.epochs):
+            order = torch.from_numpy(rng.permutation(len(x)))
+            for start in range(0, len(x), c.batch_size):
+                b = order[start : start + c.batch_size]
+                xb, yb = (x[b].flip(-1), y[b].flip(-1)) if epoch % 2 else (x[b], y[b])
+                loss = F.binary_cross_entropy_with_logits(head(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():  # fold the standardisation into the first convolution
+            first = head[0]
+            w = first.weight / std[None, :, None, None]
+            first.bias -= (w * mean[None, :, None, None]).sum((1, 2, 3))
+            first.weight.copy_(w)
+    return head.eval()
+
+
+def localizer_ious(
+    localizer, catalog: Catalog, paths: Sequence[Path], batch_size: int = 32
+) -> np.ndarray:
+    """IoU of the localiser's best box with the stored box (``boxes.csv``) of each photo; 0 where it
+    finds nothing. Chapter 06."""
+    found = localizer.locate_batch(list(paths), batch_size)
+    return np.array(
+        [boxes[0].iou(catalog.object_box(p)) if boxes else 0.0 for p, boxes in zip(paths, found)]
+    )
+
+
+# --------------------------------------------------------------------------- the shipped models
+MODELS_FORMAT = 1
+LOCALIZER_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
+
+
+def build_localizer(
+    catalog: Catalog,
+    config: LocalizerConfig = LocalizerConfig(),
+    threads: int | None = None,
+    progress: bool = False,
+) -> tuple[object, dict]:
+    """Train the localiser for shipping: fit the head on the fit part of the **train** products,
+    choose the heat-map threshold with the best mean IoU on the validation part, then refit on every
+    train product. Returns the head and its manifest entry (config, threshold, validation IoUs,
+    train ids, wall time). Chapter 06."""
+    import time
+
+    from .localizer import trained_localizer
+
+    start = time.perf_counter()
+    fit, val = validation_split(catalog)
+    train_ids = [p.id for p in catalog.split("train")]
+    assert_no_test_products(catalog, train_ids)
+    features, targets = localizer_examples(catalog, train_ids, config.size, threads, progress)
+    row = {pid: k for k, pid in enumerate(train_ids)}
+    views = len(catalog.view_paths(train_ids[0]))
+    rows = lambda ids: np.array([row[i] * views + v for i in ids for v in range(views)])  # noqa: E731
+    head = train_localizer(features[rows(fit)], targets[rows(fit)], config)
+    val_paths = [p for i in val for p in catalog.view_paths(i)]
+    val_iou = {}
+    for t in LOCALIZER_THRESHOLDS:
+        val_iou[t] = float(
+            localizer_ious(
+                trained_localizer(head, config.size, t, threads), catalog, val_paths
+            ).mean()
+        )
+    threshold = max(LOCALIZER_THRESHOLDS, key=lambda t: (val_iou[t], -t))
+    head = train_localizer(features, targets, config)
+    entry = {
+        "config": asdict(config),
+        "threshold": threshold,
+        "validation_mean_iou": {str(t): round(v, 4) for t, v in val_iou.items()},
+        "train_ids": train_ids,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    return head, entry
+
+
+def build_models(
+    folder: str | Path | None = None,
+    catalog: Catalog | None = None,
+    margin: float = 0.1,
+    progress: bool = True,
+) -> Path:
+    """``make models``: retrain the shipped localiser (seeded, single-threaded head training) into
+    ``data/models/product-search`` (safetensors + ``training.json`` with each file's SHA-256, the
+    train products, the wall time and the pipeline's crop ``margin``). Chapter 06."""
+    from safetensors.torch import save
+
+    from .localizer import MANIFEST, MODELS_DIR
+
+    catalog = catalog or load_catalog()
+    folder = Path(folder) if folder is not None else MODELS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    head, entry = build_localizer(catalog, progress=progress)
+    data = save({k: v.detach().contiguous() for k, v in head.state_dict().items()})
+    (folder / "localizer.safetensors").write_bytes(data)
+    entry = {"file": "localizer.safetensors", "sha256": hashlib.sha256(data).hexdigest(), **entry}
+    manifest = {
+        "format": MODELS_FORMAT,
+        "made_by": "make models",
+        "base_encoder": LIT_BASE_ENCODER,
+        "catalog_sha256": _catalog_checksum(catalog),
+        "margin": margin,
+        "models": {"localizer": entry},
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return folder
+
+
+# ------------------------------------------------- LiT: a text tower for a locked image tower
 @dataclass(frozen=True)
 class LitConfig:
     """The text tower (a small open_clip text transformer, random init, open_clip's BPE tokenizer)
@@ -224,15 +450,32 @@ class LitConfig:
 
     def model_cfg(self, embed_dim: int = 1280) -> dict:
         """The open_clip ``model_cfg`` (as saved in ``open_clip_config.json``)."""
-        return {"embed_dim": embed_dim,
-                "vision_cfg": {"timm_model_name": "tf_efficientnet_lite0", "timm_model_pretrained": False,
-                               "timm_pool": "avg", "timm_proj": "none", "image_size": 224},
-                "text_cfg": {"context_length": self.context_length, "vocab_size": 49408, "width": self.width,
-                             "heads": self.heads, "layers": self.layers}}
+        return {
+            "embed_dim": embed_dim,
+            "vision_cfg": {
+                "timm_model_name": "tf_efficientnet_lite0",
+                "timm_model_pretrained": False,
+                "timm_pool": "avg",
+                "timm_proj": "none",
+                "image_size": 224,
+            },
+            "text_cfg": {
+                "context_length": self.context_length,
+                "vocab_size": 49408,
+                "width": self.width,
+                "heads": self.heads,
+                "layers": self.layers,
+            },
+        }
 
 
-LIT_PREPROCESS_CFG = {"size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                      "interpolation": "bicubic", "resize_mode": "shortest"}
+LIT_PREPROCESS_CFG = {
+    "size": 224,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
 
 
 def product_text_fields(p: Product) -> list[str]:
@@ -280,8 +523,12 @@ def new_lit_model(config: LitConfig = LitConfig()):
     return model.eval(), open_clip.SimpleTokenizer(context_length=config.context_length)
 
 
-def train_lit(products: Sequence[Product], image_features: np.ndarray, config: LitConfig = LitConfig(),
-              on_epoch: Callable[[int, LitResult], None] | None = None) -> LitResult:
+def train_lit(
+    products: Sequence[Product],
+    image_features: np.ndarray,
+    config: LitConfig = LitConfig(),
+    on_epoch: Callable[[int, LitResult], None] | None = None,
+) -> LitResult:
     """Train the text tower with open_clip's contrastive ``ClipLoss`` against fixed image features
     ``(len(products), photos, 1280)`` (the locked tower's embeddings of each product's photos).
     Each step pairs a random caption of each product with one random photo of it. Chapter 06."""
@@ -290,13 +537,21 @@ def train_lit(products: Sequence[Product], image_features: np.ndarray, config: L
 
     feats = np.asarray(image_features, dtype=np.float32)
     if feats.ndim != 3 or len(feats) != len(products):
-        raise ValueError(f"image_features must be (products={len(products)}, photos, dim), not {feats.shape}")
+        raise ValueError(
+            f"image_features must be (products={len(products)}, photos, dim), not {feats.shape}"
+        )
     with deterministic_torch():
         model, tokenizer = new_lit_model(config)
         set_seed(config.seed)
         rng = np.random.default_rng(config.seed)
-        model.token_embedding.sparse = True  # only the rows of tokens in a batch get updated: 8x faster steps
-        dense = [p for n, p in model.named_parameters() if p.requires_grad and n != "token_embedding.weight"]
+        model.token_embedding.sparse = (
+            True  # only the rows of tokens in a batch get updated: 8x faster steps
+        )
+        dense = [
+            p
+            for n, p in model.named_parameters()
+            if p.requires_grad and n != "token_embedding.weight"
+        ]
         opt = torch.optim.AdamW(dense, lr=config.lr, weight_decay=config.weight_decay)
         opt_emb = torch.optim.SparseAdam([model.token_embedding.weight], lr=config.lr)
         loss_fn = open_clip.ClipLoss()
@@ -306,7 +561,7 @@ def train_lit(products: Sequence[Product], image_features: np.ndarray, config: L
             model.train()
             order, total = rng.permutation(len(products)), 0.0
             for start in range(0, len(order), config.batch_size):
-                b = order[start:start + config.batch_size]
+                b = order[start : start + config.batch_size]
                 if len(b) < 2:
                     continue
                 tokens = tokenizer([random_product_text(products[i], rng) for i in b])
@@ -350,9 +605,15 @@ def save_lit(result: LitResult, folder: str | Path, catalog_checksum: str = "") 
         (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=1))
         state = {k: v.contiguous() for k, v in result.model.state_dict().items()}
         save_file(state, str(tmp / "open_clip_model.safetensors"))
-        meta = {"format": LIT_FORMAT, "base_encoder": LIT_BASE_ENCODER, "config": asdict(result.config),
-                "catalog_sha256": catalog_checksum, "losses": [round(v, 6) for v in result.losses],
-                "note": "image tower locked: its embeddings equal efficientnet-lite0's (resize 256, crop 224)"}
+        meta = {
+            "format": LIT_FORMAT,
+            "base_encoder": LIT_BASE_ENCODER,
+            "config": asdict(result.config),
+            "catalog_sha256": catalog_checksum,
+            "losses": [round(v, 6) for v in result.losses],
+            "note": "image tower locked: its embeddings equal efficientnet-lite0's "
+            "(resize 256, crop 224)",
+        }
         (tmp / "training.json").write_text(json.dumps(meta, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
@@ -364,7 +625,8 @@ def save_lit(result: LitResult, folder: str | Path, catalog_checksum: str = "") 
 
 
 def lit_training_log(folder: str | Path | None = None) -> dict:
-    """What :func:`save_lit` recorded next to the model: config, catalog checksum, loss per epoch."""
+    """What :func:`save_lit` recorded next to the model: config, catalog checksum, loss per
+    epoch."""
     folder = Path(folder) if folder is not None else lit_dir()
     return json.loads((folder / "training.json").read_text())
 
@@ -374,12 +636,20 @@ def _lit_is_current(folder: Path, config: LitConfig, checksum: str) -> bool:
         meta = json.loads((folder / "training.json").read_text())
     except (OSError, ValueError):
         return False
-    return (meta.get("format") == LIT_FORMAT and meta.get("config") == asdict(config)
-            and meta.get("catalog_sha256") == checksum and (folder / "open_clip_model.safetensors").is_file())
+    return (
+        meta.get("format") == LIT_FORMAT
+        and meta.get("config") == asdict(config)
+        and meta.get("catalog_sha256") == checksum
+        and (folder / "open_clip_model.safetensors").is_file()
+    )
 
 
-def build_lit(folder: str | Path | None = None, config: LitConfig = LitConfig(), catalog: Catalog | None = None,
-              force: bool = False) -> Path:
+def build_lit(
+    folder: str | Path | None = None,
+    config: LitConfig = LitConfig(),
+    catalog: Catalog | None = None,
+    force: bool = False,
+) -> Path:
     """Train the LiT text tower on the catalog's **train** products and save it (skipped when an
     up-to-date model is already there, unless ``force``). Chapter 06."""
     catalog = catalog or load_catalog()
@@ -392,8 +662,9 @@ def build_lit(folder: str | Path | None = None, config: LitConfig = LitConfig(),
     return save_lit(train_lit(train, feats, config), folder, checksum)
 
 
-def load_lit_encoder(threads: int | None = None, folder: str | Path | None = None,
-                     train_if_missing: bool = True) -> TorchEncoder:
+def load_lit_encoder(
+    threads: int | None = None, folder: str | Path | None = None, train_if_missing: bool = True
+) -> TorchEncoder:
     """The LiT model as an :class:`~image_search.encoders.Encoder` named ``"lit"``, with
     ``encode_images`` (exactly EfficientNet-Lite0's embeddings: the tower is locked and uses the
     same preprocessing) and ``encode_texts``. Loaded through open_clip's ``local-dir:`` schema;
@@ -410,16 +681,50 @@ def load_lit_encoder(threads: int | None = None, folder: str | Path | None = Non
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     lite0 = load_encoder(LIT_BASE_ENCODER, threads=threads)
     visual = model.visual.to(memory_format=torch.channels_last)
-    return TorchEncoder(name="lit", dim=int(model.text_projection.shape[1]), model=visual,
-                        preprocess=lite0.preprocess, encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)),
-                        threads=threads, fingerprint_parts={**lite0.fingerprint_parts, "encoder": "lit",
-                                                            "lit_weights": weights_digest(model)})
+    return TorchEncoder(
+        name="lit",
+        dim=int(model.text_projection.shape[1]),
+        model=visual,
+        preprocess=lite0.preprocess,
+        encode_text_fn=lambda texts: model.encode_text(tokenizer(texts)),
+        threads=threads,
+        fingerprint_parts={
+            **lite0.fingerprint_parts,
+            "encoder": "lit",
+            "lit_weights": weights_digest(model),
+        },
+    )
 
 
 register_encoder("lit", lambda name, threads: load_lit_encoder(threads=threads))
 
 
-__all__ = ["set_seed", "deterministic_torch", "catalog_features", "HeadConfig", "TrainedHead",
-           "info_nce_loss", "batch_hard_triplet_loss", "train_projection_head", "LitConfig", "LitResult",
-           "product_text_fields", "random_product_text", "new_lit_model", "train_lit", "lit_dir", "save_lit",
-           "build_lit", "lit_training_log", "load_lit_encoder"]
+__all__ = [
+    "build_localizer",
+    "build_models",
+    "validation_split",
+    "assert_no_test_products",
+    "LocalizerConfig",
+    "localizer_examples",
+    "train_localizer",
+    "localizer_ious",
+    "set_seed",
+    "deterministic_torch",
+    "catalog_features",
+    "HeadConfig",
+    "TrainedHead",
+    "info_nce_loss",
+    "batch_hard_triplet_loss",
+    "train_projection_head",
+    "LitConfig",
+    "LitResult",
+    "product_text_fields",
+    "random_product_text",
+    "new_lit_model",
+    "train_lit",
+    "lit_dir",
+    "save_lit",
+    "build_lit",
+    "lit_training_log",
+    "load_lit_encoder",
+]

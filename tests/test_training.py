@@ -1,4 +1,5 @@
 """Tests of image_search.training: losses, projection heads, LiT save/load."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from image_search.training import (HeadConfig, LitConfig, batch_hard_triplet_loss, info_nce_loss,
-                                   random_product_text, train_lit, train_projection_head, save_lit,
-                                   load_lit_encoder, product_text_fields)
+from image_search.training import (
+    HeadConfig,
+    LitConfig,
+    batch_hard_triplet_loss,
+    info_nce_loss,
+    load_lit_encoder,
+    product_text_fields,
+    random_product_text,
+    save_lit,
+    train_lit,
+    train_projection_head,
+)
 
 
 def _groups(n=40, m=3, d=16, noise=0.3, seed=0):
@@ -22,7 +32,9 @@ def _groups(n=40, m=3, d=16, noise=0.3, seed=0):
 
 
 def test_info_nce_is_low_for_matching_pairs_and_high_for_shuffled():
-    a = torch.nn.functional.normalize(torch.randn(8, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
+    a = torch.nn.functional.normalize(
+        torch.randn(8, 5, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
     assert info_nce_loss(a, a, 0.05) < 0.01
     assert info_nce_loss(a, a.roll(1, 0), 0.05) > 1.0
 
@@ -49,8 +61,13 @@ def test_head_training_reduces_loss_and_is_deterministic(loss):
 
 def test_on_epoch_history_and_bad_config():
     seen = []
-    head = train_projection_head(_groups(), HeadConfig(dim=4, epochs=4, batch_products=8),
-                                 on_epoch=lambda e, project: seen.append(project(_groups()[:2, 0]).shape) or (e if e % 2 == 0 else None))
+    head = train_projection_head(
+        _groups(),
+        HeadConfig(dim=4, epochs=4, batch_products=8),
+        on_epoch=lambda e, project: (
+            seen.append(project(_groups()[:2, 0]).shape) or (e if e % 2 == 0 else None)
+        ),
+    )
     assert head.history == ((2, 2.0), (4, 4.0)) and seen == [(2, 4)] * 4
     with pytest.raises(ValueError):
         HeadConfig(loss="contrastive")
@@ -70,7 +87,9 @@ def test_random_product_text_uses_only_product_words(catalog):
 def test_lit_trains_saves_and_loads_as_open_clip_local_dir(catalog, tmp_path, lite0, monkeypatch):
     from image_search import training
 
-    monkeypatch.setattr(training, "load_encoder", lambda name, threads=None: lite0)  # the session's copy
+    monkeypatch.setattr(
+        training, "load_encoder", lambda name, threads=None: lite0
+    )  # the session's copy
     products = catalog.split("train")[:12]
     feats = _groups(n=12, m=2, d=1280)
     cfg = LitConfig(width=32, layers=1, heads=2, context_length=16, epochs=3, batch_size=6)
@@ -87,7 +106,9 @@ def test_lit_trains_saves_and_loads_as_open_clip_local_dir(catalog, tmp_path, li
         load_lit_encoder(folder=tmp_path / "missing", train_if_missing=False)
 
 
-def test_lit_staleness_retrains_only_when_config_catalog_or_format_change(catalog, tmp_path, monkeypatch):
+def test_lit_staleness_retrains_only_when_config_catalog_or_format_change(
+    catalog, tmp_path, monkeypatch
+):
     from dataclasses import asdict
 
     from image_search import training
@@ -100,24 +121,71 @@ def test_lit_staleness_retrains_only_when_config_catalog_or_format_change(catalo
     meta = {"format": training.LIT_FORMAT, "config": asdict(cfg), "catalog_sha256": checksum}
     (folder / "training.json").write_text(json.dumps(meta))
     assert training._lit_is_current(folder, cfg, checksum)
-    assert not training._lit_is_current(folder, LitConfig(epochs=3), checksum)       # another config
-    assert not training._lit_is_current(folder, cfg, "0" * 64)                       # the catalog changed
+    assert not training._lit_is_current(folder, LitConfig(epochs=3), checksum)  # another config
+    assert not training._lit_is_current(folder, cfg, "0" * 64)  # the catalog changed
     assert not training._lit_is_current(tmp_path / "nowhere", cfg, checksum)
 
     trained = []
-    monkeypatch.setattr(training, "catalog_features", lambda *a, **k: np.zeros((1, 1, 1280), np.float32))
-    monkeypatch.setattr(training, "train_lit", lambda products, feats, config: trained.append(config) or "model")
+    monkeypatch.setattr(
+        training, "catalog_features", lambda *a, **k: np.zeros((1, 1, 1280), np.float32)
+    )
+    monkeypatch.setattr(
+        training, "train_lit", lambda products, feats, config: trained.append(config) or "model"
+    )
     monkeypatch.setattr(training, "save_lit", lambda result, f, checksum: Path(f))
     monkeypatch.setattr(training, "load_encoder", lambda name: None)
-    assert training.build_lit(folder, cfg, catalog) == folder and trained == []     # up to date: no training
+    assert (
+        training.build_lit(folder, cfg, catalog) == folder and trained == []
+    )  # up to date: no training
     training.build_lit(folder, cfg, catalog, force=True)
     training.build_lit(folder, LitConfig(epochs=3), catalog)
     assert trained == [cfg, LitConfig(epochs=3)]
     for broken in ({**meta, "format": training.LIT_FORMAT + 1}, "{not json"):
-        (folder / "training.json").write_text(broken if isinstance(broken, str) else json.dumps(broken))
+        (folder / "training.json").write_text(
+            broken if isinstance(broken, str) else json.dumps(broken)
+        )
         assert not training._lit_is_current(folder, cfg, checksum)
     (folder / "training.json").write_text(json.dumps(meta))
-    (folder / "open_clip_model.safetensors").unlink()                                 # weights lost
+    (folder / "open_clip_model.safetensors").unlink()  # weights lost
     assert not training._lit_is_current(folder, cfg, checksum)
     training.build_lit(folder, cfg, catalog)
     assert len(trained) == 3
+
+
+# --------------------------------------------------------------------------- the object localiser
+def test_validation_split_is_seeded_inside_train_and_test_products_are_refused(catalog):
+    from image_search.training import assert_no_test_products, validation_split
+
+    fit, val = validation_split(catalog)
+    assert (fit, val) == validation_split(catalog) and not set(fit) & set(val)
+    assert set(fit) | set(val) == {p.id for p in catalog.split("train")}
+    assert_no_test_products(catalog, fit + val)
+    with pytest.raises(ValueError, match="test product"):
+        assert_no_test_products(catalog, fit[:2] + [catalog.split("test")[0].id])
+
+
+def test_localizer_head_learns_where_the_object_is_deterministically():
+    from image_search.training import LocalizerConfig, train_localizer
+
+    rng = np.random.default_rng(0)
+    targets = np.zeros((64, 1, 6, 6), np.float32)
+    for k in range(64):  # one object per map, at a random place; channel 0 lights up on it
+        r, c = rng.integers(0, 4, 2)
+        targets[k, 0, r : r + 2, c : c + 2] = 1
+    features = rng.normal(size=(64, 8, 6, 6)).astype(np.float32) * 0.3 + 5
+    features[:, :1] += 2 * targets
+    config = LocalizerConfig(hidden=4, epochs=30, batch_size=16, lr=1e-2)
+    head = train_localizer(features, targets, config)
+    with torch.no_grad():
+        p = torch.sigmoid(head(torch.from_numpy(features))).numpy()
+    peak = p.reshape(64, -1).argmax(1)
+    assert (
+        np.mean(targets.reshape(64, -1)[np.arange(64), peak] > 0.5) > 0.9
+    )  # the peak is on the object
+    assert p[targets > 0.5].mean() > p[targets < 0.5].mean() + 0.3
+    again = train_localizer(features, targets, config)
+    assert all(
+        torch.equal(a, b) for a, b in zip(head.state_dict().values(), again.state_dict().values())
+    )
+    with pytest.raises(ValueError, match="do not fit"):
+        train_localizer(features, targets[:, :, :3], config)
