@@ -12,6 +12,9 @@ from pathlib import Path
 from .errors import ImageSearchError, InvalidRequestError
 
 TEXT_ENCODER = "minilm-lit"  # the encoder of text searches (chapter 06)
+# The encoder of photo searches and the demo: finds the product in the photo, crops to it and embeds
+# the crop with efficientnet-lite0, over efficientnet-lite0's index of the shop photos (chapter 05).
+PHOTO_ENCODER = "product-search"
 
 
 REPEATABLE = ("--category", "--type")  # set-valued filter flags
@@ -147,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--encoder",
         default=None,
-        help=f"encoder name (default: {DEFAULT_ENCODER}; with --text: {TEXT_ENCODER})",
+        help=f"encoder name (default: {PHOTO_ENCODER}; with --text: {TEXT_ENCODER})",
     )
     s.add_argument(
         "--index",
@@ -216,7 +219,9 @@ def _parser() -> argparse.ArgumentParser:
     add_catalog_arguments(v)
 
     d = sub.add_parser("demo", help="evaluate on held-out customer photos and write a result grid")
-    d.add_argument("--encoder", **enc)
+    d.add_argument(
+        "--encoder", default=PHOTO_ENCODER, help=f"encoder name (default: {PHOTO_ENCODER})"
+    )
     d.add_argument(
         "--index",
         type=Path,
@@ -297,12 +302,13 @@ def _searcher(
     from .encoders import load_encoder
     from .errors import IndexMismatchError
     from .pipeline import index_catalog
-    from .searcher import Searcher
+    from .searcher import Searcher, index_encoder
     from .stores import catalog_fingerprint, open_store
 
-    catalog, encoder = catalog or load_catalog(), load_encoder(encoder_name)
+    catalog, query_encoder = catalog or load_catalog(), load_encoder(encoder_name)
+    encoder = index_encoder(query_encoder)  # a localising encoder searches its base's index
     location, explicit = _location(
-        store, encoder_name, index_path if index_path is not None else store_uri, catalog
+        store, encoder.name, index_path if index_path is not None else store_uri, catalog
     )
     if explicit and store == "faiss" and not Path(location).exists():
         command = f"python -m image_search index --out {location}"
@@ -318,7 +324,7 @@ def _searcher(
         opened = None
     if opened is None and explicit and not rebuild:
         raise InvalidRequestError(
-            f"no {store} index of {encoder_name} at {location}: build it with "
+            f"no {store} index of {encoder.name} at {location}: build it with "
             f"`python -m image_search index --store {store} --store-uri {location}`"
         )
     if opened is not None and opened.catalog_fingerprint != catalog_fingerprint(catalog):
@@ -337,7 +343,7 @@ def _searcher(
             store, location, encoder.name, encoder.dim, factory=factory, create=True
         )
         index_catalog(opened, catalog, encoder, engine=engine, ray_address=ray_address)
-    return Searcher(opened, catalog, encoder), location
+    return Searcher(opened, catalog, query_encoder), location
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -505,7 +511,7 @@ def _search(args: argparse.Namespace) -> int:
     SearchRequest(image=image, text=args.text, alpha=args.alpha, k=args.k, filters=filters)
     encoder = args.encoder or (TEXT_ENCODER if args.text is not None else None)
     searcher, _ = _searcher(
-        encoder or _default_encoder(),
+        encoder or PHOTO_ENCODER,
         args.index,
         store=args.store,
         store_uri=args.store_uri,
@@ -563,12 +569,6 @@ def _strict(value):
     if isinstance(value, (list, tuple)):
         return [_strict(v) for v in value]
     return value
-
-
-def _default_encoder() -> str:
-    from .encoders import DEFAULT_ENCODER
-
-    return DEFAULT_ENCODER
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def encode_corrupted(
     from .encoders import EmbeddingCache, file_checksum
 
     keys = [f"{file_checksum(p)}:{kind}:{strength:.4f}:{seed + i}" for i, p in enumerate(paths)]
-    return EmbeddingCache(f"{encoder.name}+corrupt", encoder.dim).fetch(
+    return EmbeddingCache.of(encoder, "corrupt").fetch(
         keys,
         lambda missing: encoder.encode_images(
             [corrupt(paths[i], kind, strength, seed + i) for i in missing], batch_size=batch_size

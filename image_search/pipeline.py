@@ -70,7 +70,7 @@ def embed_paths(
             encoder.name, todo, address=ray_address, batch_size=batch_size, actors=actors
         )
 
-    x = EmbeddingCache(encoder.name, encoder.dim).fetch([file_checksum(p) for p in paths], compute)
+    x = EmbeddingCache.of(encoder).fetch([file_checksum(p) for p in paths], compute)
     return x, sum(computed)
 
 

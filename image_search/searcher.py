@@ -191,12 +191,15 @@ class Searcher:
         candidates: int = 50,
         rejector: Rejector | None = None,
     ) -> None:
-        if index.encoder != encoder.name or index.dim != encoder.dim:
+        if (
+            index.encoder not in (encoder.name, index_encoder(encoder).name)
+            or index.dim != encoder.dim
+        ):
             raise IndexMismatchError(
                 f"index was built with {index.encoder} ({index.dim}-d), "
                 f"not {encoder.name} ({encoder.dim}-d)"
             )
-        if rejector is not None and rejector.encoder not in ("", encoder.name):
+        if rejector is not None and rejector.encoder not in ("", encoder.name, index.encoder):
             raise InvalidRequestError(
                 f"the rejector was calibrated for {rejector.encoder}, not {encoder.name}"
             )
@@ -216,10 +219,12 @@ class Searcher:
         rerank: RerankConfig = RerankConfig(),
         progress: bool = True,
     ) -> "Searcher":
-        """Index every product's shop photo (embeddings cached on disk) and return a searcher."""
+        """Index every product's shop photos (embeddings cached on disk) and return a searcher.
+        A localising encoder (``"product-search"``, chapter 05) searches an index of its base
+        encoder: the shop photos are embedded whole, the shopper's photo is cropped first."""
         catalog = catalog or load_catalog()
         enc = load_encoder(encoder) if isinstance(encoder, str) else encoder
-        index = build_index(catalog, enc, factory, progress=progress)
+        index = build_index(catalog, index_encoder(enc), factory, progress=progress)
         return cls(index, catalog, enc, Reranker(catalog, rerank))
 
     def search(
@@ -460,6 +465,13 @@ class Searcher:
                 )
             )
         return out
+
+
+def index_encoder(encoder: Encoder) -> Encoder:
+    """The encoder that embeds the catalog for ``encoder``'s queries: a localising encoder's
+    ``base`` (shop photos are clean and whole; only the shopper's photo is cropped), else the
+    encoder itself. Chapter 05."""
+    return getattr(encoder, "base", encoder)
 
 
 def build_index(
