@@ -40,7 +40,7 @@ def test_only_new_or_changed_images_are_embedded(catalog, tmp_path):
     img.putpixel((5, 5), (255, 0, 255))
     img.save(paths[0])  # a seller uploads a new photo: new checksum
     _, changed = embed_paths(enc, paths)
-    assert changed == 1 and file_checksum(paths[0]) in EmbeddingCache(enc.name, enc.dim).get(
+    assert changed == 1 and file_checksum(paths[0]) in EmbeddingCache.of(enc).get(
         [file_checksum(paths[0])]
     )
     with pytest.raises(InvalidRequestError, match="engine"):
@@ -86,3 +86,12 @@ def test_ray_data_embeds_what_the_single_process_embeds(catalog):
     got = ray_embed("efficientnet-lite0", paths, batch_size=4, actors=2)
     want = load_encoder("efficientnet-lite0").encode_images(paths)
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+
+
+def test_the_incremental_indexer_reads_the_shipped_embeddings(catalog, monkeypatch):
+    """A fresh machine indexes the book's catalog from data/embeddings: nothing is re-embedded."""
+    enc = load_encoder("efficientnet-lite0")
+    paths = [catalog.icon_path(i) for i in catalog.ids[:20]]
+    monkeypatch.setattr(enc, "encode_images", lambda *a, **k: pytest.fail("re-embedded"))
+    x, computed = embed_paths(enc, paths)
+    assert computed == 0 and x.shape == (20, enc.dim)
