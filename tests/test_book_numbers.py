@@ -13,7 +13,7 @@ ALLOWED: dict[tuple[str, str], str] = {}
 # Tokens allowed in every chapter: design constants and conventions, not measurements.
 ALLOWED_ANYWHERE = {"0.5", "1.0", "0.0", "100%"}
 
-NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])%?|(?<![\w.])\d+%")
+NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?!\w|\.\d)%?|(?<![\w.])\d+%")
 CODE = re.compile(r"```.*?```|~~~.*?~~~|`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]+\$", re.S)
 ROLE = re.compile(r"\{[\w:-]+\}`[^`]*`")
 SKIP = re.compile(r"https?://\S+|\(\S+\.(?:md|ipynb|html)\S*\)")
@@ -40,6 +40,7 @@ def test_the_detector_sees_typed_numbers_and_ignores_glued_ones():
     assert hand_typed("Run `python 3.11` or\n```\nx = 0.25\n```\n") == []
     assert hand_typed("HNSW reaches 0.95 {cite}`malkov2018`.") == []
     assert hand_typed("version 2.14.1 and 10.0.0.1") == []
+    assert hand_typed("It reaches 0.8.") == ["0.8"]  # a number that ends a sentence
 
 
 def test_no_measured_number_is_typed_by_hand_in_the_chapters():

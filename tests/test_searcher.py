@@ -331,3 +331,8 @@ def test_the_crop_is_reported_as_the_searched_box(searcher, catalog):
     res = searcher.search(catalog.icon_path(catalog.ids[0]), k=3, crop=(0, 0, 64, 64))
     assert res.box == (0, 0, 64, 64)
     assert searcher.search(catalog.icon_path(catalog.ids[0]), k=3).box is None
+
+
+def test_a_cnn_without_a_text_tower_refuses_text(lite0_searcher):
+    with pytest.raises(InvalidRequestError, match="no text tower"):
+        lite0_searcher.search(text="a green armchair")
