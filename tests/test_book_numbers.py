@@ -13,6 +13,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("01_ml_objectives.md", "0.9"): "click model parameter (click probability of the exact product), a design choice",
     ("01_ml_objectives.md", "0.2"): "click model parameter (click probability of a same-type product), a design choice",
     ("01_ml_objectives.md", "0.02"): "click model parameter (click probability of any other product), a design choice",
+    ("05_feature_engineering.md", "0.3"): "a concatenation weight the notebook sets (a setting)",
+    ("05_feature_engineering.md", "0.7"): "a concatenation weight the notebook sets (a setting)",
+    ("06_model_development.md", "0.02"): "the tolerance declared for trained-model numbers",
+    ("07_evaluation.md", "0.05"): "the significance level alpha of the tests (a setting)",
 }
 # Tokens allowed in every chapter: design constants and conventions, not measurements.
 ALLOWED_ANYWHERE = {"0.5", "1.0", "0.0", "100%"}
