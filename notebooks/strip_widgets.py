@@ -1,7 +1,8 @@
 """Drop saved ipywidgets state from executed notebooks (run by `make execute`).
 
-The rendered book would otherwise try to load the widget JavaScript from a CDN, which an offline
-reader cannot reach; the demo notebook degrades to its static examples instead."""
+The rendered book would otherwise try to load the widget JavaScript from a CDN, which an
+offline reader cannot reach; the demo notebook degrades to its static examples."""
+
 import sys
 
 import nbformat
@@ -13,5 +14,7 @@ for path in sys.argv[1:]:
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.get("outputs", []) if WIDGET not in o.get("data", {})]
+            cell.outputs = [
+                o for o in cell.get("outputs", []) if WIDGET not in o.get("data", {})
+            ]
     nbformat.write(nb, path)
