@@ -17,6 +17,13 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("05_feature_engineering.md", "0.7"): "a concatenation weight the notebook sets (a setting)",
     ("06_model_development.md", "0.02"): "the tolerance declared for trained-model numbers",
     ("07_evaluation.md", "0.05"): "the significance level alpha of the tests (a setting)",
+    ("04_data_preparation.md", "3.0"): "the licence's version, CC-BY-3.0",
+    ("04_data_preparation.md", "30%"): "design constant: the share of each room held out for test",
+    ("04_data_preparation.md", "0.927"): "design constant: the near-duplicate cosine threshold",
+    ("13_personalization.md", "0.8"): "design constant: the click model's position-bias exponent",
+    ("13_personalization.md", "0.3"): "design constant: the light blend's user weight",
+    ("13_personalization.md", "0.7"): "design constant: MMR's lambda",
+    ("13_personalization.md", "95%"): "the confidence level of the bootstrap interval",
 }
 # Tokens allowed in every chapter: design constants and conventions, not measurements.
 ALLOWED_ANYWHERE = {"0.5", "1.0", "0.0", "100%"}
