@@ -24,6 +24,9 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("13_personalization.md", "0.3"): "design constant: the light blend's user weight",
     ("13_personalization.md", "0.7"): "design constant: MMR's lambda",
     ("13_personalization.md", "95%"): "the confidence level of the bootstrap interval",
+    ("10_challenges.md", "0.25"): "a corruption strength the notebook sets (design constant)",
+    ("10_challenges.md", "0.85"): "a de-duplication threshold the notebook sets (design constant)",
+    ("10_challenges.md", "0.9"): "a de-duplication threshold the notebook sets (design constant)",
 }
 # Tokens allowed in every chapter: design constants and conventions, not measurements.
 ALLOWED_ANYWHERE = {"0.5", "1.0", "0.0", "100%"}
