@@ -453,10 +453,6 @@ def _notebook_problems(path: Path) -> list[str]:
 
 
 def _scan_case(path: Path):
-    if path.name == "12_scaling.ipynb":  # found by this check; the fix belongs to the notebook's owner
-        return pytest.param(path, id=path.name, marks=pytest.mark.xfail(
-            strict=True, reason="12_scaling cell 27 sets IMAGE_SEARCH_CACHE, then deletes it: a reader's own "
-                                "IMAGE_SEARCH_CACHE is lost for the rest of the notebook"))
     return pytest.param(path, id=path.name)
 
 
