@@ -1,5 +1,6 @@
 """The glossary page: its terms are defined once, each links to a chapter that exists, and every
 ``{term}`` role in the book names one of them (issue 17, part 6)."""
+
 from __future__ import annotations
 
 import re
@@ -36,7 +37,8 @@ def test_the_glossary_defines_40_to_70_terms_each_linked_to_an_existing_chapter(
     for term, definition in entries.items():
         assert definition.strip(), f"{term!r} has no definition"
         for _, target in DOC_ROLE.findall(definition):
-            assert (BOOK / f"{target.strip()}.md").exists(), f"{term!r} links to a missing page {target}"
+            page = BOOK / f"{target.strip()}.md"
+            assert page.exists(), f"{term!r} links to a missing page {target}"
 
 
 def test_every_term_role_in_the_book_names_a_glossary_term():

@@ -1,6 +1,7 @@
 """No measured number is typed by hand in the chapters (issue 11): a decimal or a percentage in
 ``book/*.md`` prose must come from a ``{glue:text}`` role, a citation, or the allow-list below
 (design constants, versions, numbers quoted from papers)."""
+
 from __future__ import annotations
 
 import re
@@ -10,9 +11,18 @@ BOOK = Path(__file__).resolve().parents[1] / "book"
 
 # Decimals and percentages that are not measurements here: (file, token) -> why.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("01_ml_objectives.md", "0.9"): "click model parameter (click probability of the exact product), a design choice",
-    ("01_ml_objectives.md", "0.2"): "click model parameter (click probability of a same-type product), a design choice",
-    ("01_ml_objectives.md", "0.02"): "click model parameter (click probability of any other product), a design choice",
+    (
+        "01_ml_objectives.md",
+        "0.9",
+    ): "click model parameter (click probability of the exact product), a design choice",
+    (
+        "01_ml_objectives.md",
+        "0.2",
+    ): "click model parameter (click probability of a same-type product), a design choice",
+    (
+        "01_ml_objectives.md",
+        "0.02",
+    ): "click model parameter (click probability of any other product), a design choice",
     ("05_feature_engineering.md", "0.3"): "a concatenation weight the notebook sets (a setting)",
     ("05_feature_engineering.md", "0.7"): "a concatenation weight the notebook sets (a setting)",
     ("06_model_development.md", "0.02"): "the tolerance declared for trained-model numbers",
@@ -28,32 +38,110 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("10_challenges.md", "0.85"): "a de-duplication threshold the notebook sets (design constant)",
     ("10_challenges.md", "0.9"): "a de-duplication threshold the notebook sets (design constant)",
     ("08_model_hosting.md", "6.4"): "arithmetic of the example: 100 M vectors x 64-byte PQ codes",
-    ("08_model_hosting.md", "0.975"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "0.13"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "0.75"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "0.76"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "21.6"): "benchmarks/bench_query.py quiet-machine p95 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "0.821"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "0.819"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "0.045"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "1.4"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "2.3"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "2.0"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "6.9"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "1.3"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "4.7"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "2.8"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("08_model_hosting.md", "5.4"): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    ("12_scaling.md", "0.975"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("12_scaling.md", "0.13"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("12_scaling.md", "0.993"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("12_scaling.md", "0.23"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("12_scaling.md", "0.946"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("12_scaling.md", "0.965"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("12_scaling.md", "0.09"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("12_scaling.md", "0.53"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("12_scaling.md", "0.75"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
-    ("12_scaling.md", "0.76"): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "0.975",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "0.13",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "0.75",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "0.76",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "21.6",
+    ): "benchmarks/bench_query.py quiet-machine p95 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "0.821",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "0.819",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "0.045",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "1.4",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "2.3",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "2.0",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "6.9",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "1.3",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "4.7",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "2.8",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "08_model_hosting.md",
+        "5.4",
+    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    (
+        "12_scaling.md",
+        "0.975",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "12_scaling.md",
+        "0.13",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "12_scaling.md",
+        "0.993",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "12_scaling.md",
+        "0.23",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "12_scaling.md",
+        "0.946",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "12_scaling.md",
+        "0.965",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "12_scaling.md",
+        "0.09",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "12_scaling.md",
+        "0.53",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "12_scaling.md",
+        "0.75",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
+    (
+        "12_scaling.md",
+        "0.76",
+    ): "benchmarks/bench_ann.py at 1M vectors (benchmarks/README.md), named in the sentence",
 }
 # Tokens allowed in every chapter: design constants and conventions, not measurements.
 ALLOWED_ANYWHERE = {"0.5", "1.0", "0.0", "100%"}
@@ -95,5 +183,7 @@ def test_no_measured_number_is_typed_by_hand_in_the_chapters():
             if token in ALLOWED_ANYWHERE or (md.name, token) in ALLOWED:
                 continue
             bad.append(f"{md.name}: {token}")
-    assert not bad, ("numbers typed by hand (glue them, cite them, or allow-list them with a reason in "
-                     "tests/test_book_numbers.py):\n" + "\n".join(bad))
+    assert not bad, (
+        "numbers typed by hand (glue them, cite them, or allow-list them with a reason in "
+        "tests/test_book_numbers.py):\n" + "\n".join(bad)
+    )
