@@ -388,7 +388,8 @@ def test_09_end_to_end_runs_its_first_cells_in_lab(lab, browser):
 
     catalog = load_catalog()
     assert (
-        f"{len(catalog)} products in {len(catalog.categories)} categories" in catalog_cell["text"]
+        f"{len(catalog)} products of {len(catalog.types)} types "
+        f"in {len(catalog.categories)} room categories" in catalog_cell["text"]
     ), catalog_cell
     assert grid_cell["images"] == 1, f"the photo grid shows {grid_cell['images']} images"
     decoded = browser.execute_script(
