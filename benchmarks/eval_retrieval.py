@@ -227,8 +227,31 @@ def main() -> None:
         targets,
         "Targets: the last ablation row (product-search queries, every shop photo embedded whole)",
     )
+    real_photo_table(catalog)
     if not args.no_iou:
         localiser_table(catalog, queries, truth)
+
+
+def real_photo_table(catalog) -> None:
+    """Type hit@5 on the real-photo sanity set (``data/real_photos``): does a top-5 product have
+    the photographed type? Cross-domain transfer from the rendered catalog to photographs."""
+    from image_search import Searcher
+    from image_search.catalog import real_photos
+
+    paths, types = real_photos()
+    rows = []
+    for name in ("efficientnet-lite0", "product-search"):
+        searcher = Searcher.from_catalog(name, catalog=catalog, progress=False)
+        hits = [
+            any(p.type == t for p in searcher.search(path, k=5).products)
+            for path, t in zip(paths, types)
+        ]
+        rows.append({"encoder": name, "photos": len(paths), "type hit@5": np.mean(hits)})
+    table(
+        pd.DataFrame(rows),
+        "Real photos (data/real_photos): a top-5 product of the photographed type",
+        ".3f",
+    )
 
 
 def _size(path) -> tuple[int, int]:
