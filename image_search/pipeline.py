@@ -122,7 +122,7 @@ def ray_embed(
             _Embed,
             fn_constructor_kwargs={"encoder": encoder},
             batch_size=batch_size,
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),  # `concurrency=` is deprecated
             num_cpus=1,
         )
         rows = ds.take_all()
