@@ -35,13 +35,30 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--window-size=1280,1400",
     "--hide-scrollbars",
 ]
 # Requests the browser makes by itself, not the page: the book has no favicon.
 IGNORED_CONSOLE = ("favicon.ico",)
 
 os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download anything
+
+
+def chrome(window: str = "1280,1400", script_timeout: float | None = 60):
+    """Debian's headless Chromium through Selenium, with the browser console logged: the driver
+    of every browser test (the book, the search page, JupyterLab)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*FLAGS, f"--window-size={window}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    if script_timeout is not None:
+        driver.set_script_timeout(script_timeout)
+    return driver
 
 
 def _require_chromium() -> None:
@@ -80,17 +97,7 @@ def site():
 
 @pytest.fixture(scope="module")
 def browser(site):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
+    driver = chrome()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     slugs = tuple(page.slug for page in PAGES)
     for old in [

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 from book_build import REPO, SCREENSHOTS
-from test_browser import CHROMEDRIVER, CHROMIUM, FLAGS, _require_chromium
+from test_browser import _require_chromium, chrome
 
 NOTEBOOKS = REPO / "notebooks"
 # The reader's embedding cache, read before conftest gives the test session a fresh one: the Lab
@@ -193,16 +193,7 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(lab):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
+    driver = chrome(script_timeout=None)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()

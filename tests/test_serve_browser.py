@@ -20,37 +20,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_browser import _require_chromium, chrome
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "_build" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,1000",
-    "--hide-scrollbars",
-]
-os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download anything
-
-
-def _require_chromium() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if not missing:
-        return
-    reason = (
-        f"{', '.join(missing)} missing: run `make browser-deps` "
-        "(apt-get install chromium chromium-driver)"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(reason + " — CI must run the browser checks")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -117,17 +90,7 @@ def _served_url(proc, lines: queue.Queue, log) -> str:
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
+    driver = chrome(window="1280,1000")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for old in SCREENSHOTS.glob("serve_*.png"):
         old.unlink()
