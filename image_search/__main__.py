@@ -148,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--in-stock", action="store_true", help="only products in stock")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument(
+        "--type-weight",
+        type=float,
+        default=0.0,
+        help="re-rank by type consensus: move up products of the kind the best matches show "
+        "(e.g. 1; default 0: off; chapter 09)",
+    )
+    s.add_argument(
         "--encoder",
         default=None,
         help=f"encoder name (default: {PHOTO_ENCODER}; with --text: {TEXT_ENCODER})",
@@ -234,6 +241,13 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("demo_results.png"),
         help="result grid PNG (default: ./demo_results.png)",
     )
+    d.add_argument(
+        "--type-weight",
+        type=float,
+        default=0.0,
+        help="re-rank by type consensus: move up products of the kind the best matches show "
+        "(e.g. 1; default 0: off; chapter 09)",
+    )
     add_store_arguments(d)
     add_catalog_arguments(d)
     return p
@@ -292,19 +306,23 @@ def _searcher(
     engine: str = "local",
     ray_address: str | None = None,
     catalog=None,
+    type_weight: float = 0.0,
 ):
     """A searcher over the catalog in a vector store: the store the user named (``index_path`` for
     FAISS, or ``store_uri``; refused when missing, damaged, built with another encoder or for
     another catalog), or the cached default store, updated automatically (incrementally) when it
-    is missing, damaged or stale. ``rebuild``: start the store from empty. Returns the searcher
-    and the store's location."""
+    is missing, damaged or stale. ``rebuild``: start the store from empty. ``type_weight``: the
+    re-ranker's type consensus (``RerankConfig.type_weight``). Returns the searcher and the store's
+    location."""
     from .catalog import load_catalog
     from .encoders import load_encoder
     from .errors import IndexMismatchError
     from .pipeline import index_catalog
+    from .reranker import RerankConfig, Reranker
     from .searcher import Searcher, index_encoder
     from .stores import catalog_fingerprint, open_store
 
+    rerank = RerankConfig(type_weight=type_weight)  # a bad weight fails before any model loads
     catalog, query_encoder = catalog or load_catalog(), load_encoder(encoder_name)
     encoder = index_encoder(query_encoder)  # a localising encoder searches its base's index
     location, explicit = _location(
@@ -343,7 +361,7 @@ def _searcher(
             store, location, encoder.name, encoder.dim, factory=factory, create=True
         )
         index_catalog(opened, catalog, encoder, engine=engine, ray_address=ray_address)
-    return Searcher(opened, catalog, query_encoder), location
+    return Searcher(opened, catalog, query_encoder, Reranker(catalog, rerank)), location
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -465,7 +483,12 @@ def _run(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     searcher, _ = _searcher(
-        args.encoder, args.index, store=args.store, store_uri=args.store_uri, catalog=catalog
+        args.encoder,
+        args.index,
+        store=args.store,
+        store_uri=args.store_uri,
+        catalog=catalog,
+        type_weight=args.type_weight,
     )
     print(run_demo(args.encoder, out=args.out, searcher=searcher))
     return 0
@@ -516,6 +539,7 @@ def _search(args: argparse.Namespace) -> int:
         store=args.store,
         store_uri=args.store_uri,
         catalog=_catalog(args),
+        type_weight=args.type_weight,
     )
     res = searcher.search(image, k=args.k, filters=filters, text=args.text, alpha=args.alpha)
     t = dataclasses.replace(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -21,7 +21,7 @@ from .images import ImageLike, load_image
 from .indexer import ProductIndex
 from .paths import cache_dir, safe_name
 from .rejection import Rejector
-from .reranker import RerankConfig, Reranker
+from .reranker import RerankConfig, Reranker, type_consensus
 from .stores import VectorStore, catalog_fingerprint, indexed_photos
 from .stores.filters import Attributes, Filters
 from .text import DEFAULT_ALPHA, check_text, compose_query
@@ -288,8 +288,11 @@ class Searcher:
                 box=box,
                 no_match=why,
             )
+        cand_ids, cand_scores = self._with_voted_type(
+            query, ids[0], scores[0][: len(ids[0])], request.filters
+        )
         ranked = self.reranker.rerank(
-            ids[0], scores[0], self.index.vectors(ids[0]), request.k, request.user_vector
+            cand_ids, cand_scores, self.index.vectors(cand_ids), request.k, request.user_vector
         )
         t4 = time.perf_counter()
         return SearchResults(
@@ -359,6 +362,28 @@ class Searcher:
             else getattr(self.encoder, "alpha", DEFAULT_ALPHA)
         )
         return compose_query(image_vector, text_vector, alpha)
+
+    def _with_voted_type(
+        self, query: np.ndarray, ids: Sequence[str], scores: np.ndarray, filters: Filters
+    ) -> tuple[list[str], np.ndarray]:
+        """The candidates, and with the re-ranker's ``type_weight`` set, the best products of the
+        type the best candidates vote for (:func:`~image_search.reranker.type_consensus`), from a
+        second ANN search inside the request's filters: the voted kind can then fill the list
+        even where few of its products were among the first candidates. Chapter 09."""
+        cfg, ids = self.reranker.config, list(ids)
+        if not cfg.type_weight or not ids:
+            return ids, scores
+        types = [self.catalog[i].type for i in ids]
+        share = type_consensus(types, scores, cfg.type_votes, cfg.type_temperature)
+        if share.max() <= 0:  # no candidate has a type (a shop's CSV without one)
+            return ids, scores
+        kind = replace(filters, types=(types[int(np.argmax(share))],))
+        more_scores, more_ids = self.index.search(query[None, :], len(ids), filters=kind)
+        seen = set(ids)
+        extra = [(i, sc) for i, sc in zip(more_ids[0], more_scores[0]) if i not in seen]
+        return ids + [i for i, _ in extra], np.concatenate(
+            [scores, np.array([sc for _, sc in extra], dtype=np.float32)]
+        )
 
     def _no_match(self, ann_scores: np.ndarray) -> str | None:
         """The rejector's reason when a photo's query (an image, or the embedding of one) has no
@@ -435,7 +460,7 @@ class Searcher:
             scores, ids = self.index.search(queries, max(k, self.candidates), filters=filters)
             t3 = time.perf_counter()
             rows, embed_ms, ann_ms = (
-                zip(ids, scores),
+                zip(ids, scores, queries),
                 (t2 - t1) * 1000.0 / n,
                 (t3 - t2) * 1000.0 / n,
             )
@@ -446,7 +471,7 @@ class Searcher:
                     SearchResults((), np.zeros(0, np.float32), (), Timings(ms), error=failed[i])
                 )
                 continue
-            row_ids, row_scores = next(rows)
+            row_ids, row_scores, row_query = next(rows)
             why = self._no_match(row_scores[: len(row_ids)])
             if why is not None:
                 out.append(
@@ -456,6 +481,9 @@ class Searcher:
                 )
                 continue
             t4 = time.perf_counter()
+            row_ids, row_scores = self._with_voted_type(
+                row_query, row_ids, row_scores[: len(row_ids)], filters
+            )
             r = self.reranker.rerank(row_ids, row_scores, self.index.vectors(row_ids), k)
             products = tuple(self.catalog[p] for p in r.ids)
             out.append(

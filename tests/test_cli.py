@@ -72,6 +72,7 @@ def test_search_prints_a_table_and_json(index_file, catalog, capsys):
         ["search", "{img}", "-k", "many"],
         ["frobnicate"],
         ["search", "{txt}"],
+        ["search", "{img}", "--type-weight", "-1"],
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(args, index_file, catalog, tmp_path, capsys):
@@ -84,6 +85,17 @@ def test_bad_input_is_one_line_and_non_zero(args, index_file, catalog, tmp_path,
     assert rc not in (0, None)
     assert "Traceback" not in err and "unexpected" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_type_weight_re_ranks_by_the_best_matches_kind(index_file, catalog, capsys):
+    img = catalog.view_paths(catalog.ids[0])[0]
+    common = ["--encoder", "colour-histogram", "--index", index_file, "-k", "10", "--json"]
+    runs = [cli(capsys, "search", img, *common, "--type-weight", w) for w in ("0", "5")]
+    assert all(rc == 0 for rc, _, _ in runs), runs
+    plain, typed = ([r["type"] for r in json.loads(out)["results"]] for _, out, _ in runs)
+    assert typed[0] == plain[0]  # the best match decides the kind
+    assert typed.count(typed[0]) >= plain.count(plain[0])
+    assert typed[: typed.count(typed[0])] == [typed[0]] * typed.count(typed[0])
 
 
 def test_missing_files_name_the_path(index_file, catalog, capsys, tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from image_search import InvalidRequestError, RerankConfig, Reranker
-from image_search.reranker import mmr, remove_near_duplicates
+from image_search.reranker import mmr, remove_near_duplicates, type_consensus
 
 
 def candidates(catalog, n=8):
@@ -64,8 +64,43 @@ def test_user_vector_personalises(catalog):
     assert r.ids == (ids[-1],)
 
 
+def test_type_consensus_is_the_weighted_share_of_the_best_candidates_types():
+    types = ["chair", "sofa", "chair", "lamp", "unspecified"]
+    scores = np.array([0.80, 0.79, 0.78, 0.50, 0.79])
+    share = type_consensus(types, scores, votes=3, temperature=0.01)
+    w = np.exp(np.array([0.0, -0.01, -0.01]) / 0.01)  # the 3 best: chair, sofa, unspecified
+    assert share == pytest.approx([w[0] / w.sum(), w[1] / w.sum(), w[0] / w.sum(), 0, 0])
+    assert type_consensus(types, scores, votes=1).tolist() == [1, 0, 1, 0, 0]  # the best decides
+    assert len(type_consensus([], np.zeros(0))) == 0
+    with pytest.raises(InvalidRequestError):
+        type_consensus(types, scores[:2])
+
+
+def test_type_consensus_moves_the_best_match_s_kind_up_and_drops_nothing(catalog):
+    ids = catalog.ids[:40]
+    best_type = catalog[ids[0]].type
+    scores = np.linspace(0.9, 0.5, len(ids)).astype(np.float32)
+    v = np.eye(len(ids), dtype=np.float32)
+    plain = Reranker(catalog).rerank(ids, scores, v, k=40)
+    typed = Reranker(catalog, RerankConfig(type_weight=1.0, type_votes=1)).rerank(
+        ids, scores, v, k=40
+    )
+    same = [i for i in ids if catalog[i].type == best_type]
+    assert len(same) >= 2 and plain.ids[: len(same)] != tuple(same)
+    assert typed.ids[: len(same)] == tuple(same)  # that kind first, in ANN order
+    assert sorted(typed.ids) == sorted(ids)
+
+
 @pytest.mark.parametrize(
-    "kwargs", [dict(mmr_lambda=1.5), dict(mmr_lambda=-0.1), dict(dedupe_threshold=1.5)]
+    "kwargs",
+    [
+        dict(mmr_lambda=1.5),
+        dict(mmr_lambda=-0.1),
+        dict(dedupe_threshold=1.5),
+        dict(type_weight=-1.0),
+        dict(type_votes=0),
+        dict(type_temperature=0.0),
+    ],
 )
 def test_bad_config_is_a_request_error(kwargs):
     with pytest.raises(InvalidRequestError):

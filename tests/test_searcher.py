@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_search import Filters, InvalidImageError, InvalidRequestError, Searcher, SearchRequest
+from image_search import (
+    Filters,
+    InvalidImageError,
+    InvalidRequestError,
+    RerankConfig,
+    Reranker,
+    Searcher,
+    SearchRequest,
+)
 from image_search.evaluation import evaluate
 
 
@@ -336,3 +344,30 @@ def test_the_crop_is_reported_as_the_searched_box(searcher, catalog):
 def test_a_cnn_without_a_text_tower_refuses_text(lite0_searcher):
     with pytest.raises(InvalidRequestError, match="no text tower"):
         lite0_searcher.search(text="a green armchair")
+
+
+def test_type_consensus_fills_the_list_with_the_voted_kind_inside_the_filters(searcher, catalog):
+    """With ``type_weight`` the searcher also fetches the voted type's best products, so that kind
+    fills the list though the first candidates held few of it; the filters still hold, and the
+    batch path agrees."""
+    typed = Searcher(
+        searcher.index,
+        catalog,
+        searcher.encoder,
+        Reranker(catalog, RerankConfig(type_weight=5.0)),
+        candidates=10,
+    )
+    f = Filters(in_stock=True)
+    paths = [catalog.view_paths(i)[0] for i in catalog.ids[:40:8]]
+    for path in paths:
+        plain, res = searcher.search(path, k=10, filters=f), typed.search(path, k=10, filters=f)
+        kind = res.products[0].type
+        n_kind = sum(p.in_stock and p.type == kind for p in catalog.products)
+        assert [p.type for p in res.products[: min(10, n_kind)]] == [kind] * min(10, n_kind)
+        assert all(p.in_stock for p in res.products)
+        assert sum(p.type == kind for p in res.products) >= sum(
+            p.type == kind for p in plain.products
+        )
+    assert [r.ids for r in typed.search_batch(paths, k=10, filters=f)] == [
+        typed.search(p, k=10, filters=f).ids for p in paths
+    ]
