@@ -221,7 +221,7 @@ def variants(enc, calibration: np.ndarray, with_compile: bool, folder: Path) -> 
         "ONNX Runtime fp32, shape ops folded": ort_fn(folded),
         "ONNX Runtime int8 dynamic": ort_fn(dynamic),
         "ONNX Runtime int8 static (QDQ, calibrated)": ort_fn(static),
-        "package TorchEncoder (as shipped)": lambda t: lambda x: enc.forward(x),
+        "package TorchEncoder (as shipped)": lambda t: lambda x: enc.forward(x.numpy()),
     }
     if with_compile:
         t = time.perf_counter()

@@ -170,8 +170,8 @@ def main() -> None:
     big = Searcher(index, variants, small.encoder)
     if "IVF" in args.factory:
         search = index.search
-        index.search = lambda q, k, allowed=None, params=None: search(
-            q, k, allowed, params or {"nprobe": args.nprobe}
+        index.search = lambda q, k, filters=None, **kw: search(
+            q, k, filters, **{**kw, "params": kw.get("params") or {"nprobe": args.nprobe}}
         )
     df_big = [run_queries(big, queries) for _ in range(args.repeats)]
 
