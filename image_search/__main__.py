@@ -135,6 +135,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
     s.add_argument(
+        "--crop",
+        type=_box,
+        default=None,
+        metavar="L,T,R,B",
+        help="search only this box of the photo (pixels), e.g. one of the candidate boxes a "
+        "search printed",
+    )
+    s.add_argument(
         "--category", action="append", default=None, help="only this room category (repeatable)"
     )
     s.add_argument(
@@ -251,6 +259,17 @@ def _parser() -> argparse.ArgumentParser:
     add_store_arguments(d)
     add_catalog_arguments(d)
     return p
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    """``--crop``: four integers ``left,top,right,bottom``."""
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"expected four integers L,T,R,B, not {text!r}")
+    return box
 
 
 def _location(
@@ -531,7 +550,9 @@ def _search(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         image = load_image(args.image)  # a bad upload or argument fails before any model is loaded
         decode_ms = (time.perf_counter() - t0) * 1000.0
-    SearchRequest(image=image, text=args.text, alpha=args.alpha, k=args.k, filters=filters)
+    SearchRequest(
+        image=image, text=args.text, alpha=args.alpha, k=args.k, filters=filters, crop=args.crop
+    )
     encoder = args.encoder or (TEXT_ENCODER if args.text is not None else None)
     searcher, _ = _searcher(
         encoder or PHOTO_ENCODER,
@@ -541,7 +562,9 @@ def _search(args: argparse.Namespace) -> int:
         catalog=_catalog(args),
         type_weight=args.type_weight,
     )
-    res = searcher.search(image, k=args.k, filters=filters, text=args.text, alpha=args.alpha)
+    res = searcher.search(
+        image, k=args.k, filters=filters, text=args.text, alpha=args.alpha, crop=args.crop
+    )
     t = dataclasses.replace(
         res.timings, decode_ms=decode_ms + res.timings.decode_ms
     )  # the file's decode counts
@@ -552,6 +575,7 @@ def _search(args: argparse.Namespace) -> int:
                     {
                         "results": res.table().to_dict(orient="records"),
                         "box": res.box,
+                        "candidates": res.candidates,
                         "no_match": res.no_match,
                         "timings_ms": {
                             "decode": t.decode_ms,
@@ -578,6 +602,9 @@ def _search(args: argparse.Namespace) -> int:
             f"\n{t.total_ms:.1f} ms: decode {t.decode_ms:.1f}, embed {t.embed_ms:.1f}, ANN "
             f"{t.ann_ms:.2f}, re-rank {t.rerank_ms:.2f}{where}"
         )
+        if len(res.candidates) > 1:
+            others = ", ".join(",".join(map(str, b)) for b in res.candidates[1:])
+            print(f"other products found in the photo, search one with --crop: {others}")
     return 0
 
 

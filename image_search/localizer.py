@@ -426,18 +426,21 @@ class LocalizedEncoder:
             }
         )
 
+    def candidate_boxes(self, images: Sequence[ImageLike], batch_size: int = 32) -> list[list[Box]]:
+        """Every square crop the localiser proposes for each image, best first (two products
+        side by side give two): the first is the one embedded, the others are offered to the
+        shopper. The full frame, score 0, when the localiser finds nothing. Chapter 05."""
+        decoded = [load_image(im) for im in images]
+        return [
+            [b.square(im.width, im.height, self.margin) for b in boxes]
+            or [Box(0, 0, im.width, im.height, 0.0)]
+            for im, boxes in zip(decoded, self.localizer.locate_batch(decoded, batch_size))
+        ]
+
     def crop_boxes(self, images: Sequence[ImageLike], batch_size: int = 32) -> list[Box]:
         """The square crop each image is embedded from (the full frame, score 0, when the
         localiser finds nothing)."""
-        decoded = [load_image(im) for im in images]
-        out = []
-        for im, boxes in zip(decoded, self.localizer.locate_batch(decoded, batch_size)):
-            out.append(
-                boxes[0].square(im.width, im.height, self.margin)
-                if boxes
-                else Box(0, 0, im.width, im.height, 0.0)
-            )
-        return out
+        return [boxes[0] for boxes in self.candidate_boxes(images, batch_size)]
 
     def encode_with_boxes(
         self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False

@@ -146,7 +146,9 @@ class SearchResults:
     the decoded image), ``None`` for the whole photo. ``no_match`` says why there are no products
     when the searcher's rejector found no confident match (chapter 10). ``error`` is set only by
     :meth:`Searcher.search_batch` with ``errors="report"``: the image could not be decoded, the
-    reason is there and the result has no products."""
+    reason is there and the result has no products. ``candidates`` lists every box a localising
+    encoder proposed, best first (``box`` is the first): a photo of two products gives two, and
+    the shopper searches another one with ``crop=`` (chapter 05)."""
 
     ids: tuple[str, ...]
     scores: np.ndarray
@@ -155,6 +157,7 @@ class SearchResults:
     error: str | None = None
     box: tuple[int, int, int, int] | None = None
     no_match: str | None = None
+    candidates: tuple[tuple[int, int, int, int], ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -263,7 +266,7 @@ class Searcher:
             image = load_image(request.image)
             image, box = self._region(image, request.crop)
             t1 = time.perf_counter()
-        query, found = self._query(
+        query, found, candidates = self._query(
             request, image if request.image is not None else None, box is None
         )
         box = box or found
@@ -287,6 +290,7 @@ class Searcher:
                 Timings((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms),
                 box=box,
                 no_match=why,
+                candidates=candidates,
             )
         cand_ids, cand_scores = self._with_voted_type(
             query, ids[0], scores[0][: len(ids[0])], request.filters
@@ -301,6 +305,7 @@ class Searcher:
             tuple(self.catalog[i] for i in ranked.ids),
             Timings((t1 - t0) * ms, (t2 - t1) * ms, (t3 - t2) * ms, (t4 - t3) * ms),
             box=box,
+            candidates=candidates,
         )
 
     def _region(self, image, crop) -> tuple[object, tuple[int, int, int, int] | None]:
@@ -316,21 +321,30 @@ class Searcher:
 
     def _query(self, request: SearchRequest, image, locate: bool = True):
         """The query vector of a request (an image's, a text's, both composed, or the embedding
-        given), and the box of the photo that was embedded when the encoder found the product in it
-        (an encoder with ``encode_with_boxes``, chapter 05; ``locate=False`` after the caller's own
-        crop: the caller's box wins)."""
-        image_vector, box = self._embed(image, locate) if image is not None else (None, None)
-        return self._compose(request, image_vector), box
+        given), the box of the photo that was embedded when the encoder found the product in it
+        (a localising encoder, chapter 05; ``locate=False`` after the caller's own crop: the
+        caller's box wins), and every box that encoder proposed."""
+        image_vector, box, candidates = (
+            self._embed(image, locate) if image is not None else (None, None, ())
+        )
+        return self._compose(request, image_vector), box, candidates
 
-    def _embed(self, image, locate: bool) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
-        """One photo's vector and, from a localising encoder, the box it was cropped to."""
-        if hasattr(self.encoder, "encode_with_boxes"):
-            if not locate:
-                return self.encoder.base.encode_images([image])[0], None
-            vectors, boxes = self.encoder.encode_with_boxes([image])
-            box = tuple(int(v) for v in boxes[0].as_tuple())
-            return vectors[0], None if box == (0, 0, image.width, image.height) else box
-        return self.encoder.encode_images([image])[0], None
+    def _embed(self, image, locate: bool):
+        """One photo's vector and, from a localising encoder, the box it was cropped to (``None``
+        for the whole photo) and every box it proposed."""
+        if not hasattr(self.encoder, "encode_with_boxes"):
+            return self.encoder.encode_images([image])[0], None, ()
+        if not locate:
+            return self.encoder.base.encode_images([image])[0], None, ()
+        if hasattr(self.encoder, "candidate_boxes"):
+            found = self.encoder.candidate_boxes([image])[0]
+            vector = self.encoder.base.encode_images([image.crop(found[0].as_tuple())])[0]
+        else:
+            vectors, found = self.encoder.encode_with_boxes([image])
+            vector = vectors[0]
+        boxes = tuple(tuple(int(v) for v in b.as_tuple()) for b in found)
+        whole = (0, 0, image.width, image.height)
+        return vector, None if boxes[0] == whole else boxes[0], boxes if boxes != (whole,) else ()
 
     def _compose(self, request: SearchRequest, image_vector: np.ndarray | None) -> np.ndarray:
         """The query of a request from its image vector: the vector itself, a text's, or both."""

@@ -10,6 +10,7 @@ from pathlib import Path
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
 # Decimals and percentages that are not measurements here: (file, token) -> why.
+ENCODER_2026_12_01 = "benchmarks/bench_encoder.py, 2026-12-01 run (benchmarks/README.md B.1), named"
 ALLOWED: dict[tuple[str, str], str] = {
     ("12_scaling.md", "0.95"): "a recall target (issue 18), not a measurement",
     ("12_scaling.md", "0.85"): "a recall target (issue 18), not a measurement",
@@ -72,38 +73,20 @@ ALLOWED: dict[tuple[str, str], str] = {
         "08_model_hosting.md",
         "0.045",
     ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    (
-        "08_model_hosting.md",
-        "1.4",
-    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    (
-        "08_model_hosting.md",
-        "2.3",
-    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    (
-        "08_model_hosting.md",
-        "2.0",
-    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    (
-        "08_model_hosting.md",
-        "6.9",
-    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    (
-        "08_model_hosting.md",
-        "1.3",
-    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    (
-        "08_model_hosting.md",
-        "4.7",
-    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    (
-        "08_model_hosting.md",
-        "2.8",
-    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
-    (
-        "08_model_hosting.md",
-        "5.4",
-    ): "benchmarks/bench_encoder.py table 2 (benchmarks/README.md), named in the sentence",
+    ("08_model_hosting.md", "1.55"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "1.71"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "0.05"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "0.15"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "3.20"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "4.26"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "0.38"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "0.50"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "0.800"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "5.96"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "9.28"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "2.95"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "4.65"): ENCODER_2026_12_01,
+    ("08_model_hosting.md", "0.195"): ENCODER_2026_12_01,
 }
 # Tokens allowed in every chapter: design constants and conventions, not measurements.
 ALLOWED_ANYWHERE = {"0.5", "1.0", "0.0", "100%"}

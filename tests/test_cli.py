@@ -73,6 +73,9 @@ def test_search_prints_a_table_and_json(index_file, catalog, capsys):
         ["frobnicate"],
         ["search", "{txt}"],
         ["search", "{img}", "--type-weight", "-1"],
+        ["search", "{img}", "--crop", "1,2,3"],
+        ["search", "{img}", "--crop", "5,5,1,1"],
+        ["search", "{img}", "--crop", "0,0,5000,10"],
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(args, index_file, catalog, tmp_path, capsys):
@@ -96,6 +99,15 @@ def test_type_weight_re_ranks_by_the_best_matches_kind(index_file, catalog, caps
     assert typed[0] == plain[0]  # the best match decides the kind
     assert typed.count(typed[0]) >= plain.count(plain[0])
     assert typed[: typed.count(typed[0])] == [typed[0]] * typed.count(typed[0])
+
+
+def test_crop_searches_that_box_and_json_lists_the_candidates(index_file, catalog, capsys):
+    img = catalog.view_paths(catalog.ids[0])[0]
+    common = ["--encoder", "colour-histogram", "--index", index_file, "-k", "3", "--json"]
+    rc, out, err = cli(capsys, "search", img, *common, "--crop", "0,0,50,50")
+    data = json.loads(out)
+    assert rc == 0, err
+    assert data["box"] == [0, 0, 50, 50] and data["candidates"] == []
 
 
 def test_missing_files_name_the_path(index_file, catalog, capsys, tmp_path):

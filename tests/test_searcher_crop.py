@@ -92,3 +92,22 @@ def test_a_localising_encoder_crops_the_query_and_reports_its_box(searcher, cata
     assert found.box == box and found.ids == searcher.search(canvas, k=5, crop=box).ids
     own = located.search(canvas, k=5, crop=(0, 0, 50, 50))  # the caller's crop wins
     assert own.box == (0, 0, 50, 50) and located.encoder.calls == [1]
+
+
+def test_two_products_in_one_photo_are_offered_as_candidate_boxes(catalog):
+    """The localiser's other boxes come back as ``candidates``; searching one with ``crop`` finds
+    that product (chapter 02's photo of two products)."""
+    located = Searcher.from_catalog("product-search", catalog=catalog, progress=False)
+    test_ids = [p.id for p in catalog.split("test")]
+    views = [catalog.view_paths(test_ids[0])[0], catalog.view_paths(test_ids[1])[2]]
+    room = Image.new("RGB", (256, 128))
+    for x, path in zip((0, 128), views):
+        room.paste(Image.open(path).convert("RGB"), (x, 0))
+    found = located.search(room, k=5)
+    assert len(found.candidates) >= 2 and found.box == found.candidates[0]
+    assert found.ids == located.search(room, k=5, crop=found.box).ids  # the same crop embedded
+    other = located.search(room, k=5, crop=found.candidates[1])
+    assert other.box == found.candidates[1] and other.candidates == ()  # the caller's box wins
+    assert other.ids != found.ids
+    whole = located.search(Image.new("RGB", (64, 64), (200, 200, 200)), k=3)
+    assert whole.candidates in ((), ((0, 0, 64, 64),)) and whole.box is None
