@@ -280,8 +280,34 @@ def test_crop_searches_the_box(client, catalog):
     buf = io.BytesIO()
     canvas.save(buf, "PNG")
     box = f"{im.width},0,{2 * im.width},{im.height}"
-    assert ids(upload(client, buf.getvalue(), k=3, crop=box))[0] == pid
+    cropped = upload(client, buf.getvalue(), k=3, crop=box)
+    assert ids(cropped)[0] == pid
+    assert cropped.json()["box"] == [im.width, 0, 2 * im.width, im.height]  # where it looked
+    assert cropped.json()["candidates"] == []  # no localiser here
     assert pid not in ids(upload(client, buf.getvalue(), k=1))
+
+
+def test_a_localising_encoder_reports_its_box_and_candidates_over_http(catalog):
+    """``product-search`` behind the batcher: the response says which box it searched and offers
+    the other products it found; sending one back as ``crop`` searches it, unlocalised."""
+    located = Searcher.from_catalog("product-search", catalog=catalog, progress=False)
+    test_ids = [p.id for p in catalog.split("test")]
+    room = Image.new("RGB", (256, 128))
+    for x, pid in zip((0, 128), test_ids[:2]):
+        room.paste(load_image(catalog.view_paths(pid)[0]), (x, 0))
+    buf = io.BytesIO()
+    room.save(buf, "PNG")
+    with TestClient(create_app(located)) as c:
+        found = upload(c, buf.getvalue(), k=5).json()
+        box = found["box"]
+        assert len(found["candidates"]) >= 2 and found["candidates"][0] == box
+        assert [r["id"] for r in found["results"]] == list(located.search(room, k=5).ids)
+        other = found["candidates"][1]
+        again = upload(c, buf.getvalue(), k=5, crop=",".join(map(str, other))).json()
+        assert again["box"] == other and again["candidates"] == []
+        assert [r["id"] for r in again["results"]] == list(
+            located.search(room, k=5, crop=other).ids
+        )
 
 
 def test_types_filter_and_text_without_a_text_encoder_is_501(client, catalog):

@@ -163,6 +163,11 @@ class SearchResponse(BaseModel):
     no_match: str | None = Field(
         None, description="why there are no results when no product matches confidently"
     )
+    candidates: list[list[int]] = Field(
+        [],
+        description="every box a localising encoder proposed, best first (the first is `box`): "
+        "a photo of two products gives two; send one back as `crop` to search it",
+    )
 
 
 _SEARCH_BODY = {
@@ -359,19 +364,33 @@ async def search(request: Request) -> JSONResponse:
             text_searcher.run,
             SearchRequest(image=image, k=params.k, filters=filters, **request_extras),
         )
-        return _response(res, start, decode_ms=decode_ms, queue_ms=0.0, batch_size=0)
+        return _response(
+            res, start, decode_ms=decode_ms, queue_ms=0.0, batch_size=0, box=params.crop
+        )
     SearchRequest(
         image=data, k=params.k, filters=filters, crop=params.crop
     )  # the package's checks, before decoding
     t = time.perf_counter()
     image = await run_in_threadpool(_decode, data, params.crop)
     decode_ms = (time.perf_counter() - t) * 1000.0
-    embedded = await _wait(batcher.submit(image), config.timeout_s - (time.perf_counter() - start))
+    embedded = await _wait(
+        batcher.submit(image, locate=params.crop is None),
+        config.timeout_s - (time.perf_counter() - start),
+    )
     res = await run_in_threadpool(
         searcher.run, SearchRequest(embedding=embedded.vector, k=params.k, filters=filters)
     )
+    whole = (0, 0, image.width, image.height)
+    found = embedded.boxes if embedded.boxes != (whole,) else ()
     return _response(
-        res, start, decode_ms, embedded.queue_ms, embedded.batch_size, embedded.embed_ms
+        res,
+        start,
+        decode_ms,
+        embedded.queue_ms,
+        embedded.batch_size,
+        embedded.embed_ms,
+        box=params.crop or (found[0] if found else None),
+        candidates=found,
     )
 
 
@@ -634,6 +653,8 @@ def _response(
     queue_ms: float,
     batch_size: int,
     embed_ms: float | None = None,
+    box: tuple[int, int, int, int] | None = None,
+    candidates: tuple[tuple[int, int, int, int], ...] = (),
 ) -> JSONResponse:
     """The results as JSON, sent as is (``SearchResponse`` documents the shape; re-validating it
     would cost the event loop time on every request)."""
@@ -661,8 +682,9 @@ def _response(
             "results": results,
             "timings_ms": {k: round(v, 3) for k, v in timings.items()},
             "batch_size": batch_size,
-            "box": list(res.box) if res.box else None,
+            "box": list(box) if box else None,
             "no_match": res.no_match,
+            "candidates": [list(b) for b in candidates],
         }
     )
 

@@ -35,6 +35,7 @@ class Embedded:
     queue_ms: float
     embed_ms: float
     batch_size: int
+    boxes: tuple[tuple[int, int, int, int], ...] = ()  # a localising encoder's boxes, best first
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,13 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._loop, name="micro-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, image: Image.Image) -> Future:
-        """Queue a decoded image; the future's result is an :class:`Embedded`. Never blocks."""
+    def submit(self, image: Image.Image, locate: bool = True) -> Future:
+        """Queue a decoded image; the future's result is an :class:`Embedded`. Never blocks. A
+        localising encoder (chapter 05) crops the image to its best box first, unless ``locate``
+        is false (the caller cropped it already: the caller's box wins)."""
         future: Future = Future()
         try:
-            self._queue.put_nowait((image, future, time.perf_counter()))
+            self._queue.put_nowait((image, future, time.perf_counter(), locate))
         except queue.Full:
             raise ServerBusyError(
                 f"server busy: {self._queue.maxsize} images already wait for the encoder; "
@@ -87,9 +90,11 @@ class MicroBatcher:
             ) from None
         return future
 
-    def embed(self, image: Image.Image, timeout: float | None = None) -> Embedded:
+    def embed(
+        self, image: Image.Image, timeout: float | None = None, locate: bool = True
+    ) -> Embedded:
         """Submit and wait: the blocking form of :meth:`submit`."""
-        return self.submit(image).result(timeout)
+        return self.submit(image, locate).result(timeout)
 
     def stats(self) -> BatchStats:
         with self._stats_lock:
@@ -132,20 +137,14 @@ class MicroBatcher:
                 return
 
     def _run(self, batch: list) -> None:
-        live = [
-            (image, future, t)
-            for image, future, t in batch
-            if future.set_running_or_notify_cancel()
-        ]
+        live = [item for item in batch if item[1].set_running_or_notify_cancel()]
         if not live:  # every request in it timed out and went away
             return
         start = time.perf_counter()
         try:
-            vectors = self.encoder.encode_images(
-                [image for image, _, _ in live], batch_size=len(live)
-            )
+            vectors, boxes = self._embed([im for im, *_ in live], [loc for *_, loc in live])
         except Exception as e:  # noqa: BLE001 - each waiting request gets the error, the thread lives on
-            for _, future, _ in live:
+            for _, future, _, _ in live:
                 future.set_exception(e)
             return
         end = time.perf_counter()
@@ -153,7 +152,27 @@ class MicroBatcher:
             self._batches += 1
             self._images += len(live)
             self._largest = max(self._largest, len(live))
-        for row, (_, future, t) in enumerate(live):
+        for row, (_, future, t, _) in enumerate(live):
             future.set_result(
-                Embedded(vectors[row], (start - t) * 1000.0, (end - start) * 1000.0, len(live))
+                Embedded(
+                    vectors[row],
+                    (start - t) * 1000.0,
+                    (end - start) * 1000.0,
+                    len(live),
+                    boxes[row],
+                )
             )
+
+    def _embed(self, images: list, locate: list[bool]) -> tuple[np.ndarray, list[tuple]]:
+        """One encoder call for the batch, and each image's candidate boxes: a localising encoder
+        (``candidate_boxes``, chapter 05) embeds the best box of each image it may locate in."""
+        n = len(images)
+        if not hasattr(self.encoder, "candidate_boxes"):
+            return self.encoder.encode_images(images, batch_size=n), [()] * n
+        todo = [i for i in range(n) if locate[i]]
+        found = dict(zip(todo, self.encoder.candidate_boxes([images[i] for i in todo], n)))
+        crops = [
+            im.crop(found[i][0].as_tuple()) if i in found else im for i, im in enumerate(images)
+        ]
+        boxes = [tuple(tuple(map(int, b.as_tuple())) for b in found.get(i, ())) for i in range(n)]
+        return self.encoder.base.encode_images(crops, batch_size=n), boxes
