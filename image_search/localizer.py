@@ -442,21 +442,38 @@ class LocalizedEncoder:
         localiser finds nothing)."""
         return [boxes[0] for boxes in self.candidate_boxes(images, batch_size)]
 
+    def encode_located(
+        self,
+        images: Sequence[ImageLike],
+        locate: Sequence[bool] | None = None,
+        batch_size: int = 32,
+    ) -> tuple[np.ndarray, list[list[Box]]]:
+        """Embeddings ``(n, dim)`` of each image's best box, and every box proposed for it, best
+        first (what the searcher reports: where it looked, and the other products it found).
+        An image whose ``locate`` is false is embedded whole and gets no boxes: its caller
+        cropped it already. One base-encoder call per batch either way. Chapter 05."""
+        locate = [True] * len(images) if locate is None else list(locate)
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        found: list[list[Box]] = []
+        for s in range(0, len(images), batch_size):
+            decoded = [load_image(im) for im in images[s : s + batch_size]]
+            wanted = locate[s : s + batch_size]
+            todo = [im for im, loc in zip(decoded, wanted) if loc]
+            proposed = iter(self.candidate_boxes(todo, batch_size) if todo else [])
+            chunk = [next(proposed) if loc else [] for loc in wanted]
+            out[s : s + len(decoded)] = self.base.encode_images(
+                [im.crop(c[0].as_tuple()) if c else im for im, c in zip(decoded, chunk)],
+                batch_size=batch_size,
+            )
+            found += chunk
+        return out, found
+
     def encode_with_boxes(
         self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False
     ) -> tuple[np.ndarray, list[Box]]:
-        """Embeddings ``(n, dim)`` of the crops, and the box each came from (what the searcher
-        reports as "where it looked")."""
-        out = np.empty((len(images), self.dim), dtype=np.float32)
-        boxes: list[Box] = []
-        for s in range(0, len(images), batch_size):
-            decoded = [load_image(im) for im in images[s : s + batch_size]]
-            found = self.crop_boxes(decoded, batch_size)
-            out[s : s + len(decoded)] = self.base.encode_images(
-                [im.crop(b.as_tuple()) for im, b in zip(decoded, found)], batch_size=batch_size
-            )
-            boxes += found
-        return out, boxes
+        """Embeddings ``(n, dim)`` of the crops, and the box each came from."""
+        vectors, found = self.encode_located(images, batch_size=batch_size)
+        return vectors, [boxes[0] for boxes in found]
 
     def encode_images(
         self, images: Sequence[ImageLike], batch_size: int = 32, progress: bool = False

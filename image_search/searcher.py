@@ -330,21 +330,14 @@ class Searcher:
         return self._compose(request, image_vector), box, candidates
 
     def _embed(self, image, locate: bool):
-        """One photo's vector and, from a localising encoder, the box it was cropped to (``None``
-        for the whole photo) and every box it proposed."""
-        if not hasattr(self.encoder, "encode_with_boxes"):
+        """One photo's vector and, from a localising encoder (``encode_located``, chapter 05),
+        the box it was cropped to (``None`` for the whole photo) and every box it proposed."""
+        if not hasattr(self.encoder, "encode_located"):
             return self.encoder.encode_images([image])[0], None, ()
         if not locate:
             return self.encoder.base.encode_images([image])[0], None, ()
-        if hasattr(self.encoder, "candidate_boxes"):
-            found = self.encoder.candidate_boxes([image])[0]
-            vector = self.encoder.base.encode_images([image.crop(found[0].as_tuple())])[0]
-        else:
-            vectors, found = self.encoder.encode_with_boxes([image])
-            vector = vectors[0]
-        boxes = tuple(tuple(int(v) for v in b.as_tuple()) for b in found)
-        whole = (0, 0, image.width, image.height)
-        return vector, None if boxes[0] == whole else boxes[0], boxes if boxes != (whole,) else ()
+        vectors, found = self.encoder.encode_located([image])
+        return (vectors[0], *reported_boxes(found[0], image.width, image.height))
 
     def _compose(self, request: SearchRequest, image_vector: np.ndarray | None) -> np.ndarray:
         """The query of a request from its image vector: the vector itself, a text's, or both."""
@@ -509,6 +502,19 @@ class Searcher:
                 )
             )
         return out
+
+
+def reported_boxes(
+    found: Sequence, width: int, height: int
+) -> tuple[tuple[int, int, int, int] | None, tuple[tuple[int, int, int, int], ...]]:
+    """What a response says of a localiser's boxes (best first) in a ``width`` x ``height``
+    photo: the box searched (``None`` when it is the whole photo) and the candidates (none when
+    the localiser found nothing). Chapter 05."""
+    boxes = tuple(tuple(int(v) for v in b.as_tuple()) for b in found)
+    if not boxes:
+        return None, ()
+    whole = (0, 0, width, height)
+    return (None if boxes[0] == whole else boxes[0]), (() if boxes == (whole,) else boxes)
 
 
 def index_encoder(encoder: Encoder) -> Encoder:

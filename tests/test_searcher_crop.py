@@ -73,12 +73,12 @@ class _Localizing:
         self.name, self.dim, self.fingerprint = base.name, base.dim, base.fingerprint  # same space
 
     def encode_images(self, images, batch_size=32, progress=False):
-        return self.encode_with_boxes(images)[0]
+        return self.encode_located(images)[0]
 
-    def encode_with_boxes(self, images):
+    def encode_located(self, images, locate=None, batch_size=32):
         self.calls.append(len(images))
         crops = [Image.fromarray(np.asarray(im)).crop(self.box) for im in images]
-        return self.base.encode_images(crops), [_Box(self.box)] * len(images)
+        return self.base.encode_images(crops), [[_Box(self.box)]] * len(images)
 
 
 def test_a_localising_encoder_crops_the_query_and_reports_its_box(searcher, catalog):

@@ -36,7 +36,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from ..catalog import Catalog, Product
 from ..errors import ImageSearchError, InvalidImageError, InvalidRequestError, ModelUnavailableError
 from ..images import load_image
-from ..searcher import Filters, Searcher, SearchRequest
+from ..searcher import Filters, Searcher, SearchRequest, reported_boxes
 from .batcher import MicroBatcher, ServerBusyError
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -380,8 +380,7 @@ async def search(request: Request) -> JSONResponse:
     res = await run_in_threadpool(
         searcher.run, SearchRequest(embedding=embedded.vector, k=params.k, filters=filters)
     )
-    whole = (0, 0, image.width, image.height)
-    found = embedded.boxes if embedded.boxes != (whole,) else ()
+    box, candidates = reported_boxes(embedded.boxes, image.width, image.height)
     return _response(
         res,
         start,
@@ -389,8 +388,8 @@ async def search(request: Request) -> JSONResponse:
         embedded.queue_ms,
         embedded.batch_size,
         embedded.embed_ms,
-        box=params.crop or (found[0] if found else None),
-        candidates=found,
+        box=params.crop or box,
+        candidates=candidates,
     )
 
 

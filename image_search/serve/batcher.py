@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -35,7 +35,7 @@ class Embedded:
     queue_ms: float
     embed_ms: float
     batch_size: int
-    boxes: tuple[tuple[int, int, int, int], ...] = ()  # a localising encoder's boxes, best first
+    boxes: list = field(default_factory=list)  # a localising encoder's boxes, best first
 
 
 @dataclass(frozen=True)
@@ -163,16 +163,9 @@ class MicroBatcher:
                 )
             )
 
-    def _embed(self, images: list, locate: list[bool]) -> tuple[np.ndarray, list[tuple]]:
-        """One encoder call for the batch, and each image's candidate boxes: a localising encoder
-        (``candidate_boxes``, chapter 05) embeds the best box of each image it may locate in."""
-        n = len(images)
-        if not hasattr(self.encoder, "candidate_boxes"):
-            return self.encoder.encode_images(images, batch_size=n), [()] * n
-        todo = [i for i in range(n) if locate[i]]
-        found = dict(zip(todo, self.encoder.candidate_boxes([images[i] for i in todo], n)))
-        crops = [
-            im.crop(found[i][0].as_tuple()) if i in found else im for i, im in enumerate(images)
-        ]
-        boxes = [tuple(tuple(map(int, b.as_tuple())) for b in found.get(i, ())) for i in range(n)]
-        return self.encoder.base.encode_images(crops, batch_size=n), boxes
+    def _embed(self, images: list, locate: list[bool]) -> tuple[np.ndarray, list[list]]:
+        """One encoder call for the batch, and each image's proposed boxes: a localising encoder
+        (``encode_located``, chapter 05) embeds the best box of each image it may locate in."""
+        if not hasattr(self.encoder, "encode_located"):
+            return self.encoder.encode_images(images, batch_size=len(images)), [[]] * len(images)
+        return self.encoder.encode_located(images, locate, batch_size=len(images))
