@@ -162,9 +162,8 @@ def trained_head(catalog, search, lite0, s_full: np.ndarray, owners: np.ndarray)
     return train_projection_head(groups(train_ids), HeadConfig(dim=dim)).project
 
 
-def choose_type_weight(q, index, owners, ids, truth, types, type_of) -> float:
-    """The smallest ``TYPE_WEIGHTS`` value whose type precision@10 on these (train) queries
-    reaches the 0.80 target, else the largest; prints the sweep."""
+def type_sweep(q, index, owners, ids, truth, types, type_of) -> pd.DataFrame:
+    """R@1, R@10 and type P@10 of these queries at each ``TYPE_WEIGHTS`` value (and 0)."""
     rows = []
     for w in (0.0, *TYPE_WEIGHTS):
         r = retrieval_report(rank(q, index, owners, ids, 10, w, types), truth, type_of=type_of)
@@ -176,8 +175,15 @@ def choose_type_weight(q, index, owners, ids, truth, types, type_of) -> float:
                 "type P@10": r.type_precision[10],
             }
         )
-    table(pd.DataFrame(rows), f"Type consensus on {len(truth)} train customer photos", ".3f")
-    ok = [r["type_weight"] for r in rows if r["type P@10"] >= TARGETS["type P@10"]]
+    return pd.DataFrame(rows)
+
+
+def choose_type_weight(q, index, owners, ids, truth, types, type_of) -> float:
+    """The smallest ``TYPE_WEIGHTS`` value whose type precision@10 on these (train) queries
+    reaches the 0.80 target, else the largest; prints the sweep."""
+    sweep = type_sweep(q, index, owners, ids, truth, types, type_of)
+    table(sweep, f"Type consensus on {len(truth)} train customer photos", ".3f")
+    ok = sweep["type_weight"][sweep["type P@10"] >= TARGETS["type P@10"]].tolist()
     return min(ok) if ok else TYPE_WEIGHTS[-1]
 
 
@@ -317,20 +323,11 @@ def main() -> None:
             | {f"{m} diff (95% CI)": f"[{a:+.3f}, {b:+.3f}]" for m, a, b in zip(METRICS, lo, hi)}
         )
     table(pd.DataFrame(diffs), f"Paired bootstrap against '{ablation[-1][0]}' (by product)")
-    sweep = []
-    for weight in (0.0, *TYPE_WEIGHTS):
-        r = retrieval_report(
-            rank(h_q, h_index, shop_owner, ids, 10, weight, types), truth, type_of=type_of
-        )
-        sweep.append(
-            {
-                "type_weight": weight,
-                "R@1": r.recall[1],
-                "R@10": r.recall[10],
-                "type P@10": r.type_precision[10],
-            }
-        )
-    table(pd.DataFrame(sweep), "The trade-off on the test photos (all + head)", ".3f")
+    table(
+        type_sweep(h_q, h_index, shop_owner, ids, truth, types, type_of),
+        "The trade-off on the test photos (all + head)",
+        ".3f",
+    )
 
     sample = queries[::25]
     latencies = {}

@@ -32,7 +32,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eval_retrieval import METRICS, paired_bootstrap, per_query  # noqa: E402
+from eval_retrieval import METRICS, paired_bootstrap, per_query, rank  # noqa: E402
 
 from image_search import load_catalog, load_encoder  # noqa: E402
 from image_search.images import load_image  # noqa: E402
@@ -143,14 +143,6 @@ def train(model, feats, train_owner, shop_owner, products, epochs, lr=1e-4, batc
             loss.backward()
             opt.step()
     return top.eval()
-
-
-def rank(q, shop, shop_owner, ids, k=10) -> list[list[str]]:
-    sims = q @ shop.T
-    best = np.full((len(q), len(ids)), -np.inf, dtype=np.float32)
-    for j in range(sims.shape[1]):
-        np.maximum(best[:, shop_owner[j]], sims[:, j], out=best[:, shop_owner[j]])
-    return [[ids[j] for j in row] for row in np.argsort(-best, axis=1, kind="stable")[:, :k]]
 
 
 def main() -> None:
