@@ -123,6 +123,23 @@ def _features(
 
 
 # --------------------------------------------------------------------------- the model
+def model_json(model) -> str:
+    """A linear model's parameters (every dataclass field) as JSON, no pickle: what
+    :class:`LinearRanker` and :class:`~image_search.rejection.Rejector` save. Chapter 09."""
+    return json.dumps({f: getattr(model, f) for f in model.__dataclass_fields__}, indent=1)
+
+
+def linear_fields(d: Mapping) -> tuple:
+    """``features, weights, bias, mean, scale`` read back from :func:`model_json`'s dict."""
+    return (
+        tuple(d["features"]),
+        tuple(map(float, d["weights"])),
+        float(d["bias"]),
+        tuple(map(float, d["mean"])),
+        tuple(map(float, d["scale"])),
+    )
+
+
 @dataclass(frozen=True)
 class LinearRanker:
     """A logistic model of P(click | the item was seen): ``relevance = sigmoid(bias + sum(weights *
@@ -186,18 +203,14 @@ class LinearRanker:
 
     def to_json(self) -> str:
         """The parameters as JSON (no pickle): :meth:`from_json` reads them back."""
-        return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__}, indent=1)
+        return model_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> "LinearRanker":
         try:
             d = json.loads(text)
             return cls(
-                tuple(d["features"]),
-                tuple(map(float, d["weights"])),
-                float(d["bias"]),
-                tuple(map(float, d["mean"])),
-                tuple(map(float, d["scale"])),
+                *linear_fields(d),
                 float(d.get("temperature", VOTE_TEMPERATURE)),
                 str(d.get("name", "")),
             )
@@ -620,6 +633,8 @@ __all__ = [
     "VOTE_TOP",
     "VOTE_TEMPERATURE",
     "ranking_features",
+    "model_json",
+    "linear_fields",
     "LinearRanker",
     "fit_logistic",
     "ipw_weights",

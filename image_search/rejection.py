@@ -22,7 +22,7 @@ from PIL import Image
 from .catalog import Catalog
 from .embeddings import EmbeddingCache, encode_paths
 from .errors import InvalidRequestError
-from .ltr import fit_logistic
+from .ltr import fit_logistic, linear_fields, model_json
 
 FEATURES = ("top1", "margin", "entropy")
 NON_PRODUCT_KINDS = ("noise", "solid colour", "gradient", "background")
@@ -135,18 +135,14 @@ class Rejector:
 
     def to_json(self) -> str:
         """The parameters as JSON (no pickle): :meth:`from_json` reads them back."""
-        return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__}, indent=1)
+        return model_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> "Rejector":
         try:
             d = json.loads(text)
             return cls(
-                tuple(d["features"]),
-                tuple(map(float, d["weights"])),
-                float(d["bias"]),
-                tuple(map(float, d["mean"])),
-                tuple(map(float, d["scale"])),
+                *linear_fields(d),
                 float(d["threshold"]),
                 str(d.get("encoder", "")),
             )
