@@ -24,7 +24,7 @@ help:
 	@echo "make embeddings  recompute the shipped canonical embeddings (data/embeddings) after a catalog or model change"
 	@echo "make text-model retrain the text search heads (data/models/minilm-lit) and say if they changed"
 	@echo "make bench     install requirements-bench.txt, then run the benchmarks in benchmarks/"
-	@echo "make models   retrain the shipped object localiser (data/models/product-search; seeded), then say if it changed"
+	@echo "make models   retrain the shipped object localiser and query tower (data/models/product-search; seeded), then say if they changed"
 	@echo "make lab       run the notebooks in JupyterLab (127.0.0.1; open the URL with the token it prints)"
 	@echo "make pdf       the whole book as one PDF, _build/book.pdf (printed by headless Chromium)"
 
@@ -114,9 +114,9 @@ embeddings: venv
 text-model: venv
 	$(PYTHON) -m image_search.text
 
-# The object localiser of the product-search pipeline (a few minutes on 2 cores; seeded, single-threaded
-# head training). The --stat line shows whether localizer.safetensors came out byte-identical (training.json
-# always changes: it records the wall time). Checked identical on this machine: 688 s under load 22.
+# The object localiser of the product-search pipeline, then its query tower on the localiser's crops (about
+# ten minutes on 2 cores; seeded, single-threaded training). The --stat line shows whether the .safetensors
+# files came out byte-identical (training.json always changes: it records the wall times).
 models: venv
 	$(PYTHON) -c 'from image_search.training import build_models; print(build_models())'
 	git diff --stat -- data/models/product-search

@@ -1,6 +1,10 @@
 """Fine-tuning the top of the backbone (issue 12, part 4): EfficientNet-Lite0's last block and its
 1280-channel head convolution, trained on the **train** products' cropped customer photos against
-their shop photos, measured on the 744 held-out customer photos against the frozen network.
+their shop photos, measured on the 744 held-out customer photos against the frozen network. Two
+ways: **both sides** (this script trains it: queries and shop photos go through the tuned top, so
+the whole catalog must be re-embedded) and the **query tower** that ``product-search`` ships
+(``make models``, ``training.build_query_tower``: only the query side is tuned, against the
+index's frozen vectors; loaded here, not trained).
 
 The frozen trunk (stem and blocks 0-5) runs once per photo and its output (192 x 7 x 7 at 224 px)
 is cached with a mirrored copy, the augmentation; training then runs only the top (block 6, the
@@ -21,7 +25,6 @@ hour on 2 busy cores the first time (cached in the cache folder), training about
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -35,12 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_retrieval import METRICS, paired_bootstrap, per_query, rank  # noqa: E402
 
 from image_search import load_catalog, load_encoder  # noqa: E402
+from image_search.encoders import with_weights  # noqa: E402
 from image_search.images import load_image  # noqa: E402
-from image_search.localizer import _trunk  # noqa: E402
+from image_search.localizer import _trunk, shipped_tensors  # noqa: E402
 from image_search.metrics import retrieval_report  # noqa: E402
 from image_search.paths import cache_dir  # noqa: E402
 from image_search.stores import indexed_photos  # noqa: E402
-from image_search.training import info_nce_loss, set_seed, validation_split  # noqa: E402
+from image_search.training import (  # noqa: E402
+    info_nce_loss,
+    query_top,
+    query_top_vectors,
+    set_seed,
+    validation_split,
+)
 
 from _common import header, table  # noqa: E402
 
@@ -88,28 +98,6 @@ def trunk_features(catalog, lite0, search, shop_paths) -> dict[str, np.ndarray]:
     return out
 
 
-def top_of(model):
-    """A trainable copy of the network's top: block 6, the head convolution and its norm."""
-    import torch
-
-    return copy.deepcopy(torch.nn.Sequential(model.blocks[6], model.conv_head, model.bn2)).eval()
-
-
-def embed(top, x: np.ndarray) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    with torch.no_grad():
-        return np.concatenate(
-            [
-                F.normalize(
-                    top(torch.from_numpy(x[s : s + 256].astype(np.float32))).mean((2, 3)), dim=1
-                ).numpy()
-                for s in range(0, len(x), 256)
-            ]
-        )
-
-
 def train(model, feats, train_owner, shop_owner, products, epochs, lr=1e-4, batch=64, seed=0):
     """Fine-tune a fresh copy of the top on ``products`` (catalog row numbers)."""
     import torch
@@ -118,7 +106,7 @@ def train(model, feats, train_owner, shop_owner, products, epochs, lr=1e-4, batc
     set_seed(seed)
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
-    top = top_of(model)
+    top = query_top(model)
     opt = torch.optim.AdamW(top.parameters(), lr=lr, weight_decay=1e-4)
     crops = {p: np.flatnonzero(train_owner == p) for p in products}
     shots = {p: np.flatnonzero(shop_owner == p) for p in products}
@@ -164,7 +152,12 @@ def main() -> None:
     for epochs in EPOCHS:
         top = train(lite0.model, feats, train_owner, shop_owner, [pos[i] for i in fit], epochs)
         r = retrieval_report(
-            rank(embed(top, feats["train"][on_val]), embed(top, feats["shop"]), shop_owner, ids),
+            rank(
+                query_top_vectors(top, feats["train"][on_val]),
+                query_top_vectors(top, feats["shop"]),
+                shop_owner,
+                ids,
+            ),
             list(np.asarray(train_truth)[on_val]),
         )
         rows.append({"epochs": epochs, "val R@1": r.recall[1], "val R@10": r.recall[10]})
@@ -173,16 +166,23 @@ def main() -> None:
 
     t = time.perf_counter()
     all_train = [pos[p.id] for p in catalog.split("train")]
-    runs = {
-        "frozen (product-search)": top_of(lite0.model),
-        f"fine-tuned top, {epochs} epochs": train(
-            lite0.model, feats, train_owner, shop_owner, all_train, epochs
-        ),
-    }
+    frozen = query_top(lite0.model)
+    both = train(lite0.model, feats, train_owner, shop_owner, all_train, epochs)
     print(f"  final training {time.perf_counter() - t:.0f} s", flush=True)
+    tensors, entry = shipped_tensors("query_top")
+    shipped = query_top(with_weights(lite0, tensors, "query").model)
+    runs = {  # name: (the top of the query side, the top of the shop side)
+        "frozen (crop + multi-photo)": (frozen, frozen),
+        f"both sides fine-tuned, {epochs} epochs": (both, both),
+        f"query tower (shipped product-search, {entry['epochs']} epochs)": (shipped, frozen),
+    }
     out, per = [], {}
-    for name, top in runs.items():
-        ranked = rank(embed(top, feats["test"]), embed(top, feats["shop"]), shop_owner, ids)
+    for name, (q_top, shop_top) in runs.items():
+        q, index = (
+            query_top_vectors(q_top, feats["test"]),
+            query_top_vectors(shop_top, feats["shop"]),
+        )
+        ranked = rank(q, index, shop_owner, ids)
         r = retrieval_report(ranked, truth, type_of=type_of)
         per[name] = per_query(ranked, truth, type_of)
         out.append(
@@ -196,12 +196,13 @@ def main() -> None:
     table(
         pd.DataFrame(out), f"{len(truth)} held-out customer photos, all {len(ids)} products", ".3f"
     )
-    frozen, tuned = per.values()
-    lo, hi = paired_bootstrap(tuned, frozen, truth)
-    print(
-        "Paired bootstrap, fine-tuned minus frozen (by product, 95%): "
-        + ", ".join(f"{m} [{a:+.3f}, {b:+.3f}]" for m, a, b in zip(METRICS, lo, hi))
-    )
+    names = list(per)
+    for name in names[1:]:
+        lo, hi = paired_bootstrap(per[name], per[names[0]], truth)
+        print(
+            f"Paired bootstrap, {name} minus frozen (by product, 95%): "
+            + ", ".join(f"{m} [{a:+.3f}, {b:+.3f}]" for m, a, b in zip(METRICS, lo, hi))
+        )
 
 
 if __name__ == "__main__":

@@ -323,8 +323,15 @@ def _timm_encoder(
             raise ModelUnavailableError(f"weights in {weights} do not fit timm's {arch}")
         model.load_state_dict(dict(zip(target.keys(), state.values())))
     model.reset_classifier(0)  # pooled features, no ImageNet head
+    return _cnn_encoder(name, arch, model, Preprocess(resize, crop), threads)
+
+
+def _cnn_encoder(
+    name: str, arch: str, model, preprocess: Preprocess, threads: int | None
+) -> TorchEncoder:
+    import torch
+
     model = model.eval().to(memory_format=torch.channels_last)
-    preprocess = Preprocess(resize, crop)
     parts = {
         "encoder": name,
         "arch": arch,
@@ -332,7 +339,7 @@ def _timm_encoder(
         "preprocess": repr(preprocess),
         **_versions("torch", "timm", "pillow", "onnxruntime"),
     }
-    onnx = _onnx_session(model, name, crop, threads, parts["weights"])
+    onnx = _onnx_session(model, name, preprocess.crop, threads, parts["weights"])
     return TorchEncoder(
         name=name,
         dim=model.num_features,
@@ -342,6 +349,22 @@ def _timm_encoder(
         onnx=onnx,
         fingerprint_parts=parts,
     )
+
+
+def with_weights(encoder: TorchEncoder, tensors: dict, name: str) -> TorchEncoder:
+    """A copy of a timm CNN encoder with some of its tensors replaced (e.g. a fine-tuned top,
+    chapter 06), under a new ``name``; its fingerprint follows the new weights. Every tensor must
+    name one of the model's own, with the same shape."""
+    import copy
+
+    model = copy.deepcopy(encoder.model)
+    own = model.state_dict()
+    wrong = [k for k, v in tensors.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise ModelUnavailableError(f"tensors that do not fit {encoder.name}: {wrong[:3]}")
+    model.load_state_dict(tensors, strict=False)
+    arch = encoder.fingerprint_parts.get("arch", encoder.name)
+    return _cnn_encoder(name, arch, model, encoder.preprocess, encoder.threads)
 
 
 def weights_digest(model) -> str:
@@ -518,6 +541,7 @@ __all__ = [
     "load_encoder",
     "make_fingerprint",
     "weights_digest",
+    "with_weights",
     "torch_threads",
     "l2_normalize",
     "encode_paths",

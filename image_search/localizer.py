@@ -46,6 +46,7 @@ from .images import ImageLike, load_image
 MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models" / "product-search"
 MANIFEST = "training.json"
 PIPELINE = "product-search"
+QUERY_ENCODER = f"{DEFAULT_ENCODER}-query"  # Lite0 with the fine-tuned query top
 LOCALIZER_BLOCKS = 5  # Lite0's stem and blocks 0-4: 112 channels at stride 16
 SCDA_SIZE = 224
 
@@ -400,12 +401,15 @@ class LocalizedEncoder:
     """An encoder that crops each image to its localiser's best box, squared and widened by
     ``margin`` on each side (the whole image when nothing is found), then embeds the crop with
     ``base``. Its fingerprint names the base encoder, the localiser's weights and the margin, so
-    its embeddings are cached apart. Chapter 05."""
+    its embeddings are cached apart. ``catalog_encoder`` embeds the index's shop photos when that
+    is not ``base``: a query tower fine-tuned into a frozen catalog's space (chapter 06).
+    Chapter 05."""
 
     base: Encoder
     localizer: Localizer
     margin: float = 0.1
     name: str = ""
+    catalog_encoder: Encoder | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin <= 1:
@@ -486,11 +490,22 @@ def load_product_search(
 ) -> "LocalizedEncoder":
     """The book's best pipeline, built from the shipped weights (offline, in seconds): the trained
     localiser finds the product and its square crop (with the shipped margin) is embedded by
-    EfficientNet-Lite0. ``load_encoder("product-search")`` returns it. Chapter 09."""
+    EfficientNet-Lite0 with its fine-tuned query top (chapter 06), into the space of the
+    catalog's frozen EfficientNet-Lite0 vectors. ``load_encoder("product-search")`` returns it.
+    Chapter 09."""
+    from .encoders import with_weights
+
     manifest = models_manifest(folder)
-    base = load_encoder(DEFAULT_ENCODER, threads)
+    catalog = load_encoder(DEFAULT_ENCODER, threads)
+    query = catalog
+    if "query_top" in manifest.get("models", {}):
+        query = with_weights(catalog, shipped_tensors("query_top", folder)[0], QUERY_ENCODER)
     return LocalizedEncoder(
-        base, load_localizer("trained", threads, folder), manifest["margin"], name=PIPELINE
+        query,
+        load_localizer("trained", threads, folder),
+        manifest["margin"],
+        name=PIPELINE,
+        catalog_encoder=catalog,
     )
 
 
@@ -518,4 +533,5 @@ __all__ = [
     "load_product_search",
     "MODELS_DIR",
     "PIPELINE",
+    "QUERY_ENCODER",
 ]

@@ -519,9 +519,9 @@ def reported_boxes(
 
 def index_encoder(encoder: Encoder) -> Encoder:
     """The encoder that embeds the catalog for ``encoder``'s queries: a localising encoder's
-    ``base`` (shop photos are clean and whole; only the shopper's photo is cropped), else the
-    encoder itself. Chapter 05."""
-    return getattr(encoder, "base", encoder)
+    ``catalog_encoder``, else its ``base`` (shop photos are clean and whole; only the shopper's
+    photo is cropped), else the encoder itself. Chapter 05."""
+    return getattr(encoder, "catalog_encoder", None) or getattr(encoder, "base", encoder)
 
 
 def build_index(

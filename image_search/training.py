@@ -399,35 +399,249 @@ def build_localizer(
     return head, entry
 
 
+# --------------------------------------------------------------------------- the query tower
+@dataclass(frozen=True)
+class QueryTowerConfig:
+    """Fine-tuning the top of the **query** side: EfficientNet-Lite0's last block, its 1280-channel
+    head convolution and norm (batch-norm statistics frozen), so that a shopper's cropped photo
+    lands near its product's shop photos in the catalog's **frozen** embedding space. Symmetric
+    InfoNCE (``temperature``) of each train crop against the index's own shop-photo vectors,
+    one product per batch row (in-batch negatives), the crop mirrored half the time. The number
+    of epochs is chosen from ``epochs`` on a validation split of the train products. The catalog
+    is never re-embedded. Chapter 06."""
+
+    epochs: tuple[int, ...] = (5, 10, 20)
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    temperature: float = 0.05
+    seed: int = 0
+
+
+QUERY_TOP_BLOCK = 6  # the query tower trains Lite0's blocks[6], conv_head and bn2
+
+
+def query_top(model):
+    """A trainable copy of a Lite0 model's top: its last block, head convolution and norm."""
+    import copy
+
+    import torch
+
+    b = QUERY_TOP_BLOCK
+    return copy.deepcopy(torch.nn.Sequential(model.blocks[b], model.conv_head, model.bn2)).eval()
+
+
+def query_top_state(top) -> dict:
+    """The top's tensors under the Lite0 model's own names (``blocks.6.*``, ``conv_head.*``,
+    ``bn2.*``), what ``query_top.safetensors`` holds."""
+    prefixes = (f"blocks.{QUERY_TOP_BLOCK}.", "conv_head.", "bn2.")
+    return {
+        prefixes[int(k.split(".", 1)[0])] + k.split(".", 1)[1]: v.detach().contiguous()
+        for k, v in top.state_dict().items()
+    }
+
+
+def crop_trunk_features(search, paths: Sequence[Path], progress: bool = False) -> np.ndarray:
+    """What the query top sees: each photo cropped as ``search`` (a localising encoder) crops it,
+    preprocessed as Lite0 does, through Lite0's frozen stem and blocks 0-5, then the same for the
+    mirrored crop: ``(2, n, 192, 7, 7)`` float32. Chapter 06."""
+    import torch
+    from PIL import ImageOps
+    from tqdm.auto import tqdm
+
+    from .images import load_image
+    from .localizer import _trunk
+
+    trunk, preprocess = _trunk(QUERY_TOP_BLOCK), search.base.preprocess
+    out = []
+    for s in tqdm(range(0, len(paths), 32), desc="query crops", disable=not progress):
+        images = [load_image(p) for p in paths[s : s + 32]]
+        crops = [im.crop(b.as_tuple()) for im, b in zip(images, search.crop_boxes(images))]
+        with torch.inference_mode():
+            out.append(
+                [
+                    trunk(torch.from_numpy(np.stack([preprocess(c) for c in batch]))).numpy()
+                    for batch in (crops, [ImageOps.mirror(c) for c in crops])
+                ]
+            )
+    return np.stack([np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])])
+
+
+def query_top_vectors(top, features: np.ndarray) -> np.ndarray:
+    """Unit-length embeddings of trunk features ``(n, 192, 7, 7)`` through a query top."""
+    import torch
+
+    with torch.inference_mode():
+        return np.concatenate(
+            [
+                l2_normalize(
+                    top(torch.from_numpy(np.asarray(features[s : s + 256], np.float32)))
+                    .mean((2, 3))
+                    .numpy()
+                )
+                for s in range(0, len(features), 256)
+            ]
+        )
+
+
+def train_query_top(
+    model,
+    features: np.ndarray,
+    owners: np.ndarray,
+    targets: np.ndarray,
+    target_owners: np.ndarray,
+    epochs: int,
+    config: QueryTowerConfig = QueryTowerConfig(),
+):
+    """Fine-tune a fresh copy of ``model``'s top (:func:`query_top`) on crop features
+    (:func:`crop_trunk_features`, owned by product rows ``owners``) against fixed unit-length
+    catalog vectors ``targets`` (owned by ``target_owners``): each batch takes one crop and one
+    catalog photo of up to ``batch_size`` products. Deterministic (one thread, seeded).
+    Chapter 06."""
+    import torch
+    import torch.nn.functional as F
+
+    c = config
+    products = np.unique(owners)
+    crops = {p: np.flatnonzero(owners == p) for p in products}
+    shots = {p: np.flatnonzero(target_owners == p) for p in products}
+    if any(len(v) == 0 for v in shots.values()):
+        raise ValueError("every product with a training crop needs a catalog vector")
+    target = torch.from_numpy(np.asarray(targets, np.float32))
+    with deterministic_torch():
+        set_seed(c.seed)
+        rng = np.random.default_rng(c.seed)
+        top = query_top(model)
+        opt = torch.optim.AdamW(top.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        for _ in range(epochs):
+            top.train()
+            for m in top.modules():  # batch norm keeps its ImageNet statistics
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eval()
+            n_batches = max(1, len(products) // c.batch_size)
+            for b in np.array_split(rng.permutation(products), n_batches):
+                a = np.array([rng.choice(crops[p]) for p in b])
+                flip = (rng.random(len(b)) < 0.5).astype(int)
+                x = torch.from_numpy(features[flip, a])
+                s = np.array([rng.choice(shots[p]) for p in b])
+                z = F.normalize(top(x).mean((2, 3)), dim=1)
+                loss = info_nce_loss(z, target[s], c.temperature)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return top.eval()
+
+
+def best_photo_recall(
+    queries: np.ndarray, index: np.ndarray, owners: np.ndarray, truth: np.ndarray, k: int = 10
+) -> tuple[float, float]:
+    """Recall@1 and @k of unit query vectors against an index of several photos per product (a
+    product scores its best photo); ``owners`` and ``truth`` are product rows. Chapter 06."""
+    sims = queries @ index.T
+    best = np.full((len(sims), owners.max() + 1), -np.inf, dtype=np.float32)
+    for j, o in enumerate(owners):
+        np.maximum(best[:, o], sims[:, j], out=best[:, o])
+    top = np.argsort(-best, axis=1, kind="stable")[:, :k]
+    return float((top[:, 0] == truth).mean()), float((top == truth[:, None]).any(1).mean())
+
+
+def build_query_tower(
+    catalog: Catalog,
+    search,
+    config: QueryTowerConfig = QueryTowerConfig(),
+    progress: bool = False,
+) -> tuple[object, dict]:
+    """Train the query tower for shipping: crops of the **train** products' customer photos by
+    ``search`` (the localising encoder, frozen Lite0 as its base), targets the index's vectors of
+    every product's shop photos (Lite0, cached or shipped); the epochs with the best validation
+    Recall@1 (then @10) on a validation fifth of the train products, then a refit on every
+    train product. Returns the top and its manifest entry. Chapter 06."""
+    import time
+
+    from .stores import indexed_photos
+
+    start = time.perf_counter()
+    train_ids = [p.id for p in catalog.split("train")]
+    assert_no_test_products(catalog, train_ids)
+    row = {pid: n for n, pid in enumerate(catalog.ids)}
+    paths, truth = catalog.queries("train")
+    owners = np.array([row[i] for i in truth])
+    shop = [(row[i], p) for i in catalog.ids for p in indexed_photos(catalog, i)]
+    target_owners = np.array([o for o, _ in shop])
+    targets = encode_paths(search.base, [p for _, p in shop], progress=progress)
+    features = crop_trunk_features(search, paths, progress)
+    fit, val = validation_split(catalog)
+    on_fit = np.isin(owners, [row[i] for i in fit])
+    model = search.base.model
+    val_recall = {}
+    for epochs in config.epochs:
+        top = train_query_top(
+            model, features[:, on_fit], owners[on_fit], targets, target_owners, epochs, config
+        )
+        q = query_top_vectors(top, features[0, ~on_fit])
+        val_recall[epochs] = best_photo_recall(q, targets, target_owners, owners[~on_fit])
+    epochs = max(config.epochs, key=lambda e: (*val_recall[e], -e))
+    top = train_query_top(model, features, owners, targets, target_owners, epochs, config)
+    entry = {
+        "config": asdict(config),
+        "epochs": epochs,
+        "validation_recall": {str(e): [round(v, 4) for v in r] for e, r in val_recall.items()},
+        "train_ids": train_ids,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    return top, entry
+
+
+def write_model(folder: Path, name: str, tensors: dict, entry: dict, **manifest) -> None:
+    """Save shipped model ``name`` as ``<name>.safetensors`` and record it, with its SHA-256, in the
+    folder's ``training.json`` (other models' entries are kept; ``manifest`` sets top-level
+    fields)."""
+    from safetensors.torch import save
+
+    from .localizer import MANIFEST
+
+    data = save(tensors)
+    (folder / f"{name}.safetensors").write_bytes(data)
+    path = folder / MANIFEST
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    models = {**old.get("models", {})}
+    models[name] = {
+        "file": f"{name}.safetensors",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        **entry,
+    }
+    out = {"format": MODELS_FORMAT, "made_by": "make models", **old, **manifest, "models": models}
+    path.write_text(json.dumps(out, indent=1) + "\n")
+
+
 def build_models(
     folder: str | Path | None = None,
     catalog: Catalog | None = None,
     margin: float = 0.1,
     progress: bool = True,
 ) -> Path:
-    """``make models``: retrain the shipped localiser (seeded, single-threaded head training) into
-    ``data/models/product-search`` (safetensors + ``training.json`` with each file's SHA-256, the
-    train products, the wall time and the pipeline's crop ``margin``). Chapter 06."""
-    from safetensors.torch import save
-
-    from .localizer import MANIFEST, MODELS_DIR
+    """``make models``: retrain the shipped localiser, then the query tower on its crops (both
+    seeded, single-threaded), into ``data/models/product-search`` (safetensors + ``training.json``
+    with each file's SHA-256, the train products, the wall times and the pipeline's crop
+    ``margin``). Chapter 06."""
+    from .localizer import MODELS_DIR, LocalizedEncoder, trained_localizer
 
     catalog = catalog or load_catalog()
     folder = Path(folder) if folder is not None else MODELS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    head, entry = build_localizer(catalog, progress=progress)
-    data = save({k: v.detach().contiguous() for k, v in head.state_dict().items()})
-    (folder / "localizer.safetensors").write_bytes(data)
-    entry = {"file": "localizer.safetensors", "sha256": hashlib.sha256(data).hexdigest(), **entry}
-    manifest = {
-        "format": MODELS_FORMAT,
-        "made_by": "make models",
+    common = {
         "base_encoder": LIT_BASE_ENCODER,
         "catalog_sha256": _catalog_checksum(catalog),
         "margin": margin,
-        "models": {"localizer": entry},
     }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    head, entry = build_localizer(catalog, progress=progress)
+    tensors = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+    write_model(folder, "localizer", tensors, entry, **common)
+    base = load_encoder(LIT_BASE_ENCODER)
+    localizer = trained_localizer(head, entry["config"]["size"], entry["threshold"])
+    search = LocalizedEncoder(base, localizer, margin)
+    top, entry = build_query_tower(catalog, search, progress=progress)
+    write_model(folder, "query_top", query_top_state(top), entry, **common)
     return folder
 
 
@@ -708,6 +922,15 @@ __all__ = [
     "localizer_examples",
     "train_localizer",
     "localizer_ious",
+    "QueryTowerConfig",
+    "query_top",
+    "query_top_state",
+    "crop_trunk_features",
+    "query_top_vectors",
+    "train_query_top",
+    "best_photo_recall",
+    "build_query_tower",
+    "write_model",
     "set_seed",
     "deterministic_torch",
     "catalog_features",

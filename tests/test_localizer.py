@@ -11,18 +11,22 @@ import pytest
 from PIL import Image
 
 from image_search import load_encoder
+from image_search.encoders import with_weights
 from image_search.errors import InvalidRequestError, ModelUnavailableError
 from image_search.localizer import (
     MODELS_DIR,
+    QUERY_ENCODER,
     Box,
     LocalizedEncoder,
     box_iou,
     heatmap_boxes,
     load_localizer,
+    load_product_search,
     mask_box,
     models_manifest,
     shipped_tensors,
 )
+from image_search.searcher import index_encoder
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +160,41 @@ def test_product_search_is_registered_and_uses_the_shipped_margin():
         and enc.margin == json.loads((MODELS_DIR / "training.json").read_text())["margin"]
     )
     assert enc.localizer.name == "trained"
+
+
+def test_product_search_embeds_queries_with_the_tuned_top_into_the_frozen_catalog_space(
+    catalog, lite0
+):
+    enc = load_encoder("product-search")
+    assert enc.base.name == QUERY_ENCODER and enc.catalog_encoder.name == "efficientnet-lite0"
+    assert index_encoder(enc) is enc.catalog_encoder  # the index keeps Lite0's shop vectors
+    assert enc.catalog_encoder.fingerprint == lite0.fingerprint
+    assert enc.base.fingerprint != lite0.fingerprint and enc.fingerprint != enc.base.fingerprint
+    tensors, entry = shipped_tensors("query_top")
+    assert all(k.startswith(("blocks.6.", "conv_head.", "bn2.")) for k in tensors)
+    assert set(entry["train_ids"]) == {p.id for p in catalog.split("train")}
+    assert entry["epochs"] in entry["config"]["epochs"]
+    icon = catalog.icon_path(catalog.ids[0])
+    tuned, frozen = enc.base.encode_images([icon])[0], lite0.encode_images([icon])[0]
+    assert 0.3 < float(tuned @ frozen) < 0.9999  # moved, but still in the same space
+
+
+def test_with_weights_replaces_only_named_tensors_of_the_right_shape(lite0):
+    own = lite0.model.state_dict()
+    zero = {"conv_head.weight": own["conv_head.weight"] * 0}
+    changed = with_weights(lite0, zero, "lite0-no-head")
+    assert changed.name == "lite0-no-head" and changed.fingerprint != lite0.fingerprint
+    assert not changed.model.state_dict()["conv_head.weight"].any()
+    assert lite0.model.state_dict()["conv_head.weight"].any()  # the original is untouched
+    with pytest.raises(ModelUnavailableError, match="do not fit"):
+        with_weights(lite0, {"conv_head.weight": own["conv_head.weight"][:3]}, "bad")
+    with pytest.raises(ModelUnavailableError, match="do not fit"):
+        with_weights(lite0, {"no.such.tensor": own["conv_head.weight"]}, "bad")
+
+
+def test_a_tampered_query_top_fails_clearly(tmp_path):
+    for name in ("localizer.safetensors", "query_top.safetensors", "training.json"):
+        (tmp_path / name).write_bytes((MODELS_DIR / name).read_bytes())
+    (tmp_path / "query_top.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(ModelUnavailableError, match="SHA-256"):
+        load_product_search(folder=tmp_path)

@@ -189,3 +189,71 @@ def test_localizer_head_learns_where_the_object_is_deterministically():
     )
     with pytest.raises(ValueError, match="do not fit"):
         train_localizer(features, targets[:, :, :3], config)
+
+
+def test_query_top_pulls_crops_towards_their_catalog_vectors_deterministically(lite0):
+    from image_search.training import (
+        QueryTowerConfig,
+        best_photo_recall,
+        query_top,
+        query_top_state,
+        query_top_vectors,
+        train_query_top,
+    )
+
+    rng = np.random.default_rng(0)
+    n = 16  # products: a clean block-6 input each, two noisy "crops" of it (and mirrored copies)
+    clean = np.abs(rng.normal(size=(n, 192, 7, 7))).astype(np.float32)  # post-activation: >= 0
+    owners = np.repeat(np.arange(n), 2)
+    noise = np.abs(rng.normal(size=(2, 2 * n, 192, 7, 7)))
+    features = (clean[owners][None] + 1.5 * noise).astype(np.float32)
+    frozen = query_top(lite0.model)
+    targets = query_top_vectors(frozen, clean)  # the catalog: the frozen top on the clean inputs
+    config = QueryTowerConfig(batch_size=8)
+    top = train_query_top(lite0.model, features, owners, targets, np.arange(n), 30, config)
+    before = query_top_vectors(frozen, features[0])
+    after = query_top_vectors(top, features[0])
+    assert np.allclose(np.linalg.norm(after, axis=1), 1, atol=1e-5)
+
+    def loss(v):
+        return float(info_nce_loss(torch.from_numpy(v), torch.from_numpy(targets[owners]), 0.05))
+
+    assert loss(after) < loss(before)
+    r_before = best_photo_recall(before, targets, np.arange(n), owners, 3)
+    r_after = best_photo_recall(after, targets, np.arange(n), owners, 3)
+    assert r_after[0] >= r_before[0] + 0.125 and r_after[1] > r_before[1]  # 4 of 32 crops or more
+    again = train_query_top(lite0.model, features, owners, targets, np.arange(n), 30, config)
+    assert all(
+        torch.equal(a, b) for a, b in zip(top.state_dict().values(), again.state_dict().values())
+    )
+    state = query_top_state(top)
+    own = lite0.model.state_dict()
+    assert all(k in own and own[k].shape == v.shape for k, v in state.items())
+    assert not torch.equal(state["conv_head.weight"], own["conv_head.weight"])  # a copy trained
+    with pytest.raises(ValueError, match="catalog vector"):
+        train_query_top(lite0.model, features, owners, targets[:3], np.arange(3), 1, config)
+
+
+def test_best_photo_recall_scores_a_product_by_its_best_photo():
+    from image_search.training import best_photo_recall
+
+    index = np.eye(4, dtype=np.float32)  # photos 0, 1 of product 0; 2 of product 1; 3 of product 2
+    owners = np.array([0, 0, 1, 2])
+    queries = np.array([[0, 1, 0, 0], [0.9, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float32)
+    assert best_photo_recall(queries, index, owners, np.array([0, 0, 2]), k=2) == (2 / 3, 1.0)
+
+
+def test_write_model_records_the_digest_and_keeps_other_models(tmp_path):
+    import hashlib
+
+    from safetensors.torch import load
+
+    from image_search.training import write_model
+
+    write_model(tmp_path, "a", {"w": torch.ones(2)}, {"epochs": 3}, margin=0.1)
+    write_model(tmp_path, "b", {"w": torch.zeros(2)}, {})
+    manifest = json.loads((tmp_path / "training.json").read_text())
+    assert set(manifest["models"]) == {"a", "b"} and manifest["margin"] == 0.1
+    data = (tmp_path / "a.safetensors").read_bytes()
+    assert manifest["models"]["a"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert torch.equal(load(data)["w"], torch.ones(2)) and manifest["models"]["a"]["epochs"] == 3
