@@ -151,7 +151,7 @@ def main() -> None:
         paths[i].read_bytes() for i in picked
     ]  # a service receives bytes: decode is PIL only
 
-    small = Searcher.from_catalog(progress=False)
+    small = Searcher.from_catalog("efficientnet-lite0", progress=False)  # the whole frame
     backend = "ONNX Runtime" if getattr(small.encoder, "onnx", None) is not None else "PyTorch"
     print(
         f"encoder {small.encoder.name} ({backend}), catalog index {small.index.factory} over "

@@ -40,7 +40,7 @@ from eval_retrieval import METRICS, paired_bootstrap, per_query, rank  # noqa: E
 from image_search import load_catalog, load_encoder  # noqa: E402
 from image_search.encoders import with_weights  # noqa: E402
 from image_search.images import load_image  # noqa: E402
-from image_search.localizer import _trunk, shipped_tensors  # noqa: E402
+from image_search.localizer import LocalizedEncoder, _trunk, shipped_tensors  # noqa: E402
 from image_search.metrics import retrieval_report  # noqa: E402
 from image_search.paths import cache_dir  # noqa: E402
 from image_search.stores import indexed_photos  # noqa: E402
@@ -140,6 +140,7 @@ def main() -> None:
     ids, pos = catalog.ids, {p: i for i, p in enumerate(catalog.ids)}
     type_of = {p.id: p.type for p in catalog.products}
     lite0, search = load_encoder("efficientnet-lite0"), load_encoder("product-search")
+    search = LocalizedEncoder(lite0, search.localizer, search.margin)  # crops; Lite0 unchanged
     shop = [(pos[i], p) for i in ids for p in indexed_photos(catalog, i)]
     shop_owner = np.array([o for o, _ in shop])
     feats = trunk_features(catalog, lite0, search, [p for _, p in shop])

@@ -12,8 +12,9 @@ from pathlib import Path
 from .errors import ImageSearchError, InvalidRequestError
 
 TEXT_ENCODER = "minilm-lit"  # the encoder of text searches (chapter 06)
-# The encoder of photo searches and the demo: finds the product in the photo, crops to it and embeds
-# the crop with efficientnet-lite0, over efficientnet-lite0's index of the shop photos (chapter 05).
+# The encoder of photo searches and the demo (localizer.PIPELINE, not imported: --help stays fast):
+# finds the product in the photo, crops to it and embeds the crop with the query tower, over
+# efficientnet-lite0's index of the shop photos (chapters 05, 06).
 PHOTO_ENCODER = "product-search"
 
 
@@ -188,7 +189,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--index", type=Path, default=None, help="index file (default: the cached catalog index)"
     )
-    v.add_argument("--encoder", **enc)
+    v.add_argument(
+        "--encoder", default=PHOTO_ENCODER, help=f"encoder name (default: {PHOTO_ENCODER})"
+    )
+    v.add_argument(
+        "--type-weight",
+        type=float,
+        default=0.0,
+        help="re-rank by type consensus: move up products of the kind the best matches show "
+        "(e.g. 1; default 0: off; chapter 09)",
+    )
     v.add_argument(
         "--max-batch", type=int, default=16, help="most photos embedded in one call (default: 16)"
     )
@@ -488,7 +498,12 @@ def _run(args: argparse.Namespace) -> int:
         )  # bad settings and a busy port fail
         sock = listen_socket(args.host, args.port)  # before the model loads
         searcher, _ = _searcher(
-            args.encoder, args.index, store=args.store, store_uri=args.store_uri, catalog=catalog
+            args.encoder,
+            args.index,
+            store=args.store,
+            store_uri=args.store_uri,
+            catalog=catalog,
+            type_weight=args.type_weight,
         )
         text = None
         if args.text_encoder.lower() != "none":

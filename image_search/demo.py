@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoders import DEFAULT_ENCODER
 from .evaluation import evaluate, median_timings
+from .localizer import PIPELINE
 from .metrics import RetrievalReport
 from .paths import atomic_write
 from .searcher import Searcher, Timings
@@ -53,7 +53,7 @@ class DemoReport:
 
 
 def run_demo(
-    encoder: str = DEFAULT_ENCODER,
+    encoder: str = PIPELINE,
     out: Path | None = None,
     n_timed: int = 50,
     n_grid: int = 6,

@@ -19,6 +19,7 @@ from .encoders import DEFAULT_ENCODER, Encoder, encode_paths, load_encoder
 from .errors import IndexMismatchError, InvalidImageError, InvalidRequestError
 from .images import ImageLike, load_image
 from .indexer import ProductIndex
+from .localizer import PIPELINE
 from .paths import cache_dir, safe_name
 from .rejection import Rejector
 from .reranker import RerankConfig, Reranker, type_consensus
@@ -216,15 +217,16 @@ class Searcher:
     @classmethod
     def from_catalog(
         cls,
-        encoder: str | Encoder = DEFAULT_ENCODER,
+        encoder: str | Encoder = PIPELINE,
         factory: str = "Flat",
         catalog: Catalog | None = None,
         rerank: RerankConfig = RerankConfig(),
         progress: bool = True,
     ) -> "Searcher":
         """Index every product's shop photos (embeddings cached on disk) and return a searcher.
-        A localising encoder (``"product-search"``, chapter 05) searches an index of its base
-        encoder: the shop photos are embedded whole, the shopper's photo is cropped first."""
+        The default encoder is the book's best pipeline, ``"product-search"`` (chapters 05 and
+        06): the shopper's photo is cropped to the product and embedded by the query tower, the
+        shop photos are embedded whole by its catalog encoder (EfficientNet-Lite0)."""
         catalog = catalog or load_catalog()
         enc = load_encoder(encoder) if isinstance(encoder, str) else encoder
         index = build_index(catalog, index_encoder(enc), factory, progress=progress)

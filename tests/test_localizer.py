@@ -198,3 +198,14 @@ def test_a_tampered_query_top_fails_clearly(tmp_path):
     (tmp_path / "query_top.safetensors").write_bytes(b"not the weights")
     with pytest.raises(ModelUnavailableError, match="SHA-256"):
         load_product_search(folder=tmp_path)
+
+
+def test_the_library_defaults_to_the_product_search_pipeline():
+    import inspect
+
+    from image_search.demo import run_demo
+    from image_search.localizer import PIPELINE
+    from image_search.searcher import Searcher
+
+    for fn in (Searcher.from_catalog, run_demo):
+        assert inspect.signature(fn).parameters["encoder"].default == PIPELINE

@@ -641,6 +641,16 @@ def test_cli_refuses_bad_settings_in_one_line_before_loading_anything(capsys):
     assert main(["serve", "--max-batch", "0", "--encoder", "no-such-encoder"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "max_batch" in err and "unexpected" not in err
+    assert main(["serve", "--port", "0", "--type-weight", "-1", "--encoder", "no-such"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "type_weight" in err and "unexpected" not in err
+
+
+def test_cli_serves_the_product_search_pipeline_by_default():
+    from image_search.__main__ import _parser
+
+    args = _parser().parse_args(["serve"])
+    assert args.encoder == "product-search" and args.type_weight == 0.0
 
 
 def test_cli_refuses_a_busy_port_in_one_line_before_loading_anything(capsys):
