@@ -497,14 +497,7 @@ def _run(args: argparse.Namespace) -> int:
             cors_origins=tuple(args.cors_origin),
         )  # bad settings and a busy port fail
         sock = listen_socket(args.host, args.port)  # before the model loads
-        searcher, _ = _searcher(
-            args.encoder,
-            args.index,
-            store=args.store,
-            store_uri=args.store_uri,
-            catalog=catalog,
-            type_weight=args.type_weight,
-        )
+        searcher = _searcher_of(args, catalog)
         text = None
         if args.text_encoder.lower() != "none":
             text = (
@@ -516,16 +509,21 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from .demo import run_demo
 
-    searcher, _ = _searcher(
-        args.encoder,
+    print(run_demo(args.encoder, out=args.out, searcher=_searcher_of(args, catalog)))
+    return 0
+
+
+def _searcher_of(args: argparse.Namespace, catalog, encoder: str | None = None):
+    """The searcher a command's arguments ask for: ``encoder`` (default ``--encoder``) over
+    ``--index`` or ``--store``/``--store-uri``, re-ranked with ``--type-weight``."""
+    return _searcher(
+        encoder or args.encoder,
         args.index,
         store=args.store,
         store_uri=args.store_uri,
         catalog=catalog,
         type_weight=args.type_weight,
-    )
-    print(run_demo(args.encoder, out=args.out, searcher=searcher))
-    return 0
+    )[0]
 
 
 def _catalog(args: argparse.Namespace):
@@ -569,14 +567,7 @@ def _search(args: argparse.Namespace) -> int:
         image=image, text=args.text, alpha=args.alpha, k=args.k, filters=filters, crop=args.crop
     )
     encoder = args.encoder or (TEXT_ENCODER if args.text is not None else None)
-    searcher, _ = _searcher(
-        encoder or PHOTO_ENCODER,
-        args.index,
-        store=args.store,
-        store_uri=args.store_uri,
-        catalog=_catalog(args),
-        type_weight=args.type_weight,
-    )
+    searcher = _searcher_of(args, _catalog(args), encoder or PHOTO_ENCODER)
     res = searcher.search(
         image, k=args.k, filters=filters, text=args.text, alpha=args.alpha, crop=args.crop
     )
