@@ -301,10 +301,12 @@ def test_a_localising_encoder_reports_its_box_and_candidates_over_http(catalog):
         found = upload(c, buf.getvalue(), k=5).json()
         box = found["box"]
         assert len(found["candidates"]) >= 2 and found["candidates"][0] == box
+        assert found["image_size"] == [256, 128]  # the pixels the boxes are in
         assert [r["id"] for r in found["results"]] == list(located.search(room, k=5).ids)
         other = found["candidates"][1]
         again = upload(c, buf.getvalue(), k=5, crop=",".join(map(str, other))).json()
         assert again["box"] == other and again["candidates"] == []
+        assert again["image_size"] == [256, 128]  # the whole photo's, not the crop's
         assert [r["id"] for r in again["results"]] == list(
             located.search(room, k=5, crop=other).ids
         )

@@ -247,3 +247,69 @@ def test_docs_page_when_swagger_ui_is_installed(browser, server):
     )
     browser.save_screenshot(str(SCREENSHOTS / "serve_docs.png"))
     _check_clean(browser, server)
+
+
+def test_the_localisers_boxes_are_drawn_over_the_photo_and_a_click_searches_one(
+    browser, server, catalog, tmp_path
+):
+    """The page's side of candidate boxes (the server's side, with the real localiser, is
+    test_serve's localising-encoder test). This server's encoder does not localise, so the answer
+    to the whole-photo search is given the two boxes product-search finds for two products side
+    by side; the click then sends a real crop search, which finds the right-hand product."""
+    from PIL import Image
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from image_search.images import load_image
+
+    left, right = (load_image(catalog.icon_path(catalog.ids[i])) for i in (7, 300))
+    width, height = left.width + right.width, max(left.height, right.height)
+    photo = Image.new("RGB", (width, height), (255, 255, 255))
+    photo.paste(left, (0, 0))
+    photo.paste(right, (left.width, 0))
+    path = tmp_path / "two_products.png"
+    photo.save(path)
+    boxes = [[0, 0, left.width, left.height], [left.width, 0, width, right.height]]
+    _open(browser, server)
+    browser.execute_script(
+        "const [size, boxes] = arguments; window.__crops = []; const real = window.fetch;"
+        "window.fetch = async (url, opts) => {"
+        "  const r = await real(url, opts);"
+        "  if (url !== '/search') return r;"
+        "  const crop = opts.body.get('crop'); window.__crops.push(crop);"
+        "  if (crop) return r;"
+        "  const body = await r.json();"
+        "  Object.assign(body, {image_size: size, box: boxes[0], candidates: boxes});"
+        "  return new Response(JSON.stringify(body),"
+        "    {status: r.status, headers: {'content-type': 'application/json'}}); };",
+        [width, height],
+        boxes,
+    )
+    browser.find_element("id", "file").send_keys(str(path))
+    _cards(browser)
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return document.querySelectorAll('#boxes .box').length;") == 2
+    )
+    geometry = browser.execute_script(
+        "const img = document.getElementById('preview').getBoundingClientRect();"
+        "return Array.from(document.querySelectorAll('#boxes .box')).map(b => {"
+        "  const r = b.getBoundingClientRect();"
+        "  return [(r.left - img.left) / img.width, r.width / img.width, r.height / img.height,"
+        "          b.classList.contains('searched')]; });"
+    )
+    assert [g[3] for g in geometry] == [True, False]  # the first box was searched
+    for (x, w, h, _), (l, t, r, b) in zip(geometry, boxes):
+        assert abs(x - l / width) < 0.02 and abs(w - (r - l) / width) < 0.02
+        assert abs(h - (b - t) / height) < 0.03
+    assert "2 objects found" in browser.find_element("id", "boxes-hint").text
+    before = _timings(browser)
+    browser.find_elements("css selector", "#boxes .box")[1].click()
+    ids = _cards(browser, before)
+    assert browser.execute_script("return window.__crops;") == [None, ",".join(map(str, boxes[1]))]
+    assert ids[0] == catalog.ids[300]  # the crop is exactly the right-hand product's shop photo
+    searched = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#boxes .box'))"
+        ".map(b => b.classList.contains('searched'));"
+    )
+    assert searched == [False, True]
+    browser.save_screenshot(str(SCREENSHOTS / "serve_boxes.png"))
+    _check_clean(browser, server)

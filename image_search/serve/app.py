@@ -168,6 +168,11 @@ class SearchResponse(BaseModel):
         description="every box a localising encoder proposed, best first (the first is `box`): "
         "a photo of two products gives two; send one back as `crop` to search it",
     )
+    image_size: list[int] | None = Field(
+        None,
+        description="width and height of the whole decoded photo (upright, at most 1024 px on "
+        "its long side): the pixels `box` and `candidates` are in; null without a photo",
+    )
 
 
 _SEARCH_BODY = {
@@ -358,20 +363,28 @@ async def search(request: Request) -> JSONResponse:
             image=data, k=params.k, filters=filters, crop=params.crop, **request_extras
         )  # checks
         t = time.perf_counter()
-        image = None if data is None else await run_in_threadpool(_decode, data, params.crop)
+        image, size = (
+            (None, None) if data is None else await run_in_threadpool(_decode, data, params.crop)
+        )
         decode_ms = (time.perf_counter() - t) * 1000.0
         res = await run_in_threadpool(
             text_searcher.run,
             SearchRequest(image=image, k=params.k, filters=filters, **request_extras),
         )
         return _response(
-            res, start, decode_ms=decode_ms, queue_ms=0.0, batch_size=0, box=params.crop
+            res,
+            start,
+            decode_ms=decode_ms,
+            queue_ms=0.0,
+            batch_size=0,
+            box=params.crop,
+            image_size=size,
         )
     SearchRequest(
         image=data, k=params.k, filters=filters, crop=params.crop
     )  # the package's checks, before decoding
     t = time.perf_counter()
-    image = await run_in_threadpool(_decode, data, params.crop)
+    image, size = await run_in_threadpool(_decode, data, params.crop)
     decode_ms = (time.perf_counter() - t) * 1000.0
     embedded = await _wait(
         batcher.submit(image, locate=params.crop is None),
@@ -390,6 +403,7 @@ async def search(request: Request) -> JSONResponse:
         embedded.embed_ms,
         box=params.crop or box,
         candidates=candidates,
+        image_size=size,
     )
 
 
@@ -624,16 +638,20 @@ def _b64decode(text: str) -> bytes:
         raise HTTPException(400, "image_base64 is not valid base64") from None
 
 
-def _decode(data: bytes, crop: tuple[int, int, int, int] | None) -> Image.Image:
-    """The upload through the package's front door, cropped like ``Searcher.run`` crops."""
+def _decode(
+    data: bytes, crop: tuple[int, int, int, int] | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The upload through the package's front door, cropped like ``Searcher.run`` crops, and the
+    size of the whole decoded photo (the pixels of ``box`` and ``candidates``)."""
     image = load_image(data)
+    size = image.size
     if crop is not None:
         if crop[2] > image.width or crop[3] > image.height:
             raise InvalidRequestError(
                 f"crop {tuple(crop)} reaches outside the decoded {image.width}x{image.height} image"
             )
         image = image.crop(crop)
-    return image
+    return image, size
 
 
 async def _wait(future, budget_s: float):
@@ -654,6 +672,7 @@ def _response(
     embed_ms: float | None = None,
     box: tuple[int, int, int, int] | None = None,
     candidates: tuple[tuple[int, int, int, int], ...] = (),
+    image_size: tuple[int, int] | None = None,
 ) -> JSONResponse:
     """The results as JSON, sent as is (``SearchResponse`` documents the shape; re-validating it
     would cost the event loop time on every request)."""
@@ -684,6 +703,7 @@ def _response(
             "box": list(box) if box else None,
             "no_match": res.no_match,
             "candidates": [list(b) for b in candidates],
+            "image_size": list(image_size) if image_size else None,
         }
     )
 

@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, maxUploadMb: 10, busy: false };
+// crop: the box the shopper picked (pixels of the decoded photo), candidates: the boxes the
+// localiser proposed for the whole photo, size: that photo's decoded width and height.
+const state = { file: null, maxUploadMb: 10, busy: false, crop: null, candidates: [], size: null };
 
 const MESSAGES = {
   413: "That photo is too large for this server.",
@@ -53,11 +55,14 @@ async function loadFacets() {
 function setFile(file) {
   if (!file) return;
   state.file = file;
+  state.crop = null;
+  state.candidates = [];
+  drawBoxes(null);
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
-  preview.hidden = false;
-  preview.onerror = () => { preview.hidden = true; };
+  $("photo").hidden = false;
+  preview.onerror = () => { $("photo").hidden = true; };
   if (file.size > state.maxUploadMb * 1024 * 1024) {
     showMessage(`That photo is ${(file.size / 1048576).toFixed(1)} MB; this server takes up to ${state.maxUploadMb} MB.`);
     return;
@@ -73,6 +78,7 @@ function formData() {
   if (!$("type-label").hidden && $("type").value) data.append("types", $("type").value);
   if ($("in-stock").checked) data.append("in_stock", "true");
   if (!$("text").disabled && $("text").value.trim()) data.append("text", $("text").value.trim());
+  if (state.crop) data.append("crop", state.crop.join(","));
   for (const [key, value] of Object.entries(fields)) if (value !== "") data.append(key, value);
   return data;
 }
@@ -108,6 +114,11 @@ async function search() {
 }
 
 function render(body) {
+  if (!state.crop) {  // a search of the whole photo: remember what the localiser proposed
+    state.candidates = body.candidates || [];
+    state.size = body.image_size;
+  }
+  drawBoxes(body.box);
   const list = $("results");
   list.replaceChildren(...body.results.map(card));
   const t = body.timings_ms;
@@ -116,6 +127,38 @@ function render(body) {
       `embed ${t.embed.toFixed(1)} in a batch of ${body.batch_size}, ANN ${t.ann.toFixed(2)}, re-rank ${t.rerank.toFixed(2)})`
     : "";
   if (!body.results.length) showMessage("No product matches these filters.", "info");
+}
+
+// The localiser's boxes over the preview, in percent of the decoded photo (the preview shows the
+// same upright photo at another scale). With two or more, each one the shopper clicks is searched.
+function drawBoxes(searched) {
+  const layer = $("boxes");
+  layer.replaceChildren();
+  const hint = $("boxes-hint");
+  hint.hidden = true;
+  if (!state.size || state.candidates.length < 2) return;
+  const [w, h] = state.size;
+  const same = (a, b) => a && b && a.every((v, i) => v === b[i]);
+  state.candidates.forEach((b, i) => {
+    const el = document.createElement("button");
+    el.type = "button";
+    el.className = same(b, searched) ? "box searched" : "box";
+    el.title = same(b, searched) ? "searched" : "search this object";
+    el.setAttribute("aria-label", `object ${i + 1} of ${state.candidates.length}` + (same(b, searched) ? ", searched" : ""));
+    Object.assign(el.style, {
+      left: `${(100 * b[0]) / w}%`, top: `${(100 * b[1]) / h}%`,
+      width: `${(100 * (b[2] - b[0])) / w}%`, height: `${(100 * (b[3] - b[1])) / h}%`,
+    });
+    el.addEventListener("click", (e) => {
+      e.stopPropagation();  // not the drop zone's "choose a file"
+      if (same(b, searched)) return;
+      state.crop = b;
+      search();
+    });
+    layer.append(el);
+  });
+  hint.textContent = `${state.candidates.length} objects found in your photo: click a box to search it.`;
+  hint.hidden = false;
 }
 
 function card(hit) {
