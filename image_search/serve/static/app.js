@@ -139,6 +139,8 @@ function drawBoxes(searched) {
   if (!state.size || state.candidates.length < 2) return;
   const [w, h] = state.size;
   const same = (a, b) => a && b && a.every((v, i) => v === b[i]);
+  const area = (b) => (b[2] - b[0]) * (b[3] - b[1]);
+  const larger = (b) => state.candidates.filter((c) => area(c) > area(b)).length;
   state.candidates.forEach((b, i) => {
     const el = document.createElement("button");
     el.type = "button";
@@ -146,6 +148,7 @@ function drawBoxes(searched) {
     el.title = same(b, searched) ? "searched" : "search this object";
     el.setAttribute("aria-label", `object ${i + 1} of ${state.candidates.length}` + (same(b, searched) ? ", searched" : ""));
     Object.assign(el.style, {
+      zIndex: String(1 + larger(b)),  // a box inside another stays clickable
       left: `${(100 * b[0]) / w}%`, top: `${(100 * b[1]) / h}%`,
       width: `${(100 * (b[2] - b[0])) / w}%`, height: `${(100 * (b[3] - b[1])) / h}%`,
     });
