@@ -552,8 +552,9 @@ def build_query_tower(
     progress: bool = False,
 ) -> tuple[object, dict]:
     """Train the query tower for shipping: crops of the **train** products' customer photos by
-    ``search`` (the localising encoder, frozen Lite0 as its base), targets the index's vectors of
-    every product's shop photos (Lite0, cached or shipped); the epochs with the best validation
+    ``search`` (a localising encoder), targets the index's vectors of every product's shop photos
+    by its catalog encoder (frozen Lite0, cached or shipped), which the tower starts from; the
+    epochs with the best validation
     Recall@1 (then @10) on a validation fifth of the train products, then a refit on every
     train product. Returns the top and its manifest entry. Chapter 06."""
     import time
@@ -568,11 +569,12 @@ def build_query_tower(
     owners = np.array([row[i] for i in truth])
     shop = [(row[i], p) for i in catalog.ids for p in indexed_photos(catalog, i)]
     target_owners = np.array([o for o, _ in shop])
-    targets = encode_paths(search.base, [p for _, p in shop], progress=progress)
+    catalog_encoder = getattr(search, "catalog_encoder", None) or search.base
+    targets = encode_paths(catalog_encoder, [p for _, p in shop], progress=progress)
     features = crop_trunk_features(search, paths, progress)
     fit, val = validation_split(catalog)
     on_fit = np.isin(owners, [row[i] for i in fit])
-    model = search.base.model
+    model = catalog_encoder.model
     val_recall = {}
     for epochs in config.epochs:
         top = train_query_top(
