@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from image_search import load_catalog, load_encoder  # noqa: E402
 from image_search.embeddings import encode_paths  # noqa: E402
+from image_search.features import best_photo_scores  # noqa: E402
 from image_search.localizer import LocalizedEncoder, load_localizer, models_manifest  # noqa: E402
 from image_search.metrics import retrieval_report  # noqa: E402
 from image_search.reranker import type_consensus  # noqa: E402
@@ -92,10 +93,7 @@ def rank(
 ) -> list[list[str]]:
     """Top-k product ids per query, each product scored by its best indexed photo; with
     ``type_weight``, the top 50 re-ranked by type consensus as ``Reranker`` does."""
-    sims = query_vectors @ index_vectors.T
-    best = np.full((len(sims), len(ids)), -np.inf, dtype=np.float32)
-    for j in range(sims.shape[1]):
-        np.maximum(best[:, owners[j]], sims[:, j], out=best[:, owners[j]])
+    best = best_photo_scores(query_vectors, index_vectors, owners)
     out, n = [], max(k, CANDIDATES)
     for row in best:
         cand = np.argsort(-row, kind="stable")[:n]

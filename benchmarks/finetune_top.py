@@ -40,7 +40,7 @@ from eval_retrieval import METRICS, paired_bootstrap, per_query, rank  # noqa: E
 from image_search import load_catalog, load_encoder  # noqa: E402
 from image_search.encoders import with_weights  # noqa: E402
 from image_search.images import load_image  # noqa: E402
-from image_search.localizer import LocalizedEncoder, _trunk, shipped_tensors  # noqa: E402
+from image_search.localizer import LocalizedEncoder, shipped_tensors  # noqa: E402
 from image_search.metrics import retrieval_report  # noqa: E402
 from image_search.paths import cache_dir  # noqa: E402
 from image_search.stores import indexed_photos  # noqa: E402
@@ -49,6 +49,7 @@ from image_search.training import (  # noqa: E402
     query_top,
     query_top_vectors,
     set_seed,
+    top_inputs,
     validation_split,
 )
 
@@ -60,24 +61,15 @@ EPOCHS = (5, 10, 20)  # tried on the validation split
 def trunk_features(catalog, lite0, search, shop_paths) -> dict[str, np.ndarray]:
     """Block-6 inputs (float16) of the train and test crops, the shop photos, and mirrored copies
     of what training sees; cached by the encoder's and the localiser's fingerprints."""
-    import torch
     from PIL import ImageOps
 
     path = cache_dir() / "finetune" / f"trunk6-{search.fingerprint[:16]}.npz"
     if path.is_file():
         with np.load(path) as d:
             return {k: d[k] for k in d.files}
-    trunk = _trunk(6)
 
     def feats(images):
-        out = []
-        with torch.inference_mode():
-            for s in range(0, len(images), 32):
-                x = np.stack(
-                    [np.asarray(lite0.preprocess(im), np.float32) for im in images[s : s + 32]]
-                )
-                out.append(trunk(torch.from_numpy(x)).numpy().astype(np.float16))
-        return np.concatenate(out)
+        return top_inputs(images, lite0.preprocess).astype(np.float16)
 
     def crops(paths):
         images = [load_image(p) for p in paths]

@@ -19,17 +19,39 @@ from .metrics import RetrievalReport, retrieval_report
 
 
 # --------------------------------------------------------------------------- exact retrieval
-def top_k(query_embeddings: np.ndarray, index_embeddings: np.ndarray, k: int) -> np.ndarray:
-    """Row indices of the ``k`` highest inner products per query, best first (ties: lower index
-    first)."""
+def _pair(query_embeddings: np.ndarray, index_embeddings: np.ndarray) -> tuple[np.ndarray, ...]:
     q = np.asarray(query_embeddings, dtype=np.float32)
     x = np.asarray(index_embeddings, dtype=np.float32)
     if q.ndim != 2 or x.ndim != 2 or q.shape[1] != x.shape[1]:
         raise ValueError(
             f"query and index embeddings must be 2-D with equal width, not {q.shape} and {x.shape}"
         )
+    return q, x
+
+
+def top_k(query_embeddings: np.ndarray, index_embeddings: np.ndarray, k: int) -> np.ndarray:
+    """Row indices of the ``k`` highest inner products per query, best first (ties: lower index
+    first)."""
+    q, x = _pair(query_embeddings, index_embeddings)
     k = min(int(k), len(x))
     return np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]
+
+
+def best_photo_scores(
+    query_embeddings: np.ndarray, index_embeddings: np.ndarray, owners: Sequence[int]
+) -> np.ndarray:
+    """Each query's score for each product of an index that holds several rows (photos) per
+    product: the inner product of its best row. ``owners[j]`` is row j's product number (0 to
+    n - 1); returns ``(queries, n)`` float32. Chapter 09."""
+    q, x = _pair(query_embeddings, index_embeddings)
+    owners = np.asarray(owners, dtype=np.int64)
+    if owners.shape != (len(x),):
+        raise ValueError(f"{len(owners)} owners for {len(x)} index rows")
+    sims = q @ x.T
+    best = np.full((len(q), int(owners.max()) + 1 if len(owners) else 0), -np.inf, np.float32)
+    for j, o in enumerate(owners):
+        np.maximum(best[:, o], sims[:, j], out=best[:, o])
+    return best
 
 
 def exact_retrieval(
@@ -43,17 +65,20 @@ def exact_retrieval(
 ) -> tuple[RetrievalReport, list[list[Hashable]]]:
     """Exact (brute-force) inner-product search of every query against an index, scored with
     :func:`~image_search.metrics.retrieval_report` (``category_of`` and ``type_of`` as there);
-    returns the report and the top-``max(ks)`` rankings. The quick way to compare features without
-    building a FAISS index; :func:`~image_search.viz.exact_search` gives the same rankings as
-    ``SearchResults`` for a result grid. Chapter 05."""
+    returns the report and the top-``max(ks)`` rankings. ``index_ids`` names each row's product:
+    a product with several rows (photos) scores its best one (:func:`best_photo_scores`). The
+    quick way to compare features without building a FAISS index;
+    :func:`~image_search.viz.exact_search` gives the same rankings as ``SearchResults`` for a
+    result grid. Chapter 05."""
     if len(query_embeddings) != len(true_ids):
         raise ValueError(f"{len(query_embeddings)} queries for {len(true_ids)} true ids")
     if len(index_embeddings) != len(index_ids):
         raise ValueError(f"{len(index_embeddings)} index rows for {len(index_ids)} ids")
-    ids = list(index_ids)
-    rankings = [
-        [ids[j] for j in row] for row in top_k(query_embeddings, index_embeddings, max(ks)).tolist()
-    ]
+    products = list(dict.fromkeys(index_ids))  # in order of first row
+    row = {p: n for n, p in enumerate(products)}
+    scores = best_photo_scores(query_embeddings, index_embeddings, [row[i] for i in index_ids])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, : max(ks)]
+    rankings = [[products[j] for j in r] for r in top.tolist()]
     return retrieval_report(rankings, list(true_ids), category_of, ks=ks, type_of=type_of), rankings
 
 
@@ -194,6 +219,7 @@ def weighted_concat(parts: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
 
 __all__ = [
     "top_k",
+    "best_photo_scores",
     "exact_retrieval",
     "Pca",
     "fit_pca",

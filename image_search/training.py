@@ -441,30 +441,40 @@ def query_top_state(top) -> dict:
     }
 
 
-def crop_trunk_features(search, paths: Sequence[Path], progress: bool = False) -> np.ndarray:
-    """What the query top sees: each photo cropped as ``search`` (a localising encoder) crops it,
-    preprocessed as Lite0 does, through Lite0's frozen stem and blocks 0-5, then the same for the
-    mirrored crop: ``(2, n, 192, 7, 7)`` float32. Chapter 06."""
+def top_inputs(images: Sequence, preprocess, progress: bool = False) -> np.ndarray:
+    """What the query top sees of decoded images: each preprocessed as Lite0 is
+    (``preprocess``), through Lite0's frozen stem and blocks 0-5, 32 at a time:
+    ``(n, 192, 7, 7)`` float32. Chapter 06."""
     import torch
-    from PIL import ImageOps
     from tqdm.auto import tqdm
 
-    from .images import load_image
     from .localizer import _trunk
 
-    trunk, preprocess = _trunk(QUERY_TOP_BLOCK), search.base.preprocess
-    out = []
-    for s in tqdm(range(0, len(paths), 32), desc="query crops", disable=not progress):
-        images = [load_image(p) for p in paths[s : s + 32]]
-        crops = [im.crop(b.as_tuple()) for im, b in zip(images, search.crop_boxes(images))]
-        with torch.inference_mode():
-            out.append(
-                [
-                    trunk(torch.from_numpy(np.stack([preprocess(c) for c in batch]))).numpy()
-                    for batch in (crops, [ImageOps.mirror(c) for c in crops])
-                ]
-            )
-    return np.stack([np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])])
+    trunk, out = _trunk(QUERY_TOP_BLOCK), []
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(images), 32), desc="top inputs", disable=not progress):
+            batch = np.stack([preprocess(im) for im in images[s : s + 32]])
+            out.append(trunk(torch.from_numpy(batch)).numpy())
+    return np.concatenate(out)
+
+
+def crop_trunk_features(search, paths: Sequence[Path], progress: bool = False) -> np.ndarray:
+    """The query top's inputs (:func:`top_inputs`) of each photo cropped as ``search`` (a
+    localising encoder) crops it, then of the mirrored crops: ``(2, n, 192, 7, 7)`` float32.
+    Chapter 06."""
+    from PIL import ImageOps
+
+    from .images import load_image
+
+    images = [load_image(p) for p in paths]
+    crops = [im.crop(b.as_tuple()) for im, b in zip(images, search.crop_boxes(images))]
+    preprocess = search.base.preprocess
+    return np.stack(
+        [
+            top_inputs(crops, preprocess, progress),
+            top_inputs([ImageOps.mirror(c) for c in crops], preprocess, progress),
+        ]
+    )
 
 
 def query_top_vectors(top, features: np.ndarray) -> np.ndarray:
@@ -532,19 +542,6 @@ def train_query_top(
     return top.eval()
 
 
-def best_photo_recall(
-    queries: np.ndarray, index: np.ndarray, owners: np.ndarray, truth: np.ndarray, k: int = 10
-) -> tuple[float, float]:
-    """Recall@1 and @k of unit query vectors against an index of several photos per product (a
-    product scores its best photo); ``owners`` and ``truth`` are product rows. Chapter 06."""
-    sims = queries @ index.T
-    best = np.full((len(sims), owners.max() + 1), -np.inf, dtype=np.float32)
-    for j, o in enumerate(owners):
-        np.maximum(best[:, o], sims[:, j], out=best[:, o])
-    top = np.argsort(-best, axis=1, kind="stable")[:, :k]
-    return float((top[:, 0] == truth).mean()), float((top == truth[:, None]).any(1).mean())
-
-
 def build_query_tower(
     catalog: Catalog,
     search,
@@ -559,6 +556,7 @@ def build_query_tower(
     train product. Returns the top and its manifest entry. Chapter 06."""
     import time
 
+    from .features import exact_retrieval
     from .stores import indexed_photos
 
     start = time.perf_counter()
@@ -581,7 +579,8 @@ def build_query_tower(
             model, features[:, on_fit], owners[on_fit], targets, target_owners, epochs, config
         )
         q = query_top_vectors(top, features[0, ~on_fit])
-        val_recall[epochs] = best_photo_recall(q, targets, target_owners, owners[~on_fit])
+        r = exact_retrieval(q, owners[~on_fit], targets, target_owners, ks=(1, 10))[0]
+        val_recall[epochs] = (r.recall[1], r.recall[10])
     epochs = max(config.epochs, key=lambda e: (*val_recall[e], -e))
     top = train_query_top(model, features, owners, targets, target_owners, epochs, config)
     entry = {
@@ -927,10 +926,10 @@ __all__ = [
     "QueryTowerConfig",
     "query_top",
     "query_top_state",
+    "top_inputs",
     "crop_trunk_features",
     "query_top_vectors",
     "train_query_top",
-    "best_photo_recall",
     "build_query_tower",
     "write_model",
     "set_seed",

@@ -10,6 +10,7 @@ from image_search.encoders import RawPixelEncoder, l2_normalize
 from image_search.features import (
     Crop,
     CropEncoder,
+    best_photo_scores,
     exact_retrieval,
     fit_pca,
     multi_crop_embeddings,
@@ -128,3 +129,15 @@ def test_multi_crop_embeddings_is_the_weighted_mean_of_crops_and_cached(
         multi_crop_embeddings(enc, paths, [])
     with pytest.raises(ValueError, match="weights"):
         multi_crop_embeddings(enc, paths, crops, weights=[1.0])
+
+
+def test_a_product_with_several_photos_scores_its_best_one():
+    index = np.eye(4, dtype=np.float32)  # photos 0, 1 of product a; 2 of product b; 3 of product c
+    queries = np.array([[0, 1, 0, 0], [0.9, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float32)
+    scores = best_photo_scores(queries, index, [0, 0, 1, 2])
+    assert scores.shape == (3, 3) and scores[1].tolist() == pytest.approx([0.9, 1.0, 0.0])
+    report, rankings = exact_retrieval(queries, list("aac"), index, list("aabc"), ks=(1, 2))
+    assert (report.recall[1], report.recall[2]) == (2 / 3, 1.0)
+    assert rankings[1] == ["b", "a"]  # each product once, by its best photo
+    with pytest.raises(ValueError, match="owners"):
+        best_photo_scores(queries, index, [0, 1])

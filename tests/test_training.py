@@ -192,9 +192,9 @@ def test_localizer_head_learns_where_the_object_is_deterministically():
 
 
 def test_query_top_pulls_crops_towards_their_catalog_vectors_deterministically(lite0):
+    from image_search.features import exact_retrieval
     from image_search.training import (
         QueryTowerConfig,
-        best_photo_recall,
         query_top,
         query_top_state,
         query_top_vectors,
@@ -219,9 +219,9 @@ def test_query_top_pulls_crops_towards_their_catalog_vectors_deterministically(l
         return float(info_nce_loss(torch.from_numpy(v), torch.from_numpy(targets[owners]), 0.05))
 
     assert loss(after) < loss(before)
-    r_before = best_photo_recall(before, targets, np.arange(n), owners, 3)
-    r_after = best_photo_recall(after, targets, np.arange(n), owners, 3)
-    assert r_after[0] >= r_before[0] + 0.125 and r_after[1] > r_before[1]  # 4 of 32 crops or more
+    r_before = exact_retrieval(before, owners, targets, np.arange(n), ks=(1, 3))[0].recall
+    r_after = exact_retrieval(after, owners, targets, np.arange(n), ks=(1, 3))[0].recall
+    assert r_after[1] >= r_before[1] + 0.125 and r_after[3] > r_before[3]  # 4 of 32 crops or more
     again = train_query_top(lite0.model, features, owners, targets, np.arange(n), 30, config)
     assert all(
         torch.equal(a, b) for a, b in zip(top.state_dict().values(), again.state_dict().values())
@@ -232,15 +232,6 @@ def test_query_top_pulls_crops_towards_their_catalog_vectors_deterministically(l
     assert not torch.equal(state["conv_head.weight"], own["conv_head.weight"])  # a copy trained
     with pytest.raises(ValueError, match="catalog vector"):
         train_query_top(lite0.model, features, owners, targets[:3], np.arange(3), 1, config)
-
-
-def test_best_photo_recall_scores_a_product_by_its_best_photo():
-    from image_search.training import best_photo_recall
-
-    index = np.eye(4, dtype=np.float32)  # photos 0, 1 of product 0; 2 of product 1; 3 of product 2
-    owners = np.array([0, 0, 1, 2])
-    queries = np.array([[0, 1, 0, 0], [0.9, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float32)
-    assert best_photo_recall(queries, index, owners, np.array([0, 0, 2]), k=2) == (2 / 3, 1.0)
 
 
 def test_write_model_records_the_digest_and_keeps_other_models(tmp_path):
