@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     enc = dict(default=DEFAULT_ENCODER, help=f"encoder name (default: {DEFAULT_ENCODER})")
+    photo_enc = dict(default=PHOTO_ENCODER, help=f"encoder name (default: {PHOTO_ENCODER})")
+    type_weight = dict(
+        type=float,
+        default=0.0,
+        help="re-rank by type consensus: move up products of the kind the best matches show "
+        "(e.g. 1; default 0: off; chapter 09)",
+    )
 
     ix = sub.add_parser("index", help="build or update the catalog index (incremental)")
     ix.add_argument("--encoder", **enc)
@@ -156,13 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-price", type=float, default=None)
     s.add_argument("--in-stock", action="store_true", help="only products in stock")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.add_argument(
-        "--type-weight",
-        type=float,
-        default=0.0,
-        help="re-rank by type consensus: move up products of the kind the best matches show "
-        "(e.g. 1; default 0: off; chapter 09)",
-    )
+    s.add_argument("--type-weight", **type_weight)
     s.add_argument(
         "--encoder",
         default=None,
@@ -189,16 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--index", type=Path, default=None, help="index file (default: the cached catalog index)"
     )
-    v.add_argument(
-        "--encoder", default=PHOTO_ENCODER, help=f"encoder name (default: {PHOTO_ENCODER})"
-    )
-    v.add_argument(
-        "--type-weight",
-        type=float,
-        default=0.0,
-        help="re-rank by type consensus: move up products of the kind the best matches show "
-        "(e.g. 1; default 0: off; chapter 09)",
-    )
+    v.add_argument("--encoder", **photo_enc)
+    v.add_argument("--type-weight", **type_weight)
     v.add_argument(
         "--max-batch", type=int, default=16, help="most photos embedded in one call (default: 16)"
     )
@@ -244,9 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     add_catalog_arguments(v)
 
     d = sub.add_parser("demo", help="evaluate on held-out customer photos and write a result grid")
-    d.add_argument(
-        "--encoder", default=PHOTO_ENCODER, help=f"encoder name (default: {PHOTO_ENCODER})"
-    )
+    d.add_argument("--encoder", **photo_enc)
     d.add_argument(
         "--index",
         type=Path,
@@ -259,13 +250,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("demo_results.png"),
         help="result grid PNG (default: ./demo_results.png)",
     )
-    d.add_argument(
-        "--type-weight",
-        type=float,
-        default=0.0,
-        help="re-rank by type consensus: move up products of the kind the best matches show "
-        "(e.g. 1; default 0: off; chapter 09)",
-    )
+    d.add_argument("--type-weight", **type_weight)
     add_store_arguments(d)
     add_catalog_arguments(d)
     return p
